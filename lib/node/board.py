@@ -1,0 +1,121 @@
+"""The one module that knows the hardware: machine, dht, network and the chip's clock.
+
+Everything else gets its sensor, bus or watchdog from here, so tests and the simulated board
+(sim/) can stand in for the real ESP32 without the app noticing.
+"""
+
+import asyncio
+import time
+
+import dht
+import machine
+import network
+from micropython import const
+
+from node.log import log
+
+_WIFI_POLL_MS = const(250)
+_WIFI_RETRY_MS = const(20000)  # a connect that has not succeeded by then is started again
+_I2S_ID = const(0)
+_I2S_DMA_FRAMES = const(8)  # frames of DMA buffer: room for the loop to be late by ~8 frames
+# MicroPython's epoch is 2000-01-01 on the ESP32 and 1970 on the unix port; payloads want Unix.
+_EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_RESET_CAUSES = {
+    getattr(machine, name): name
+    for name in ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET")
+    if hasattr(machine, name)
+}
+
+
+def unique_id_hex():
+    return "".join("%02x" % b for b in machine.unique_id())
+
+
+def reset_cause():
+    cause = machine.reset_cause()
+    return _RESET_CAUSES.get(cause, str(cause))
+
+
+def dht_sensor(model, pin):
+    sensor_class = dht.DHT22 if model == "DHT22" else dht.DHT11
+    return sensor_class(machine.Pin(pin))
+
+
+def microphone(audio):
+    frame_bytes = audio["frame_samples"] * audio["bits"] // 8
+    return machine.I2S(
+        _I2S_ID,
+        sck=machine.Pin(audio["sck"]),
+        ws=machine.Pin(audio["ws"]),
+        sd=machine.Pin(audio["sd"]),
+        mode=machine.I2S.RX,
+        bits=audio["bits"],
+        format=machine.I2S.MONO,
+        rate=audio["rate_hz"],
+        ibuf=frame_bytes * _I2S_DMA_FRAMES,
+    )
+
+
+def watchdog(timeout_s):
+    return machine.WDT(timeout=timeout_s * 1000)
+
+
+def unix_time():
+    return time.time() + _EPOCH_OFFSET_S
+
+
+class Wifi:
+    """Station-mode Wi-Fi, (re)connected from asyncio without blocking the loop."""
+
+    def __init__(self, ssid, password):
+        self._ssid = ssid
+        self._password = password
+        self._wlan = network.WLAN(network.STA_IF)
+        self.reconnects = 0
+        self._was_up = False
+        self.clock_set = False
+
+    def rssi(self):
+        try:
+            return self._wlan.status("rssi")
+        except (OSError, ValueError):  # not connected
+            return None
+
+    async def up(self, beat):
+        """Return once the station is connected, (re)connecting as needed."""
+        wlan = self._wlan
+        if wlan.isconnected():
+            return
+        if self._was_up:
+            self.reconnects += 1
+        wlan.active(True)
+        while not wlan.isconnected():
+            log("wifi", "connecting to %s" % self._ssid)
+            wlan.connect(self._ssid, self._password)
+            start = time.ticks_ms()
+            while not wlan.isconnected():
+                if time.ticks_diff(time.ticks_ms(), start) > _WIFI_RETRY_MS:
+                    log("wifi", "not connected after %d s (status %s)"
+                        % (_WIFI_RETRY_MS // 1000, wlan.status()))
+                    wlan.disconnect()
+                    break
+                beat()
+                await asyncio.sleep_ms(_WIFI_POLL_MS)
+        self._was_up = True
+        log("wifi", "connected, %s, rssi %s" % (wlan.ifconfig()[0], self.rssi()))
+        if not self.clock_set:
+            self.clock_set = sync_time()
+
+
+def sync_time():
+    """Set the clock from NTP once the network is up; False when it could not."""
+    try:
+        import ntptime
+    except ImportError:  # the simulated board runs on the host's clock
+        return True
+    try:
+        ntptime.settime()
+    except (OSError, OverflowError, IndexError) as e:
+        log("time", "NTP failed: %r" % e)
+        return False
+    return True

@@ -1,0 +1,97 @@
+"""The DHT task: read no faster than the sensor allows, retry failures, filter, queue readings."""
+
+import asyncio
+import time
+
+from micropython import const
+
+from node.filters import MovingAverage
+from node.log import log
+
+_RETRIES = const(2)
+# What each sensor can measure (datasheets); anything outside is a failed read, not weather.
+# A DHT11 that lost its data line reads 0 °C / 0 %, or 255 in every byte.
+_RANGE = {"DHT11": (0, 50, 20, 95), "DHT22": (-40, 80, 0, 100)}
+_MIN_INTERVAL_MS = {"DHT11": 1000, "DHT22": 2000}
+
+
+class Climate:
+    """Owns the DHT sensor; one filtered reading per interval goes to the outbox."""
+
+    def __init__(self, sensor, model, interval_s, window, outbox, topic, beat, clock):
+        self._sensor = sensor
+        self._model = model
+        self._interval_ms = interval_s * 1000
+        self._min_interval_ms = _MIN_INTERVAL_MS[model]
+        self._range = _RANGE[model]
+        self._temperature = MovingAverage(window)  # tenths of a degree
+        self._humidity = MovingAverage(window)  # tenths of a percent
+        self._outbox = outbox
+        self._topic = topic
+        self._beat = beat
+        self._clock = clock
+        self._last_read_ms = None
+        self.errors = 0
+
+    async def _wait_for_sensor(self):
+        # The sensor's minimum interval holds across retries and intervals alike.
+        if self._last_read_ms is not None:
+            wait = self._min_interval_ms - time.ticks_diff(time.ticks_ms(), self._last_read_ms)
+            if wait > 0:
+                await asyncio.sleep_ms(wait)
+        self._last_read_ms = time.ticks_ms()
+
+    def _measure(self):
+        """(temperature, humidity) in tenths, or None after logging why the read failed."""
+        try:
+            self._sensor.measure()
+            t = self._sensor.temperature()
+            h = self._sensor.humidity()
+        except OSError as e:
+            return self._failed("no answer (%s)" % e)
+        except Exception as e:  # noqa: BLE001 - the dht driver raises a bare Exception
+            if "checksum" not in str(e):
+                raise
+            return self._failed("checksum error")
+        t_lo, t_hi, h_lo, h_hi = self._range
+        if not (t_lo <= t <= t_hi and h_lo <= h <= h_hi) or (t == 0 and h == 0):
+            return self._failed("implausible %s C %s %%" % (t, h))
+        return round(t * 10), round(h * 10)
+
+    def _failed(self, why):
+        self.errors += 1
+        log("climate", "%s read failed: %s (%d errors so far)" % (self._model, why, self.errors))
+        return None
+
+    async def run(self):
+        next_ms = time.ticks_ms()
+        while True:
+            self._beat()
+            for _ in range(1 + _RETRIES):
+                await self._wait_for_sensor()
+                sample = self._measure()
+                if sample is not None:
+                    self._temperature.push(sample[0])
+                    self._humidity.push(sample[1])
+                    break
+            if sample is not None:
+                fields = {
+                    "temperature": round(self._temperature.mean()) / 10,
+                    "humidity": round(self._humidity.mean()) / 10,
+                }
+                seq = self._outbox.add(self._topic, self._clock(), fields)
+                log("climate", "reading %d: %.1f C %.1f %%" % (seq, fields["temperature"],
+                                                                fields["humidity"]))
+            next_ms = time.ticks_add(next_ms, self._interval_ms)
+            wait = time.ticks_diff(next_ms, time.ticks_ms())
+            if wait < 0:  # fell behind (retries): restart the schedule rather than burst
+                next_ms, wait = time.ticks_ms(), 0
+            await self._sleep(wait)
+
+    async def _sleep(self, ms):
+        # Sleep in slices so the supervisor hears from us even with long intervals.
+        while ms > 0:
+            step = min(ms, 1000)
+            await asyncio.sleep_ms(step)
+            self._beat()
+            ms -= step

@@ -1,0 +1,242 @@
+"""Load and validate config.json and secrets.json; every error names the key and what was expected.
+
+Pure: runs on CPython, the unix port and the board. Returns plain dicts with defaults filled in.
+"""
+
+import json
+
+_NODE_ID_MAX_LEN = 64
+_TOPIC_PREFIX_MAX_LEN = 64
+# The fastest each sensor may be read (datasheets): reading faster returns stale data or fails.
+DHT_MIN_INTERVAL_S = {"DHT11": 1, "DHT22": 2}
+_REQUIRED = object()
+
+
+class ConfigError(ValueError):
+    """A missing or wrong setting; str() names the file, the key and what was expected."""
+
+
+def _fail(where, key, expected, got=_REQUIRED):
+    text = "%s: %s: expected %s" % (where, key, expected)
+    if got is not _REQUIRED:
+        text += ", got %s" % json.dumps(got)
+    raise ConfigError(text)
+
+
+def _take(src, key, where, path, kind, default=_REQUIRED, lo=None, hi=None, choices=None):
+    """Validate src[key] (or its default) against kind / range / choices and return it."""
+    name = path + key
+    if key not in src:
+        if default is _REQUIRED:
+            _fail(where, name, "a value (the key is missing)")
+        return default
+    value = src[key]
+    if value is None and default is None:
+        return None
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        desc = "an integer"
+    elif kind == "num":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        desc = "a number"
+    elif kind == "str":
+        ok = isinstance(value, str) and value != ""
+        desc = "a non-empty string"
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+        desc = "true or false"
+    else:
+        raise TypeError(kind)
+    if ok and choices is not None:
+        ok = value in choices
+        desc = "one of " + ", ".join(json.dumps(c) for c in choices)
+    if ok and lo is not None and value < lo or ok and hi is not None and value > hi:
+        ok = False
+    if lo is not None or hi is not None:
+        desc += " in %s..%s" % ("" if lo is None else lo, "" if hi is None else hi)
+    if default is None:
+        desc += " or null"
+    if not ok:
+        _fail(where, name, desc, value)
+    return value
+
+
+def _section(src, key, where):
+    value = src.get(key)
+    if not isinstance(value, dict):
+        _fail(where, key, "an object {...}", value)
+    return value
+
+
+def _no_unknown(src, known, where, path=""):
+    # A misspelt key would otherwise be silently replaced by its default.
+    for key in src:
+        if key not in known:
+            _fail(where, path + key, "no such key (known: %s)" % ", ".join(sorted(known)))
+
+
+def _check_id(value, where, key, max_len):
+    # Used in MQTT topics: no wildcards, separators, spaces or empty levels.
+    if not value:
+        _fail(where, key, "a non-empty name", value)
+    for ch in value:
+        if not (ch.isalpha() or ch.isdigit() or ch in "_-"):
+            _fail(where, key, "letters, digits, '_' or '-' only (it goes into topics)", value)
+    if len(value) > max_len:
+        _fail(where, key, "at most %d characters" % max_len, value)
+
+
+def validate(raw, where="config.json"):
+    """The validated config with defaults; ConfigError on the first bad value."""
+    if not isinstance(raw, dict):
+        _fail(where, "(top level)", "an object {...}", raw)
+    _no_unknown(
+        raw,
+        ("node_id", "topic_prefix", "mqtt", "dht", "audio", "watchdog_s", "telemetry_interval_s",
+         "outbox_size"),
+        where,
+    )
+    cfg = {}
+    cfg["node_id"] = _take(raw, "node_id", where, "", "str", None)
+    if cfg["node_id"] is not None:
+        _check_id(cfg["node_id"], where, "node_id", _NODE_ID_MAX_LEN)
+    cfg["topic_prefix"] = _take(raw, "topic_prefix", where, "", "str", "nodes")
+    for part in cfg["topic_prefix"].split("/"):
+        _check_id(part, where, "topic_prefix", _TOPIC_PREFIX_MAX_LEN)
+    cfg["watchdog_s"] = _take(raw, "watchdog_s", where, "", "int", 30, lo=5, hi=3600)
+    cfg["telemetry_interval_s"] = _take(
+        raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
+    )
+    cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int", 100, lo=4, hi=2000)
+
+    src = _section(raw, "mqtt", where)
+    _no_unknown(src, ("host", "port", "ca", "server_hostname", "keepalive_s"), where, "mqtt.")
+    mqtt = cfg["mqtt"] = {}
+    mqtt["host"] = _take(src, "host", where, "mqtt.", "str")
+    mqtt["port"] = _take(src, "port", where, "mqtt.", "int", 8883, lo=1, hi=65535)
+    mqtt["ca"] = _take(src, "ca", where, "mqtt.", "str")
+    mqtt["server_hostname"] = _take(src, "server_hostname", where, "mqtt.", "str", None)
+    if mqtt["server_hostname"] is None:
+        mqtt["server_hostname"] = mqtt["host"]
+    mqtt["keepalive_s"] = _take(src, "keepalive_s", where, "mqtt.", "int", 30, lo=5, hi=3600)
+
+    src = _section(raw, "dht", where)
+    _no_unknown(src, ("model", "pin", "interval_s", "window"), where, "dht.")
+    dht = cfg["dht"] = {}
+    dht["model"] = _take(src, "model", where, "dht.", "str", choices=("DHT11", "DHT22"))
+    dht["pin"] = _take(src, "pin", where, "dht.", "int", lo=0, hi=48)
+    dht["interval_s"] = _take(
+        src, "interval_s", where, "dht.", "int", 5, lo=DHT_MIN_INTERVAL_S[dht["model"]], hi=3600
+    )
+    dht["window"] = _take(src, "window", where, "dht.", "int", 5, lo=1, hi=120)
+
+    src = _section(raw, "audio", where)
+    _no_unknown(
+        src,
+        ("sck", "ws", "sd", "rate_hz", "bits", "frame_samples", "publish_interval_s",
+         "mic_sensitivity_dbfs"),
+        where,
+        "audio.",
+    )
+    audio = cfg["audio"] = {}
+    for pin in ("sck", "ws", "sd"):
+        audio[pin] = _take(src, pin, where, "audio.", "int", lo=0, hi=48)
+    audio["rate_hz"] = _take(src, "rate_hz", where, "audio.", "int", 16000, choices=(16000, 48000))
+    audio["bits"] = _take(src, "bits", where, "audio.", "int", 16, choices=(16, 32))
+    audio["frame_samples"] = _take(
+        src, "frame_samples", where, "audio.", "int", 512, lo=64, hi=4096
+    )
+    audio["publish_interval_s"] = _take(
+        src, "publish_interval_s", where, "audio.", "int", 10, lo=1, hi=3600
+    )
+    audio["mic_sensitivity_dbfs"] = _take(
+        src, "mic_sensitivity_dbfs", where, "audio.", "num", None, lo=-80, hi=0
+    )
+    return cfg
+
+
+def validate_secrets(raw, where="secrets.json"):
+    """The validated secrets; ConfigError naming the key (never its value) on a bad one."""
+    if not isinstance(raw, dict):
+        _fail(where, "(top level)", "an object {...}")
+    _no_unknown(raw, ("wifi_ssid", "wifi_password", "mqtt_user", "mqtt_password"), where)
+    out = {}
+    for key, default in (("wifi_ssid", _REQUIRED), ("wifi_password", _REQUIRED),
+                         ("mqtt_user", None), ("mqtt_password", None)):
+        value = raw.get(key, default)
+        if value is _REQUIRED:
+            _fail(where, key, "a value (the key is missing)")
+        if value is not None and not isinstance(value, str):
+            # The value itself is a secret: describe it, never echo it.
+            _fail(where, key, "a string" + (" or null" if default is None else ""))
+        out[key] = value
+    if (out["mqtt_user"] is None) != (out["mqtt_password"] is None):
+        _fail(where, "mqtt_user/mqtt_password", "both set or both null")
+    if len(out["wifi_ssid"]) > 32:
+        _fail(where, "wifi_ssid", "at most 32 characters")
+    return out
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError("%s: cannot read the file (missing?)" % path)
+    except UnicodeError:
+        raise ConfigError("%s: not valid JSON (not UTF-8 text)" % path)
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeError):  # MicroPython's UnicodeError is no ValueError
+        raise ConfigError("%s: not valid JSON" % path)
+
+
+def folder_of(path):
+    cut = path.rfind("/")
+    return path[: cut + 1] if cut >= 0 else ""
+
+
+def load(config_path, secrets_path):
+    """(config, secrets) from the two files; ConfigError names the file and key at fault."""
+    cfg = validate(_read_json(config_path), config_path)
+    secrets = validate_secrets(_read_json(secrets_path), secrets_path)
+    ca = cfg["mqtt"]["ca"]
+    # Relative CA paths resolve against the config file's folder (the root on the board).
+    cfg["mqtt"]["ca_path"] = ca if ca.startswith("/") else folder_of(config_path) + ca
+    return cfg, secrets
+
+
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
+
+
+def load_ca(path):
+    """The CA certificate as DER bytes, from a PEM or DER file.
+
+    MicroPython's TLS module accepts DER only on some ports, so PEM is decoded here.
+    """
+    from binascii import a2b_base64
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        raise ConfigError("mqtt.ca: cannot read the CA file %s (missing?)" % path)
+    if data[:1] == b"\x30":  # DER: an ASN.1 SEQUENCE
+        return data
+    try:
+        text = data.decode()
+    except UnicodeError:
+        text = ""
+    start = text.find(_PEM_BEGIN)
+    end = text.find(_PEM_END)
+    if start < 0 or end < start:
+        raise ConfigError("mqtt.ca: %s is neither a PEM nor a DER certificate" % path)
+    body = "".join(text[start + len(_PEM_BEGIN) : end].split())
+    try:
+        der = a2b_base64(body)
+    except ValueError:
+        raise ConfigError("mqtt.ca: %s has a corrupt PEM body" % path)
+    if der[:1] != b"\x30":
+        raise ConfigError("mqtt.ca: %s does not hold a certificate" % path)
+    return der

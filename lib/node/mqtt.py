@@ -1,0 +1,195 @@
+"""umqtt.simple over TLS, made safe for an asyncio node: no call blocks the event loop for long.
+
+umqtt.simple (from PyPI, unchanged) predates MicroPython's SSLContext API: it imports `ussl`,
+which MicroPython 1.22+ lacks, opens its socket with no timeout, switches it back to blocking in
+wait_msg(), and waits for a QoS 1 PUBACK forever. This subclass keeps its packet handling
+(will, strings, incoming PUBLISH + PUBACK, PINGREQ, DISCONNECT) and replaces what blocks:
+- `open()` resolves, connects and runs the TLS handshake (SSLContext, CERT_REQUIRED, the CA,
+  server_hostname) on a non-blocking socket polled from asyncio;
+- afterwards umqtt talks to a `_BoundedStream`, whose setblocking(True) means "block at most
+  io_timeout_ms" (a MicroPython TLS socket has no settimeout, so the bound is set on the raw
+  socket beneath it) and whose short reads are errors, never silently mis-parsed packets;
+- `publish_qos1()` sends and returns the packet id; the PUBACK is picked up by `check_msg()`.
+"""
+
+import asyncio
+import select
+import socket
+import ssl
+import time
+
+from micropython import const
+from umqtt.simple import MQTTClient, MQTTException
+
+_CONNACK = const(0x20)
+_PUBACK = const(0x40)
+_SUBACK = const(0x90)
+_EINPROGRESS = const(115)
+_EAGAIN = const(11)
+_ECONNRESET = const(104)
+_ETIMEDOUT = const(110)
+_HANDSHAKE_STEP_MS = const(5)
+
+
+class ProtocolError(MQTTException):
+    """The broker sent something MQTT 3.1.1 does not allow here."""
+
+
+class _BoundedStream:
+    """The TLS stream as umqtt sees it: blocking means bounded, a short read means a dead link."""
+
+    def __init__(self, raw, tls, timeout_ms):
+        self._raw = raw
+        self._tls = tls
+        self._timeout_s = timeout_ms / 1000
+        raw.settimeout(self._timeout_s)
+
+    def setblocking(self, flag):
+        if flag:
+            self._raw.settimeout(self._timeout_s)
+        else:
+            self._raw.setblocking(False)
+
+    def read(self, n):
+        data = self._tls.read(n)
+        # None: non-blocking and nothing there (check_msg). Fewer bytes than asked: end of
+        # stream mid-packet; umqtt would index past the end or mis-parse what follows.
+        if data is not None and len(data) < n:
+            raise OSError(_ECONNRESET)
+        return data
+
+    def write(self, buf, n=None):
+        return self._tls.write(buf) if n is None else self._tls.write(buf, n)
+
+    def close(self):
+        self._tls.close()
+
+
+class Client(MQTTClient):
+    """umqtt.simple.MQTTClient with a bounded TLS transport and a non-waiting QoS 1 publish."""
+
+    def __init__(self, client_id, host, port, ssl_context, server_hostname, user=None,
+                 password=None, keepalive_s=30, io_timeout_ms=500):
+        super().__init__(client_id, host, port, user, password, keepalive_s)
+        self._context = ssl_context
+        self._server_hostname = server_hostname
+        self._io_timeout_ms = io_timeout_ms
+        self._poller = None
+        self.acked = []  # packet ids of PUBACKs received since the caller last looked
+
+    async def open(self, timeout_ms):
+        """Connect and finish the TLS handshake without blocking the loop for long.
+
+        Raises OSError (DNS, refused, timeout) or ValueError (the TLS layer: bad certificate,
+        wrong host name); the caller retries with backoff.
+        """
+        self.close()
+        # DNS may block on the board when the resolver is down; an IP literal never does.
+        addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        raw = socket.socket()
+        try:
+            raw.setblocking(False)
+            try:
+                raw.connect(addr)
+            except OSError as e:
+                if e.errno != _EINPROGRESS:
+                    raise
+            tls = self._context.wrap_socket(
+                raw, server_hostname=self._server_hostname, do_handshake_on_connect=False
+            )
+            start = time.ticks_ms()
+            # Writing nothing drives the handshake: None while it waits for the peer.
+            while tls.write(b"") is None:
+                if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
+                    raise OSError(_ETIMEDOUT)
+                await asyncio.sleep_ms(_HANDSHAKE_STEP_MS)
+        except BaseException:
+            raw.close()
+            raise
+        self.sock = _BoundedStream(raw, tls, self._io_timeout_ms)
+        self._poller = select.poll()
+        self._poller.register(tls, select.POLLIN)
+
+    def send_connect(self, clean_session=True):
+        """Send CONNECT (with the last will set by set_last_will); the CONNACK comes later."""
+        body = bytearray(b"\x00\x04MQTT\x04\x00\x00\x00")
+        body[7] = clean_session << 1
+        size = len(body) + 2 + len(self.client_id)
+        if self.user is not None:
+            body[7] |= 0xC0
+            size += 2 + len(self.user) + 2 + len(self.pswd)
+        body[8] = self.keepalive >> 8
+        body[9] = self.keepalive & 0xFF
+        if self.lw_topic:
+            body[7] |= 0x04 | (self.lw_qos << 3) | (self.lw_retain << 5)
+            size += 2 + len(self.lw_topic) + 2 + len(self.lw_msg)
+        self.sock.write(_fixed_header(0x10, size))
+        self.sock.write(body)
+        self._send_str(self.client_id)
+        if self.lw_topic:
+            self._send_str(self.lw_topic)
+            self._send_str(self.lw_msg)
+        if self.user is not None:
+            self._send_str(self.user)
+            self._send_str(self.pswd)
+
+    def readable(self):
+        """True when bytes (or the end of the stream) are waiting; never blocks."""
+        for _ in self._poller.ipoll(0):
+            return True
+        return False
+
+    def read_connack(self):
+        """Read the CONNACK; MQTTException(code) when the broker refuses (bad credentials...)."""
+        resp = self.sock.read(4)
+        if resp[0] != _CONNACK or resp[1] != 2:
+            raise ProtocolError("expected CONNACK, got 0x%02x" % resp[0])
+        if resp[3]:
+            raise MQTTException(resp[3])
+
+    def publish_qos1(self, topic, msg, retain=False, dup=False):
+        """Send a QoS 1 PUBLISH and return its packet id; do not wait for the PUBACK."""
+        self.pid = self.pid % 0xFFFF + 1  # 1..65535: 0 is not a valid packet id
+        flags = 0x32 | retain | (dup << 3)
+        self.sock.write(_fixed_header(flags, 2 + len(topic) + 2 + len(msg)))
+        self._send_str(topic)
+        self.sock.write(self.pid.to_bytes(2, "big"))
+        self.sock.write(msg)
+        return self.pid
+
+    def wait_msg(self):
+        # umqtt handles PUBLISH, PINGRESP and returns the type of anything else unread.
+        op = super().wait_msg()
+        if op == _PUBACK:
+            rest = self.sock.read(3)
+            if rest[0] != 2:
+                raise ProtocolError("bad PUBACK length %d" % rest[0])
+            self.acked.append(rest[1] << 8 | rest[2])
+        elif op is not None and op != _SUBACK:
+            raise ProtocolError("unexpected packet type 0x%02x" % op)
+        return op
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass  # already gone: closing is all we wanted
+        self.sock = None
+        self._poller = None
+
+
+def _fixed_header(first_byte, size):
+    if size >= 0x10000000:
+        raise ValueError("packet too large")
+    out = bytearray(5)
+    out[0] = first_byte
+    i = 1
+    while True:
+        out[i] = size & 0x7F
+        size >>= 7
+        if size:
+            out[i] |= 0x80
+            i += 1
+        else:
+            return memoryview(out)[: i + 1]

@@ -1,0 +1,55 @@
+"""The I2S task: read frames without blocking the loop, measure them, queue one level per interval."""
+
+import asyncio
+import time
+
+from node.log import log
+
+
+class Sound:
+    """Owns the I2S microphone; frames go through the viper level meter, levels to the outbox."""
+
+    def __init__(self, i2s, meter, bits, frame_samples, publish_interval_s, outbox, topic, beat,
+                 clock):
+        self._i2s = i2s
+        self._meter = meter
+        self._sample_bytes = bits // 8
+        # Allocated once: the frame path runs hundreds of times a second and must not feed the GC.
+        self._buf = bytearray(frame_samples * self._sample_bytes)
+        self._interval_ms = publish_interval_s * 1000
+        self._outbox = outbox
+        self._topic = topic
+        self._beat = beat
+        self._clock = clock
+        self.frames = 0
+
+    async def run(self):
+        reader = asyncio.StreamReader(self._i2s)
+        buf = self._buf
+        meter = self._meter
+        sample_bytes = self._sample_bytes
+        due_ms = time.ticks_add(time.ticks_ms(), self._interval_ms)
+        while True:
+            n = await reader.readinto(buf)
+            # The I2S driver hands over whole samples; a ragged tail would shift every later one.
+            n -= n % sample_bytes
+            if n:
+                meter.add(buf, n)
+                self.frames += 1
+            self._beat()
+            if time.ticks_diff(time.ticks_ms(), due_ms) >= 0:
+                due_ms = time.ticks_add(due_ms, self._interval_ms)
+                self._publish()
+
+    def _publish(self):
+        levels = self._meter.read()
+        if levels is None:
+            log("sound", "no audio frames this interval")
+            return
+        fields = {}
+        for key in levels:
+            if key != "frames":
+                fields[key] = round(levels[key], 2)
+        seq = self._outbox.add(self._topic, self._clock(), fields)
+        log("sound", "reading %d: %.2f dBFS rms, %.2f dBFS peak, %d frames"
+            % (seq, fields["rms_dbfs"], fields["peak_dbfs"], levels["frames"]))

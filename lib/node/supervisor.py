@@ -1,0 +1,45 @@
+"""Task heartbeats and the watchdog: machine.WDT is fed only while every task reports in."""
+
+import asyncio
+import time
+
+from micropython import const
+
+from node.log import log
+
+_FEED_INTERVAL_MS = const(1000)
+
+
+class Supervisor:
+    def __init__(self, wdt):
+        self._wdt = wdt
+        self._last = {}  # task name -> ticks_ms of its last heartbeat
+        self._limit = {}  # task name -> longest silence that still counts as alive
+        self._stale = ()
+
+    def register(self, name, max_silence_ms):
+        """Track a task; returns the function the task calls to say it is alive."""
+        self._last[name] = time.ticks_ms()
+        self._limit[name] = max_silence_ms
+
+        def beat():
+            self._last[name] = time.ticks_ms()
+
+        return beat
+
+    def stale(self):
+        now = time.ticks_ms()
+        return [n for n in self._last if time.ticks_diff(now, self._last[n]) > self._limit[n]]
+
+    async def run(self):
+        while True:
+            stale = self.stale()
+            if stale:
+                # Not feeding is the point: the WDT resets the board out of a hung task.
+                if stale != self._stale:
+                    log("supervisor", "no heartbeat from %s: watchdog not fed"
+                        % ", ".join(stale))
+            else:
+                self._wdt.feed()
+            self._stale = stale
+            await asyncio.sleep_ms(_FEED_INTERVAL_MS)

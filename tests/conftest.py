@@ -1,0 +1,56 @@
+"""Shared pytest fixtures: where the repo and the MicroPython unix port are, and how to run it."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def micropython_path():
+    """The unix port: $MICROPYTHON, else the project's venv, else PATH."""
+    candidates = [os.environ.get("MICROPYTHON"), REPO / ".venv" / "bin" / "micropython"]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return str(c)
+    found = shutil.which("micropython")
+    if not found:
+        raise RuntimeError("no micropython unix port: run `make deps` first")
+    return found
+
+
+def run_mpy(script, *args, heap=None, cwd=None, path=(), timeout=120, check=True, env=None):
+    """Run a MicroPython script (a path, or source text) with lib/ and `path` on sys.path.
+
+    Returns the CompletedProcess; with check=True a non-zero exit fails with both streams shown.
+    """
+    cmd = [micropython_path()]
+    if heap:
+        cmd += ["-X", f"heapsize={heap}"]
+    if isinstance(script, Path) or (isinstance(script, str) and script.endswith(".py")):
+        cmd.append(str(script))
+    else:
+        cmd += ["-c", script]
+    cmd += [str(a) for a in args]
+    full_env = dict(os.environ)
+    full_env["MICROPYPATH"] = ":".join([*map(str, path), str(REPO / "lib"), ".frozen"])
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"micropython exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+            f"--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mpy():
+    """The run_mpy function, for tests that drive MicroPython scripts."""
+    return run_mpy
