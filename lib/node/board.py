@@ -61,7 +61,7 @@ def watchdog(timeout_s):
 
 
 def unix_time():
-    return time.time() + _EPOCH_OFFSET_S
+    return int(time.time()) + _EPOCH_OFFSET_S
 
 
 class Wifi:

@@ -39,6 +39,7 @@ class Climate:
             wait = self._min_interval_ms - time.ticks_diff(time.ticks_ms(), self._last_read_ms)
             if wait > 0:
                 await asyncio.sleep_ms(wait)
+        self._beat()  # retries of a failing sensor can take several seconds
         self._last_read_ms = time.ticks_ms()
 
     def _measure(self):
