@@ -8,6 +8,7 @@ import time
 from node import VERSION, board, bootcount, config
 from node.climate import Climate
 from node.dsp import LevelMeter
+from node.lagprobe import LagProbe
 from node.log import log
 from node.mqtt import Client
 from node.outbox import Outbox
@@ -42,7 +43,7 @@ def task_died(loop, context):
     log("main", "task died: %r" % context.get("exception"))
 
 
-async def telemetry(interval_s, topic, publisher, outbox, climate, sound, wifi, boot, cause):
+async def telemetry(interval_s, topic, publisher, outbox, climate, sound, wifi, lag, boot, cause):
     heap_min = gc.mem_free()
     while True:
         await asyncio.sleep(interval_s)
@@ -66,9 +67,11 @@ async def telemetry(interval_s, topic, publisher, outbox, climate, sound, wifi, 
             "dropped": outbox.dropped,
             "sensor_errors": climate.errors,
             "audio_frames": sound.frames,
+            "loop_lag": lag.summary(),
         }
-        log("telemetry", "taken %d delivered %d queued %d dropped %d heap %d"
-            % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap))
+        log("telemetry", "taken %d delivered %d queued %d dropped %d heap %d lag %s"
+            % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap,
+               body["loop_lag"]))
         publisher.publish_now(topic, dumps(body))
 
 
@@ -107,9 +110,10 @@ async def main(cfg, secrets, ctx):
     publisher = Publisher(client, outbox, topics, mqtt["keepalive_s"],
                           supervisor.register("publisher", PUBLISHER_SILENCE_MS), wifi.up)
 
-    for coro in (climate.run(), sound.run(), publisher.run(),
+    lag = LagProbe()
+    for coro in (climate.run(), sound.run(), publisher.run(), lag.run(),
                  telemetry(cfg["telemetry_interval_s"], topics.telemetry.encode(), publisher,
-                           outbox, climate, sound, wifi, boot, cause)):
+                           outbox, climate, sound, wifi, lag, boot, cause)):
         asyncio.create_task(coro)
     await supervisor.run()
 

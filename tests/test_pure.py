@@ -102,3 +102,17 @@ def test_outbox_same_on_cpython():
     for i in range(6):
         box.add(b"t/climate", 1700000000 + i, {"temperature": 20 + i})
     assert (box.taken, box.dropped, len(box), box.peek()[0]) == (6, 2, 4, 3)
+
+
+def test_lag_probe_percentiles(mpy):
+    out = mpy("""
+import json
+from node.lagprobe import LagProbe
+p = LagProbe()
+for lag in [0] * 90 + [3] * 8 + [40, 730]:
+    p.record(lag)
+print(json.dumps(p.summary()))
+print(json.dumps(p.summary()))
+""").stdout.splitlines()
+    assert json.loads(out[0]) == {"p50_ms": 0, "p99_ms": 40, "max_ms": 730}
+    assert json.loads(out[1]) == {"p50_ms": 0, "p99_ms": 0, "max_ms": 0}
