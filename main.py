@@ -3,13 +3,12 @@
 import asyncio
 import gc
 import ssl
-import time
 
 from node import VERSION, board, bootcount, config
 from node.climate import Climate
 from node.dsp import LevelMeter
 from node.lagprobe import LagProbe
-from node.log import log
+from node.log import log, uptime_ms
 from node.mqtt import Client
 from node.outbox import Outbox
 from node.payload import Topics, dumps
@@ -53,7 +52,7 @@ async def telemetry(interval_s, topic, publisher, outbox, climate, sound, wifi, 
         body = {
             "boot": boot,
             "ts": board.unix_time(),
-            "uptime_s": time.ticks_ms() // 1000,
+            "uptime_s": uptime_ms() // 1000,
             "version": VERSION,
             "heap_free": heap,
             "heap_min_free": heap_min,
