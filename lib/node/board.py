@@ -17,7 +17,12 @@ from node.log import log
 _WIFI_POLL_MS = const(250)
 _WIFI_RETRY_MS = const(20000)  # a connect that has not succeeded by then is started again
 _I2S_ID = const(0)
-_I2S_DMA_FRAMES = const(8)  # frames of DMA buffer: room for the loop to be late by ~8 frames
+# The ESP32 driver sizes `ibuf` in 8-byte DMA frames (one per sample whatever the slot width),
+# so 8 bytes per sample buy time: 250 ms at 16 kHz for the loop to be late without losing audio,
+# capped because DMA memory is scarce (100 ms at 48 kHz).
+_I2S_DMA_BYTES_PER_SAMPLE = const(8)
+_I2S_BUFFER_MS = const(250)
+_I2S_IBUF_MAX = const(40000)
 # MicroPython's epoch is 2000-01-01 on the ESP32 and 1970 on the unix port; payloads want Unix.
 _EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
 _RESET_CAUSES = {
@@ -42,7 +47,7 @@ def dht_sensor(model, pin):
 
 
 def microphone(audio):
-    frame_bytes = audio["frame_samples"] * audio["bits"] // 8
+    ibuf = audio["rate_hz"] * _I2S_DMA_BYTES_PER_SAMPLE * _I2S_BUFFER_MS // 1000
     return machine.I2S(
         _I2S_ID,
         sck=machine.Pin(audio["sck"]),
@@ -52,7 +57,7 @@ def microphone(audio):
         bits=audio["bits"],
         format=machine.I2S.MONO,
         rate=audio["rate_hz"],
-        ibuf=frame_bytes * _I2S_DMA_FRAMES,
+        ibuf=min(ibuf, _I2S_IBUF_MAX),
     )
 
 

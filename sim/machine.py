@@ -1,0 +1,390 @@
+"""machine for the simulated ESP32: Pin, Signal, I2S, WDT, resets and the chip's identity.
+
+Names, signatures, constants and exceptions follow the ESP32 port, so the app that runs here
+runs unchanged on the board. Inputs come from the environment (see docs/ARCHITECTURE.md):
+SIM_AUDIO feeds I2S in real time, SIM_UID is unique_id(). Resets end the process with the exit
+codes in _simenv and leave their cause for the next start's reset_cause().
+"""
+
+import io
+import os
+import time
+
+import _audio
+import _simenv
+from _simenv import (  # noqa: F401  (re-exported, as the board's machine has them)
+    DEEPSLEEP_RESET,
+    HARD_RESET,
+    PWRON_RESET,
+    SOFT_RESET,
+    WDT_RESET,
+)
+from micropython import const
+
+_EPERM = const(1)
+_EBADF = const(9)
+_EINVAL = const(22)
+_MP_STREAM_POLL = const(3)
+_POLL_RD = const(0x0001)
+_POLL_WR = const(0x0004)
+
+# The ESP32 port reads I2S RX as 32-bit stereo frames whatever the format, in DMA buffers of
+# 256 frames; `ibuf` is the size of that DMA ring in those 8-byte frames, so it holds
+# ibuf // 8 samples of any format (at least 2 buffers). Samples become readable one whole DMA
+# buffer at a time, and a full ring loses its oldest buffer: both are modelled below.
+_DMA_FRAMES = const(256)
+_DMA_FRAME_BYTES = const(8)
+_MIN_DMA_BUFFERS = const(2)  # the port rounds up to the two ESP-IDF needs
+
+_DEFAULT_UID = b"\x24\x0a\xc4\x5e\x1a\x70"  # an Espressif MAC: 24:0a:c4 is their OUI
+_FREQS_MHZ = (20, 40, 80, 160, 240)
+_freq_hz = [160_000_000]
+_uid = []
+
+
+def reset_cause():
+    return _simenv.reset_cause()
+
+
+def reset():
+    """Reboot the chip: here, end the process with exit code 4; the next start sees HARD_RESET."""
+    _simenv.record_cause(HARD_RESET)
+    _simenv.die(_simenv.EXIT_RESET, "machine.reset()")
+
+
+def soft_reset():
+    """Restart the interpreter: exit code 5, and the next start's reset_cause() is SOFT_RESET."""
+    _simenv.record_cause(SOFT_RESET)
+    _simenv.die(_simenv.EXIT_SOFT_RESET, "machine.soft_reset()")
+
+
+def unique_id():
+    if not _uid:
+        text = _simenv.env("SIM_UID")
+        if text is None:
+            _uid.append(_DEFAULT_UID)
+        else:
+            try:
+                uid = bytes.fromhex(text.replace(":", ""))
+            except ValueError:
+                uid = b""
+            if not uid:
+                _simenv.config_error("SIM_UID", "%r is not a hex string like 240ac45e1a70"
+                                     % text)
+            _uid.append(uid)
+    return _uid[0]
+
+
+def freq(hz=None):
+    if hz is None:
+        return _freq_hz[0]
+    if hz // 1_000_000 not in _FREQS_MHZ:
+        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
+    _freq_hz[0] = hz // 1_000_000 * 1_000_000
+
+
+def idle():
+    # The board yields to other FreeRTOS tasks; here a short sleep keeps polling loops from
+    # spinning a host core.
+    time.sleep_ms(1)
+
+
+def disable_irq():
+    return 0
+
+
+def enable_irq(state=0):
+    pass
+
+
+# ---- Pin ------------------------------------------------------------------------------------
+
+# GPIO numbers of the ESP32 and the ESP32-S3 together (the simulator stands for both).
+_NO_GPIO = (24,)
+_MAX_GPIO = const(48)
+_pins = {}  # gpio -> [mode, pull, level]: like the board, Pin(n) twice is the same pin
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_DOWN = 1
+    PULL_UP = 2
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
+    DRIVE_0 = 0
+    DRIVE_1 = 1
+    DRIVE_2 = 2
+    DRIVE_3 = 3
+
+    def __init__(self, id, mode=-1, pull=-1, *, value=None, drive=-1, hold=None):
+        if not isinstance(id, int) or not 0 <= id <= _MAX_GPIO or id in _NO_GPIO:
+            raise ValueError("invalid pin")
+        self._id = id
+        if id not in _pins:
+            _pins[id] = [Pin.IN, None, 0]
+        self.init(mode, pull, value=value, drive=drive, hold=hold)
+
+    def init(self, mode=-1, pull=-1, *, value=None, drive=-1, hold=None):
+        st = _pins[self._id]
+        if mode != -1:
+            if mode not in (Pin.IN, Pin.OUT, Pin.OPEN_DRAIN, None):
+                raise ValueError("invalid pin mode")
+            st[0] = mode
+        if pull != -1:
+            st[1] = pull
+        if value is not None:
+            st[2] = 1 if value else 0
+
+    def value(self, x=None):
+        st = _pins[self._id]
+        if x is not None:
+            st[2] = 1 if x else 0
+            return None
+        if st[0] == Pin.IN:
+            return 1 if st[1] == Pin.PULL_UP else 0  # nothing drives an input: its pull wins
+        return st[2]
+
+    def __call__(self, x=None):
+        return self.value(x)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def __repr__(self):
+        return "Pin(%d)" % self._id
+
+
+class Signal:
+    def __init__(self, pin, *args, invert=False, **kwargs):
+        self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args, **kwargs)
+        self._invert = bool(invert)
+
+    def value(self, x=None):
+        if x is None:
+            return self._pin.value() ^ self._invert
+        self._pin.value(bool(x) ^ self._invert)
+
+    def __call__(self, x=None):
+        return self.value(x)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+
+# ---- I2S ------------------------------------------------------------------------------------
+
+_i2s_ports = {}  # id -> the live I2S: a new I2S on the same id replaces it, as on the board
+
+
+class I2S(io.IOBase):
+    """I2S controller; RX delivers SIM_AUDIO in real time at `rate`, like the DMA would.
+
+    Blocking mode (the default) fills the whole buffer, waiting for the samples to arrive.
+    The first ioctl() call switches to asyncio mode, as on the board: readinto() then returns
+    at once with the samples already in whole DMA buffers (possibly 0), and poll reports
+    readable while there are some. If the app falls behind by more than the DMA ring, the
+    oldest samples are lost and counted in `overruns` (DMA buffers) and `lost_samples`: two
+    simulator-only attributes, absent on the board.
+    """
+
+    RX = 9  # I2S_MODE_MASTER | I2S_MODE_RX, as the ESP32 port defines them
+    TX = 5
+    MONO = 0
+    STEREO = 1
+
+    def __init__(self, id, *, sck, ws, sd, mode, bits, format, rate, ibuf, mck=None):
+        if id not in (0, 1):
+            raise ValueError("I2S(%d) does not exist" % id)
+        self._id = id
+        self._src = None
+        self.overruns = 0
+        self.lost_samples = 0
+        self.init(sck=sck, ws=ws, sd=sd, mode=mode, bits=bits, format=format, rate=rate,
+                  ibuf=ibuf, mck=mck)
+
+    def init(self, *, sck, ws, sd, mode, bits, format, rate, ibuf, mck=None):
+        for p in (sck, ws, sd):
+            if not isinstance(p, Pin):
+                raise ValueError("expecting a pin")
+        if mode not in (I2S.RX, I2S.TX):
+            raise ValueError("invalid mode")
+        if bits not in (16, 32):
+            raise ValueError("invalid bits")
+        if format not in (I2S.MONO, I2S.STEREO):
+            raise ValueError("invalid format")
+        if rate <= 0:
+            raise ValueError("invalid rate")
+        if ibuf <= 0:
+            raise ValueError("invalid ibuf")
+        dma_buffers = max(_MIN_DMA_BUFFERS, ibuf // (_DMA_FRAMES * _DMA_FRAME_BYTES))
+        old = _i2s_ports.get(self._id)
+        if old is not None:
+            old.deinit()
+        if self._src is not None:
+            self.deinit()
+        self._mode = mode
+        self._rate = rate
+        self._width = bits // 8
+        self._frame_bytes = self._width * (2 if format == I2S.STEREO else 1)
+        self._capacity = dma_buffers * _DMA_FRAMES
+        self._asyncio = False
+        self._src = _audio.open_source(bits, rate) if mode == I2S.RX else _audio.Silence()
+        # Samples arrive from this instant: frame k is complete at _t0 + k / rate. _pos counts
+        # the frames read or lost so far.
+        self._t0 = time.ticks_us()
+        self._pos = 0
+        _i2s_ports[self._id] = self
+
+    def deinit(self):
+        if self._src is None:
+            return
+        close = getattr(self._src, "close", None)
+        if close:
+            close()
+        self._src = None
+        if _i2s_ports.get(self._id) is self:
+            del _i2s_ports[self._id]
+
+    def _completed(self):
+        """Frames in DMA buffers completed since the start (a multiple of _DMA_FRAMES)."""
+        elapsed_us = time.ticks_diff(time.ticks_us(), self._t0)
+        return elapsed_us * self._rate // 1_000_000 // _DMA_FRAMES * _DMA_FRAMES
+
+    def _available(self):
+        """Frames readable now; drops the oldest beyond the DMA ring, as an overrun does."""
+        avail = self._completed() - self._pos
+        if avail > self._capacity:
+            lost = avail - self._capacity
+            self._src.skip(lost)
+            self._pos += lost
+            self.lost_samples += lost
+            self.overruns += (lost + _DMA_FRAMES - 1) // _DMA_FRAMES
+            avail = self._capacity
+        return avail
+
+    def _wait_next_buffer(self):
+        frames = self._completed() + _DMA_FRAMES
+        due_us = (frames * 1_000_000 + self._rate - 1) // self._rate
+        wait_us = due_us - time.ticks_diff(time.ticks_us(), self._t0)
+        if wait_us > 0:
+            time.sleep_us(wait_us)
+
+    def _check(self, mode):
+        if self._src is None:
+            raise OSError(_EBADF)
+        if self._mode != mode:
+            raise OSError(_EPERM)
+
+    def readinto(self, buf):
+        self._check(I2S.RX)
+        size = len(buf)
+        fb = self._frame_bytes
+        if size % fb:
+            raise OSError(_EINVAL)
+        want = size // fb
+        got = 0
+        while got < want:
+            n = min(want - got, self._available())
+            if n:
+                self._src.fill(buf, got * fb, n, self._width, fb)
+                self._pos += n
+                got += n
+            elif self._asyncio:
+                break
+            else:
+                self._wait_next_buffer()
+        return got * fb
+
+    def write(self, buf):
+        # TX is accepted and discarded: this node only listens.
+        self._check(I2S.TX)
+        if len(buf) % self._frame_bytes:
+            raise OSError(_EINVAL)
+        return len(buf)
+
+    def ioctl(self, req, arg):
+        # Only asyncio calls ioctl, and on the board that call switches the port to asyncio
+        # mode. Every other request must fail: answering GET_FILENO would make the unix port's
+        # poll() wait on fd 0 (stdin) instead of asking this object.
+        self._asyncio = True
+        if req != _MP_STREAM_POLL or self._src is None:
+            return -_EINVAL
+        ret = 0
+        if arg & _POLL_RD:
+            if self._mode != I2S.RX:
+                return -_EPERM
+            if self._available() > 0:
+                ret |= _POLL_RD
+        if arg & _POLL_WR:
+            if self._mode != I2S.TX:
+                return -_EPERM
+            ret |= _POLL_WR
+        return ret
+
+    def irq(self, handler):
+        raise NotImplementedError("sim: I2S non-blocking mode (irq) is not simulated")
+
+    def __repr__(self):
+        return "I2S(id=%d, rate=%d, bits=%d)" % (self._id, self._rate, self._width * 8)
+
+
+# ---- WDT ------------------------------------------------------------------------------------
+
+# [last feed ticks_ms, timeout ms]: list slots, so the watchdog thread and the app share them
+# without touching any dict (this port's threads run without a GIL).
+_wdt = [0, 0]
+_wdt_thread = []
+_WDT_RESEND_MS = const(1000)  # between interrupts of a main thread that does not stop
+_WDT_INTERRUPTS = const(3)  # then the process is killed
+
+
+class WDT:
+    """The task watchdog. A thread watches the feed time, so it fires even when the app's
+    event loop is stuck in a blocking call, as the board's hardware timer would."""
+
+    def __init__(self, id=0, timeout=5000):
+        if id != 0:
+            raise ValueError("WDT(%d) doesn't exist" % id)
+        if timeout <= 0:
+            raise ValueError("WDT timeout too short")
+        # A second WDT re-arms the one watchdog with the new timeout, as on the ESP32.
+        _wdt[0] = time.ticks_ms()
+        _wdt[1] = timeout
+        if not _wdt_thread:
+            import _thread
+
+            _wdt_thread.append(_thread.start_new_thread(_watch, ()))
+
+    def feed(self):
+        _wdt[0] = time.ticks_ms()
+
+
+def _watch():
+    while True:
+        timeout = _wdt[1]
+        time.sleep_ms(max(5, min(100, timeout // 10)))
+        late = time.ticks_diff(time.ticks_ms(), _wdt[0])
+        if late >= timeout:
+            break
+    _simenv.wdt_fired[0] = True
+    _simenv.record_cause(WDT_RESET)
+    _simenv.say("WDT fired: not fed for %d ms (timeout %d ms)" % (late, timeout))
+    # This port has no _exit() for a thread to end the process, so the main thread is
+    # interrupted with SIGINT: that ends whatever blocking call it is stuck in, and start.py,
+    # seeing wdt_fired, exits with code 3. system() ignores SIGINT in its caller while the
+    # shell runs, so the signal is sent from a background job after system() has returned.
+    for _ in range(_WDT_INTERRUPTS):
+        os.system("(sleep 0.05; kill -INT $PPID) >/dev/null 2>&1 &")
+        time.sleep_ms(_WDT_RESEND_MS)
+    _simenv.say("the app did not stop on the WDT interrupt: killing the process")
+    os.system("kill -KILL $PPID")
