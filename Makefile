@@ -20,8 +20,9 @@ PORT ?=
 CHIP ?=
 FIRMWARE ?=
 BAUD ?=
+DRY_RUN ?=
 
-.PHONY: deps lib sim test bench bundle deploy flash repl monitor clean
+.PHONY: deps lib sim test bench bundle deploy flash fakeboard repl monitor clean
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -51,12 +52,18 @@ bench: deps
 bundle: deps
 	$(PY) tools/bundle.py --arch $(ARCH) --out build/$(ARCH)
 
-deploy: deps
+# A deploy always ships a fresh bundle; deploy.py refuses a stale one.
+deploy: bundle
 	$(PY) tools/deploy.py --port "$(PORT)" --bundle build/$(ARCH)
 
 flash: deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" tools/flash.sh --port "$(PORT)" \
-		$(if $(CHIP),--chip $(CHIP)) $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD))
+		$(if $(CHIP),--chip $(CHIP)) $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD)) \
+		$(if $(DRY_RUN),--dry-run)
+
+# A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
+fakeboard: deps
+	$(PY) tools/fakeboard.py --baud 115200
 
 repl: deps
 	$(VENV)/bin/mpremote connect "$(PORT)" repl

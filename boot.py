@@ -1,8 +1,8 @@
 # boot.py: runs first on every boot. Count the boot, nothing more: an error here must never
 # keep main.py or the REPL from running.
-from node import bootcount
-
 try:
+    from node import bootcount
+
     print("boot.py: boot", bootcount.increment("boot.json"))
-except OSError as e:  # flash full or read-only: the app still runs, with boot 0
+except (ImportError, OSError) as e:  # lib/ missing mid-deploy, or flash full: main.py decides
     print("boot.py: cannot count boots:", e)

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import os
 import ssl
 
 from node import VERSION, board, bootcount, config
@@ -19,6 +20,8 @@ from node.supervisor import Supervisor
 CONFIG_PATH = "config.json"
 SECRETS_PATH = "secrets.json"
 BOOT_PATH = "boot.json"
+# tools/deploy.py creates this before copying and removes it when every file is in place.
+DEPLOY_MARKER = "deploying"
 IO_TIMEOUT_MS = 500
 # Longest silence before a task counts as hung. The publisher's includes a TLS handshake,
 # about 1 s of CPU on an ESP32, and its 10 s connect timeout.
@@ -117,7 +120,19 @@ async def main(cfg, secrets, ctx):
     await supervisor.run()
 
 
+def deploy_unfinished():
+    try:
+        os.stat(DEPLOY_MARKER)
+    except OSError:
+        return False
+    return True
+
+
 def start():
+    if deploy_unfinished():
+        log("main", "safe mode: a deploy did not finish (%s); run make deploy again"
+            % DEPLOY_MARKER)
+        return
     try:
         cfg, secrets = config.load(CONFIG_PATH, SECRETS_PATH)
         ctx = tls_context(config.load_ca(cfg["mqtt"]["ca_path"]))

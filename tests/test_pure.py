@@ -70,7 +70,7 @@ import json
 from node.outbox import Outbox
 box = Outbox(4, 7)
 for i in range(6):
-    box.add(b"t/climate", 1700000000 + i, {"temperature": 20 + i})
+    box.add(b"t/climate", 1700000000 + i, (("temperature", 20 + i),))
 print(json.dumps([box.taken, box.dropped, len(box)]))
 seq, topic, body = box.peek()
 print(json.dumps([seq, topic.decode(), json.loads(body)]))
@@ -100,7 +100,7 @@ def test_outbox_same_on_cpython():
         sys.path.pop(0)
     box = Outbox(4, 7)
     for i in range(6):
-        box.add(b"t/climate", 1700000000 + i, {"temperature": 20 + i})
+        box.add(b"t/climate", 1700000000 + i, (("temperature", 20 + i),))
     assert (box.taken, box.dropped, len(box), box.peek()[0]) == (6, 2, 4, 3)
 
 
@@ -116,3 +116,15 @@ print(json.dumps(p.summary()))
 """).stdout.splitlines()
     assert json.loads(out[0]) == {"p50_ms": 0, "p99_ms": 40, "max_ms": 730}
     assert json.loads(out[1]) == {"p50_ms": 0, "p99_ms": 0, "max_ms": 0}
+
+
+def test_reading_payload_exact_bytes(mpy):
+    out = mpy("""
+from node import payload
+print(payload.reading(3, 41, 1795440000, (("rms_dbfs", -9.03), ("peak_dbfs", -6.0205),
+                                          ("bad", float("nan")), ("inf", float("-inf")),
+                                          ("n", 7), ("s", 'a"b'))).decode())
+""").stdout.strip()
+    assert out == ('{"boot":3,"seq":41,"ts":1795440000,"rms_dbfs":-9.03,"peak_dbfs":-6.02,'
+                   '"bad":null,"inf":null,"n":7,"s":"a\\"b"}')
+    assert json.loads(out)["rms_dbfs"] == -9.03

@@ -76,13 +76,11 @@ class Climate:
                     self._humidity.push(sample[1])
                     break
             if sample is not None:
-                fields = {
-                    "temperature": round(self._temperature.mean()) / 10,
-                    "humidity": round(self._humidity.mean()) / 10,
-                }
-                seq = self._outbox.add(self._topic, self._clock(), fields)
-                log("climate", "reading %d: %.1f C %.1f %%" % (seq, fields["temperature"],
-                                                                fields["humidity"]))
+                temperature = round(self._temperature.mean()) / 10
+                humidity = round(self._humidity.mean()) / 10
+                seq = self._outbox.add(self._topic, self._clock(),
+                                       (("temperature", temperature), ("humidity", humidity)))
+                log("climate", "reading %d: %.1f C %.1f %%" % (seq, temperature, humidity))
             next_ms = time.ticks_add(next_ms, self._interval_ms)
             wait = time.ticks_diff(next_ms, time.ticks_ms())
             if wait < 0:  # fell behind (retries): restart the schedule rather than burst

@@ -2,12 +2,21 @@
 
 import time
 
-_START_MS = time.ticks_ms()
+_last_ticks_ms = time.ticks_ms()
+_uptime_ms = 0
 
 
 def uptime_ms():
-    """Milliseconds since the app started (ticks_ms() has an arbitrary origin on some ports)."""
-    return time.ticks_diff(time.ticks_ms(), _START_MS)
+    """Milliseconds since the app started.
+
+    ticks_ms() has an arbitrary origin on some ports and wraps every 2^30 ms (12.4 days) on the
+    ESP32, so the uptime is accumulated from differences; the node logs far more often than that.
+    """
+    global _last_ticks_ms, _uptime_ms
+    now = time.ticks_ms()
+    _uptime_ms += time.ticks_diff(now, _last_ticks_ms)
+    _last_ticks_ms = now
+    return _uptime_ms
 
 
 def log(component, text):

@@ -17,11 +17,20 @@ class Topics:
 
 
 def reading(boot, seq, ts, fields):
-    """A data message: {"boot":B,"seq":N,"ts":T, ...fields} as bytes."""
-    body = {"boot": boot, "seq": seq, "ts": ts}
-    for key in fields:
-        body[key] = fields[key]
-    return json.dumps(body).encode()
+    """A data message: {"boot":B,"seq":N,"ts":T, ...fields} as bytes, keys in that order.
+
+    `fields` is a sequence of (key, value) pairs. Floats are written with two decimals:
+    MicroPython's float repr would print -9.03 as -9.029999999999999. A float that is not a
+    number (NaN, infinity) is written as null, so a bad value never makes invalid JSON.
+    """
+    parts = ['"boot":%d,"seq":%d,"ts":%d' % (boot, seq, ts)]
+    for key, value in fields:
+        if isinstance(value, float):
+            text = "%.2f" % value if value - value == 0 else "null"
+        else:
+            text = json.dumps(value)
+        parts.append('"%s":%s' % (key, text))
+    return ("{" + ",".join(parts) + "}").encode()
 
 
 def dumps(obj):

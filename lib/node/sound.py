@@ -5,6 +5,8 @@ import time
 
 from node.log import log
 
+_WEIGHTED = ("laeq_dba", "lafmax_dba", "lafmin_dba")
+
 
 class Sound:
     """Owns the I2S microphone; frames go through the viper level meter, levels to the outbox."""
@@ -46,10 +48,11 @@ class Sound:
         if levels is None:
             log("sound", "no audio frames this interval")
             return
-        fields = {}
-        for key in levels:
-            if key != "frames":
-                fields[key] = round(levels[key], 2)
+        # The contract's two levels first, then the dB(A) ones when the mic is calibrated.
+        fields = [("rms_dbfs", levels["rms_dbfs"]), ("peak_dbfs", levels["peak_dbfs"])]
+        for key in _WEIGHTED:
+            if key in levels:
+                fields.append((key, levels[key]))
         seq = self._outbox.add(self._topic, self._clock(), fields)
         log("sound", "reading %d: %.2f dBFS rms, %.2f dBFS peak, %d frames"
-            % (seq, fields["rms_dbfs"], fields["peak_dbfs"], levels["frames"]))
+            % (seq, levels["rms_dbfs"], levels["peak_dbfs"], levels["frames"]))
