@@ -37,7 +37,7 @@ lib/umqtt/simple.py lib/umqtt/robust.py &: tools/fetch_umqtt.py | $(STAMP)
 lib: lib/umqtt/simple.py lib/umqtt/robust.py
 
 deps: $(STAMP) lib
-	@tools/install-mosquitto.sh
+	@tools/apt-install.sh mosquitto openssl
 
 sim: deps
 	$(PY) tools/sim.py --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
@@ -47,6 +47,7 @@ test: deps
 	$(PY) -m pytest tests
 
 bench: deps
+	@tools/apt-install.sh gcc binutils-xtensa-lx106
 	$(PY) tools/bench.py
 
 bundle: deps
