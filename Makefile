@@ -14,6 +14,7 @@ SECRETS ?=
 AUDIO ?=
 DHT ?=
 HEAP ?=
+APP ?=
 # make bundle / deploy / flash options
 ARCH ?= xtensawin
 PORT ?=
@@ -41,7 +42,7 @@ deps: $(STAMP) lib
 
 sim: deps
 	$(PY) tools/sim.py --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
-		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)"
+		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)" --app "$(APP)"
 
 test: deps
 	$(PY) -m pytest tests

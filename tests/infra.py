@@ -123,8 +123,10 @@ def subscribe(certs, broker, topic="nodes/#", ca=None, timeout=5, server_hostnam
 
 
 def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None, uid=None,
-              flash=None, secrets=None, start=True, **overrides):
+              flash=None, secrets=None, start=True, app_root=REPO, **overrides):
     """A Node whose flash folder (workdir/flash unless given) points at `broker`.
+
+    app_root is where boot.py, main.py and lib/ come from: the repo, or a bundle (build/x64).
 
     The config is node_config(broker.port, **overrides); returns the Node (started unless
     start=False) with .cfg, .topics and .flash set.
@@ -134,7 +136,7 @@ def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None
     config_path = write_json(workdir / "config.json", cfg)
     (workdir / "ca.der").write_bytes(certs.ca_der.read_bytes())
     secrets_path = write_json(workdir / "secrets.json", secrets or sim_secrets())
-    flash = make_flash(flash or workdir / "flash", config_path=config_path,
+    flash = make_flash(flash or workdir / "flash", app_root, config_path=config_path,
                        secrets_path=secrets_path)
     node = Node(flash, heap=heap, audio=audio, dht=dht, uid=uid)
     node.cfg, node.flash = cfg, flash

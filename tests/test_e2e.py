@@ -16,7 +16,7 @@ import pytest
 from infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S, CONNECTED_RX, TAKEN_RX, assert_no_seq_gap, broker, broker_factory, certs,
     data_payloads, failed_since, make_node, node_factory, print_broker_log, print_node_log,
-    start_broker, subscribe, subscriber_factory, taken,
+    REPO, start_broker, subscribe, subscriber_factory, taken,
 )
 
 SINE_RMS_DBFS = -20.0
@@ -364,3 +364,29 @@ def test_make_flash_copies_what_a_board_holds(tmp_path, certs):
     assert not list(flash2.glob("*.der"))
     # The repo itself is a valid app root.
     assert (make_flash(tmp_path / "flash3", REPO, cfg, sec) / "lib" / "node").is_dir()
+
+
+def test_x64_bundle_runs_the_node_end_to_end(certs, tmp_path):
+    """The mpy-cross bundle, not the source tree, on the simulated board: the bundle is complete."""
+    import bundle
+
+    app = tmp_path / "build" / "x64"
+    bundle.build(REPO, app, "x64", log=lambda line: None)
+    assert not list((app / "lib").rglob("*.py")), "the bundle should hold .mpy only under lib/"
+    brk = start_broker(certs, tmp_path / "broker")
+    sub = subscribe(certs, brk)
+    node = make_node(certs, brk, tmp_path / "node", app_root=app)
+    try:
+        node.wait_for_line(CONNECTED_RX, CONNECT_TIMEOUT_S)
+        sub.wait_for(_topic_rx(node.topics.sound), timeout=15, count=2)
+        sub.wait_for(_topic_rx(node.topics.climate), timeout=15, count=3)
+        assert not list((node.flash / "lib").rglob("*.py"))
+        data = data_payloads(sub, node.topics)
+        assert_no_seq_gap(data)
+        for p in data:
+            if p["_kind"] == "sound":
+                assert abs(p["rms_dbfs"] - SINE_RMS_DBFS) <= LEVEL_TOLERANCE_DB
+    finally:
+        node.stop()
+        sub.close()
+        brk.stop()

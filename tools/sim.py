@@ -134,7 +134,7 @@ class Run:
         # Code is replaced; boot.json and the reset cause stay, as on a board flashed again.
         shutil.rmtree(flash / "lib", ignore_errors=True)
         try:
-            self.flash = make_flash(flash, REPO, self.config_path, self.secrets_path)
+            self.flash = make_flash(flash, a.app or REPO, self.config_path, self.secrets_path)
         except (OSError, ValueError) as e:
             raise Fatal(f"cannot prepare the flash folder: {e}")
 
@@ -339,7 +339,10 @@ def parse_args(argv):
     ap.add_argument("--audio", default="", help="WAV file, sine:<hz>:<dbfs> or silence")
     ap.add_argument("--dht", default="", help="CSV script of DHT readings")
     ap.add_argument("--heap", default="", help="MicroPython heap size, e.g. 64k")
+    ap.add_argument("--app", default="", help="run this bundle (e.g. build/x64), not the sources")
     args = ap.parse_args(argv)
+    if args.app and not (Path(args.app) / "main.py").is_file():
+        ap.error(f"--app: {args.app} holds no main.py (make bundle ARCH=x64 first?)")
     if args.duration:
         try:
             args.duration = float(args.duration)
