@@ -128,3 +128,16 @@ print(payload.reading(3, 41, 1795440000, (("rms_dbfs", -9.03), ("peak_dbfs", -6.
     assert out == ('{"boot":3,"seq":41,"ts":1795440000,"rms_dbfs":-9.03,"peak_dbfs":-6.02,'
                    '"bad":null,"inf":null,"n":7,"s":"a\\"b"}')
     assert json.loads(out)["rms_dbfs"] == -9.03
+
+
+def test_boot_counter_survives_a_damaged_file(mpy, tmp_path):
+    """boot.json is read at every boot: damage restarts the count, it never stops the boot."""
+    out = mpy("""
+from node import bootcount
+print(bootcount.read("boot.json"), bootcount.increment("boot.json"), bootcount.increment("boot.json"))
+for junk in ('{"boot": -4}', '{"boot": "7"}', '[1]', '{', '\\xff\\xfe', ''):
+    open("boot.json", "w").write(junk)
+    print(bootcount.read("boot.json"), bootcount.increment("boot.json"))
+""", cwd=tmp_path).stdout.split("\n")
+    assert out[0] == "0 1 2"
+    assert out[1:7] == ["0 1"] * 6
