@@ -13,6 +13,7 @@ wait_msg(), and waits for a QoS 1 PUBACK forever. This subclass keeps its packet
 """
 
 import asyncio
+import errno
 import select
 import socket
 import ssl
@@ -24,10 +25,6 @@ from umqtt.simple import MQTTClient, MQTTException
 _CONNACK = const(0x20)
 _PUBACK = const(0x40)
 _SUBACK = const(0x90)
-_EINPROGRESS = const(115)
-_EAGAIN = const(11)
-_ECONNRESET = const(104)
-_ETIMEDOUT = const(110)
 _HANDSHAKE_STEP_MS = const(5)
 
 
@@ -55,7 +52,7 @@ class _BoundedStream:
         # None: non-blocking and nothing there (check_msg). Fewer bytes than asked: end of
         # stream mid-packet; umqtt would index past the end or mis-parse what follows.
         if data is not None and len(data) < n:
-            raise OSError(_ECONNRESET)
+            raise OSError(errno.ECONNRESET)
         return data
 
     def write(self, buf, n=None):
@@ -92,7 +89,8 @@ class Client(MQTTClient):
             try:
                 raw.connect(addr)
             except OSError as e:
-                if e.errno != _EINPROGRESS:
+                # errno, not literals: lwIP on the ESP32 numbers these unlike Linux (119 vs 115).
+                if e.errno != errno.EINPROGRESS:
                     raise
             tls = self._context.wrap_socket(
                 raw, server_hostname=self._server_hostname, do_handshake_on_connect=False
@@ -101,7 +99,7 @@ class Client(MQTTClient):
             # Writing nothing drives the handshake: None while it waits for the peer.
             while tls.write(b"") is None:
                 if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
-                    raise OSError(_ETIMEDOUT)
+                    raise OSError(errno.ETIMEDOUT)
                 await asyncio.sleep_ms(_HANDSHAKE_STEP_MS)
         except BaseException:
             raw.close()
