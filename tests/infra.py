@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from broker import Mosquitto, Subscriber  # noqa: E402
 from pki import make_pki  # noqa: E402
 from simnode import (  # noqa: E402
-    Node, make_flash, seq_report, sim_config, sim_secrets, write_json,
+    Node, make_flash, merge, seq_report, sim_config, sim_secrets, write_json,
 )
 
 # Short intervals so an end-to-end run proves the contract in seconds.
@@ -55,15 +55,6 @@ class Topics:
         self.status, self.climate, self.sound = base + "status", base + "climate", base + "sound"
         self.telemetry, self.cmd, self.reply = base + "telemetry", base + "cmd", base + "reply"
         self.all = base + "#"
-
-
-def merge(base, over):
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            merge(base[k], v)
-        else:
-            base[k] = v
-    return base
 
 
 def node_config(port, **overrides):

@@ -52,10 +52,11 @@ def write_json(path, obj):
     return path
 
 
-def _merge(base, over):
+def merge(base, over):
+    """Merge dict `over` into `base` recursively (nested objects key by key); returns base."""
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+            merge(base[k], v)
         else:
             base[k] = v
     return base
@@ -68,14 +69,14 @@ def sim_config(port, ca="ca.der", base=None, **overrides):
     other dht keys. base defaults to the repo's config.json.
     """
     cfg = copy.deepcopy(base if base is not None else load_json(REPO / "config.json"))
-    _merge(cfg, {
+    merge(cfg, {
         "node_id": "sim-node",
         "mqtt": {"host": "127.0.0.1", "port": port, "ca": ca, "server_hostname": "localhost"},
         "dht": {"interval_s": 2},
         "audio": {"publish_interval_s": 5},
         "telemetry_interval_s": 10,
     })  # fmt: skip
-    return _merge(cfg, overrides)
+    return merge(cfg, overrides)
 
 
 def sim_secrets(mqtt_user=None, mqtt_password=None):
