@@ -7,6 +7,7 @@ from micropython import const
 
 from node.filters import MovingAverage
 from node.log import log
+from node.supervisor import sleep_beating
 
 _RETRIES = const(2)
 # What each sensor can measure (datasheets); anything outside is a failed read, not weather.
@@ -85,12 +86,4 @@ class Climate:
             wait = time.ticks_diff(next_ms, time.ticks_ms())
             if wait < 0:  # fell behind (retries): restart the schedule rather than burst
                 next_ms, wait = time.ticks_ms(), 0
-            await self._sleep(wait)
-
-    async def _sleep(self, ms):
-        # Sleep in slices so the supervisor hears from us even with long intervals.
-        while ms > 0:
-            step = min(ms, 1000)
-            await asyncio.sleep_ms(step)
-            self._beat()
-            ms -= step
+            await sleep_beating(wait, self._beat)

@@ -16,7 +16,6 @@ import asyncio
 import errno
 import select
 import socket
-import ssl
 import time
 
 from micropython import const

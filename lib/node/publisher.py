@@ -14,12 +14,12 @@ from micropython import const
 
 from node.log import log
 from node.mqtt import MQTTException
+from node.supervisor import sleep_beating
 
 _POLL_MS = const(20)
 _CONNECT_TIMEOUT_MS = const(10000)
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
-_BACKOFF_SLICE_MS = const(500)
 
 # What a broken link, a refusing broker or a bad peer raises: retried with backoff. The TLS
 # layer reports certificate and host-name failures as ValueError; umqtt uses assert on some
@@ -63,14 +63,7 @@ class Publisher:
                 delay_ms = backoff_ms // 2 + random.getrandbits(16) * backoff_ms // 131072
                 log("mqtt", "%s; retrying in %d ms" % (self.last_error, delay_ms))
                 backoff_ms = min(backoff_ms * 2, _BACKOFF_MAX_MS)
-                await self._sleep(delay_ms)
-
-    async def _sleep(self, ms):
-        while ms > 0:
-            self._beat()
-            step = min(ms, _BACKOFF_SLICE_MS)
-            await asyncio.sleep_ms(step)
-            ms -= step
+                await sleep_beating(delay_ms, self._beat)
 
     async def _connect(self):
         client = self._client

@@ -8,6 +8,17 @@ from micropython import const
 from node.log import log
 
 _FEED_INTERVAL_MS = const(1000)
+_BEAT_SLICE_MS = const(500)
+
+
+async def sleep_beating(ms, beat):
+    """Sleep `ms` in slices, beating between them: a long wait is not a hung task."""
+    while ms > 0:
+        beat()
+        step = min(ms, _BEAT_SLICE_MS)
+        await asyncio.sleep_ms(step)
+        ms -= step
+    beat()
 
 
 class Supervisor:
