@@ -15,6 +15,12 @@ AUDIO ?=
 DHT ?=
 HEAP ?=
 APP ?=
+RECORD ?=
+# make plot options (also DURATION, AUDIO, DHT)
+RECORDING ?=
+BROKER ?=
+CA ?=
+OUT ?=
 # make bundle / deploy / flash options
 ARCH ?= xtensawin
 PORT ?=
@@ -23,12 +29,15 @@ FIRMWARE ?=
 BAUD ?=
 DRY_RUN ?=
 
-.PHONY: deps lib sim test bench bundle deploy flash fakeboard repl monitor clean
+.PHONY: deps lib sim plot test lint bench bundle deploy flash fakeboard repl monitor clean
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	@# pyright's typeshedPath (pyproject.toml): a fixed name for site-packages, whose path holds
+	@# the Python version; the MicroPython stubs put their stdlib there.
+	ln -sfn "$$($(PY) -c 'import sys, sysconfig, os; print(os.path.relpath(sysconfig.get_path("purelib"), sys.prefix))')" $(VENV)/mpy-typeshed
 	touch $@
 
 # Third-party MicroPython code comes from PyPI at build time, checked against pinned hashes.
@@ -42,10 +51,20 @@ deps: $(STAMP) lib
 
 sim: deps
 	$(PY) tools/sim.py --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
-		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)" --app "$(APP)"
+		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)" --app "$(APP)" --record "$(RECORD)"
 
-test: deps
+# Temperature, humidity and sound level over time: a recording, a live broker, or a sim run.
+plot: deps
+	$(PY) tools/plot.py --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
+		--ca "$(CA)" --out "$(OUT)" --audio "$(AUDIO)" --dht "$(DHT)"
+
+test: deps lint
 	$(PY) -m pytest tests
+
+# ruff on everything; pyright on the code that runs on the board, against the ESP32 stubs.
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyright --pythonpath $(PY) --typeshedpath $(VENV)/mpy-typeshed
 
 bench: deps
 	@tools/apt-install.sh gcc binutils-xtensa-lx106

@@ -134,9 +134,9 @@ class DHT11(DHTBase):
         # Whole degrees and percent, within the sensor's 0..50 °C range; the driver reads
         # only the integral bytes.
         buf = self.buf
-        buf[0] = int(round(h))
+        buf[0] = round(h)
         buf[1] = 0
-        buf[2] = max(0, min(50, int(round(t))))
+        buf[2] = max(0, min(50, round(t)))
         buf[3] = 0
 
     def humidity(self):
@@ -153,8 +153,8 @@ class DHT22(DHTBase):
     def _encode(self, t, h):
         # Tenths, big-endian, sign in the top bit of the temperature; range -40..80 °C.
         buf = self.buf
-        h10 = int(round(h * 10))
-        t10 = int(round(max(-40.0, min(80.0, t)) * 10))
+        h10 = round(h * 10)
+        t10 = round(max(-40.0, min(80.0, t)) * 10)
         buf[0] = h10 >> 8
         buf[1] = h10 & 0xFF
         buf[2] = (abs(t10) >> 8) | (0x80 if t10 < 0 else 0)

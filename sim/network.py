@@ -150,7 +150,7 @@ class WLAN:
             return None
         if self._ifconfig is not None:
             return self._ifconfig
-        return _SIM_ADDR if self.isconnected() or self._if == AP_IF and self._active else \
+        return _SIM_ADDR if self.isconnected() or (self._if == AP_IF and self._active) else \
             _NO_ADDR
 
     def config(self, *args, **kwargs):

@@ -91,7 +91,7 @@ def main():
         _check_config()
         try:
             _run("boot.py", namespace)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             # The board prints boot.py's error and still runs main.py.
             sys.print_exception(e, sys.stderr)
         if not _run("main.py", namespace):
@@ -102,7 +102,7 @@ def main():
         return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _simenv.EXIT_INTERRUPT
     except SystemExit as e:
         return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _exit_code(e)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever main.py raised is reported below
         if _simenv.wdt_fired[0]:
             return _simenv.EXIT_WDT
         sys.print_exception(e, sys.stderr)

@@ -124,7 +124,7 @@ def test_x64_bundle_imports_on_the_unix_port(x64, tmp_path):
 
     Prints the heap the app's modules take once imported, from .mpy vs from .py.
     """
-    out, manifest = x64
+    out, _manifest = x64
     names = [dotted(m) for m in lib_modules()]
     script = tmp_path / "imports.py"
     script.write_text(
@@ -201,7 +201,7 @@ def test_refuses_to_wipe_a_folder_that_is_not_a_bundle(tmp_path):
 def test_missing_main_py_is_an_error(tmp_path):
     src = copy_src(tmp_path / "src")
     (src / "main.py").unlink()
-    with pytest.raises(bundle.BundleError, match="main.py is missing"):
+    with pytest.raises(bundle.BundleError, match=r"main\.py is missing"):
         bundle.build(src, tmp_path / "out", "x64", log=lambda line: None)
 
 

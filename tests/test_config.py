@@ -199,6 +199,6 @@ def test_config_module_is_pure_python(tmp_path):
         sys.path.pop(0)
     cfg = config.validate(GOOD)
     assert cfg["mqtt"]["server_hostname"] == GOOD["mqtt"]["host"]
-    with pytest.raises(config.ConfigError, match="mqtt.port"):
+    with pytest.raises(config.ConfigError, match=r"mqtt\.port"):
         config.validate(with_change("mqtt.port", "x"))
     assert Path(config.__file__).parent.name == "node"

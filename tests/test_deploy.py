@@ -265,7 +265,7 @@ def test_full_then_unchanged_deploy(board_factory, tmp_path):
 
 
 def test_dry_run_and_a_leftover_marker(board_factory, tmp_path):
-    src, out = make_app(tmp_path / "app")
+    _src, out = make_app(tmp_path / "app")
     b = board_factory()
     dry = run_deploy(b.port, out, "--dry-run")
     assert dry.returncode == 0 and "7 to update" in dry.stdout and "nothing written" in dry.stdout
@@ -325,7 +325,7 @@ def test_refusals_before_anything_is_written(board_factory, tmp_path):
 def test_packages_frozen_in_the_firmware_are_not_copied(board_factory, tmp_path):
     """The unix port freezes asyncio: a bundle that ships lib/asyncio is told it would be
     shadowed, as a board flashed with firmware/manifest.py shadows lib/node and lib/umqtt."""
-    src, out = make_app(tmp_path / "app", extra={"lib/asyncio/__init__.py": "SHADOWED = 1\n"})
+    _src, out = make_app(tmp_path / "app", extra={"lib/asyncio/__init__.py": "SHADOWED = 1\n"})
     b = board_factory()
     proc = run_deploy(b.port, out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -401,7 +401,7 @@ def test_copy_cut_short_boots_safe_mode_then_completes(board_factory, tmp_path, 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "copied 1 files" in proc.stdout  # the .new that arrived intact is reused
     assert not (b.flash / "deploying").exists()
-    assert not [p for p in b.flash.rglob("*.new")]
+    assert not list(b.flash.rglob("*.new"))
     b.wait_for(r"boot.py: normal boot\nmain.py: app started, hello 10", after=mark)
 
 
@@ -429,7 +429,7 @@ def test_mpy_compatibility_rules():
     assert "xtensawin" in deploy.check_mpy(m, esp32, "esp32")
     with pytest.raises(deploy.DeployError, match="make bundle ARCH=x64"):
         deploy.check_mpy(m, 6 | 3 << 8 | 2 << 10, "linux")
-    with pytest.raises(deploy.DeployError, match="loads .mpy v5"):
+    with pytest.raises(deploy.DeployError, match=r"loads \.mpy v5"):
         deploy.check_mpy(m, 5 | 10 << 10, "esp32")
     bytecode_only = dict(m, native=[], mpy_version=[6, None])
     assert deploy.check_mpy(bytecode_only, 6 | 3 << 8 | 2 << 10, "linux")

@@ -11,11 +11,12 @@ import math
 import shutil
 import subprocess
 
-import dsp_model as model
 import numpy as np
 import pytest
-from conftest import REPO
 from scipy import signal
+
+import dsp_model as model
+from conftest import REPO
 
 RUN = REPO / "tests" / "dsp_run.py"
 SENS = -26.0  # INMP441

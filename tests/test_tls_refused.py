@@ -7,8 +7,14 @@ while the sensor tasks go on queueing readings.
 """
 
 import pytest
+
 from infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
-    CONNECT_TIMEOUT_S, TAKEN_RX, broker_factory, certs, node_factory, subscriber_factory,
+    CONNECT_TIMEOUT_S,
+    TAKEN_RX,
+    broker_factory,
+    certs,
+    node_factory,
+    subscriber_factory,
 )
 from pki import WRONG_HOST
 

@@ -339,7 +339,7 @@ def print_xtensa(tmp):
         (16, ["_frame16"], "_a_filter"),
         (32, ["_peak24", "_frame32"], "_a_filter32"),
     ):
-        call_list = dict(calls, **{k: 1 for k in rms})
+        call_list = dict(calls, **dict.fromkeys(rms, 1))
         once = sum(n * (cost[k][3] + CALL_CYCLES) for k, n in call_list.items())
         once += chunks * cost["_a_frame"][1]  # _a_frame's own loop runs once per chunk
         glue = (once + ADD_GLUE_CYCLES) / per_frame

@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hosttools import REPO, find_tool  # noqa: E402
+from hosttools import REPO, find_tool
+
 MANIFEST = ".bundle.json"
 # The targets we build for: the arch name mpy-cross takes and the number the .mpy header and
 # sys.implementation._mpy carry for it (py/persistentcode.h, MP_NATIVE_ARCH_*).

@@ -39,7 +39,8 @@ import time
 import tty
 from pathlib import Path
 
-from hosttools import REPO, find_tool  # noqa: E402
+from hosttools import REPO, find_tool
+
 RAW_PASTE_WINDOW = 128  # the ESP32 port's stdin buffer is 256 bytes; the window is half of it
 OUT_CAP = 256 * 1024  # bytes kept for a host that does not read: a UART drops the rest
 HARD_RESET_DELAY_S = 0.3  # a crash loop must not spin a CPU

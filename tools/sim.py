@@ -1,7 +1,7 @@
 """`make sim`: run the node on the simulated board and show its log and what reaches the broker.
 
     python tools/sim.py [--duration S] [--config FILE] [--secrets FILE] [--audio WAV|sine:F:DB]
-                        [--dht CSV] [--heap 64k]
+                        [--dht CSV] [--heap 64k] [--app DIR] [--record FILE]
 
 Without --config a local Mosquitto is started on loopback with freshly generated certificates
 (everything under .sim/), and the node gets a config derived from config.json that points at it.
@@ -10,9 +10,13 @@ started; the subscriber then tries the same broker and is skipped if it cannot c
 Runs until Ctrl-C or --duration seconds, then stops everything and prints a summary. Exits
 non-zero on a fatal error (the node crashed, the broker did not start, a file is missing), the
 reason being the last line printed. Empty option values mean "not set" (the Makefile passes all).
+--record FILE also writes every message the subscriber sees to FILE as JSON lines,
+{"t": <unix receive time>, "topic": ..., "payload": <parsed JSON, or the text>, "retain": ...},
+for `make plot RECORDING=FILE`. tools/plot.py runs the simulator through simulate().
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -25,11 +29,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from broker import BrokerError, Mosquitto, Subscriber  # noqa: E402
-from pki import PkiError, make_pki  # noqa: E402
-from simnode import (  # noqa: E402
-    DATA_KINDS, REPO, Node, format_seq_report, load_json, make_flash, seq_report, sim_config,
-    sim_secrets, write_json,
+from broker import BrokerError, Mosquitto, Subscriber
+from pki import PkiError, make_pki
+from simnode import (
+    DATA_KINDS,
+    REPO,
+    Node,
+    format_seq_report,
+    load_json,
+    make_flash,
+    seq_report,
+    sim_config,
+    sim_secrets,
+    write_json,
 )
 
 WORK = REPO / ".sim"
@@ -74,6 +86,40 @@ class Console:
         self.line(" sim", text)
 
 
+class Recorder:
+    """Appends each message to a JSON-lines file, one flushed line per message: a run stopped
+    at any moment leaves whole lines. write() is called from the subscriber's thread."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.count = 0
+        self.lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w", encoding="utf-8")
+
+    @staticmethod
+    def record(msg):
+        try:
+            payload = msg.json()
+        except ValueError:  # not JSON (status "online"), or not UTF-8
+            payload = msg.text
+        return {"t": round(msg.wall, 3), "topic": msg.topic, "payload": payload,
+                "retain": msg.retain}
+
+    def write(self, msg):
+        line = json.dumps(self.record(msg), ensure_ascii=False) + "\n"
+        with self.lock:
+            if self.file.closed:
+                return
+            self.file.write(line)
+            self.file.flush()
+            self.count += 1
+
+    def close(self):
+        with self.lock:
+            self.file.close()
+
+
 def _input(value, what):
     """An AUDIO/DHT value as the node needs it: files absolute (the node runs in the flash)."""
     if not value:
@@ -94,11 +140,13 @@ def _ca_file(cfg, config_path):
 
 
 class Run:
-    def __init__(self, args, console):
+    def __init__(self, args, console, work=WORK):
         self.args = args
         self.console = console
+        self.work = Path(work)
         self.broker = None
         self.sub = None
+        self.recorder = None
         self.node = None
         self.nodes = []  # every run of the node (a reboot starts a new process)
         self.node_runs = []  # (exit code, last line) per finished run
@@ -107,7 +155,7 @@ class Run:
     # --- setup ---
     def setup(self):
         a = self.args
-        WORK.mkdir(exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
         self.audio, self.dht = _input(a.audio, "audio"), _input(a.dht, "dht")
         if a.config:
             self.config_path = Path(a.config).resolve()
@@ -119,7 +167,7 @@ class Run:
         try:
             self.cfg = load_json(self.config_path)
         except ValueError as e:
-            raise Fatal(f"{self.config_path}: not valid JSON ({e})")
+            raise Fatal(f"{self.config_path}: not valid JSON ({e})") from None
         if not isinstance(self.cfg, dict):
             raise Fatal(f"{self.config_path}: expected an object {{...}} at the top level")
         try:
@@ -129,14 +177,21 @@ class Run:
         if not isinstance(self.secrets, dict):
             self.secrets = {}
         self.prefix = self.cfg.get("topic_prefix") or "nodes"
+        if a.record:
+            try:
+                self.recorder = Recorder(a.record)
+            except OSError as e:
+                raise Fatal(f"RECORD: cannot write {a.record}: {e}") from None
         self._subscribe()
-        flash = WORK / "flash"
+        if self.recorder and self.sub is None:
+            self.console.note(f"no subscriber: nothing will be recorded to {a.record}")
+        flash = self.work / "flash"
         # Code is replaced; boot.json and the reset cause stay, as on a board flashed again.
         shutil.rmtree(flash / "lib", ignore_errors=True)
         try:
             self.flash = make_flash(flash, a.app or REPO, self.config_path, self.secrets_path)
         except (OSError, ValueError) as e:
-            raise Fatal(f"cannot prepare the flash folder: {e}")
+            raise Fatal(f"cannot prepare the flash folder: {e}") from None
 
     def _secrets_for(self, config_path):
         if self.args.secrets:
@@ -152,18 +207,18 @@ class Run:
 
     def _local_broker(self):
         try:
-            pki = make_pki(WORK / "pki")
+            pki = make_pki(self.work / "pki")
         except PkiError as e:
-            raise Fatal(f"cannot make certificates: {e}")
-        self.broker = Mosquitto(WORK / "broker", certfile=pki.server.cert,
+            raise Fatal(f"cannot make certificates: {e}") from None
+        self.broker = Mosquitto(self.work / "broker", certfile=pki.server.cert,
                                 keyfile=pki.server.key, cafile=pki.ca_pem)
         try:
             self.broker.start()
         except BrokerError as e:
-            raise Fatal(str(e))
+            raise Fatal(str(e)) from None
         self.console.note(f"mosquitto with TLS on {self.broker.host}:{self.broker.port} "
-                          f"(log: {self.broker.log_path.relative_to(REPO)})")
-        cfg_dir = WORK / "config"
+                          f"(log: {_shown(self.broker.log_path)})")
+        cfg_dir = self.work / "config"
         cfg_dir.mkdir(exist_ok=True)
         shutil.copy2(pki.ca_der, cfg_dir / "ca.der")
         config_path = write_json(cfg_dir / "config.json", sim_config(self.broker.port, "ca.der"))
@@ -186,14 +241,19 @@ class Run:
                 host, port, f"{self.prefix}/#", ca=_ca_file(self.cfg, self.config_path),
                 server_hostname=mqtt.get("server_hostname"),
                 username=self.secrets.get("mqtt_user"),
-                password=self.secrets.get("mqtt_password"), on_message=self.console.mqtt,
+                password=self.secrets.get("mqtt_password"), on_message=self._on_message,
             )  # fmt: skip
             self.sub = sub.connect(timeout=5)
             self.console.note(f"subscribed to {self.prefix}/# on {host}:{port}")
         except (ConnectionError, OSError, ValueError) as e:
             if self.broker:
-                raise Fatal(f"cannot watch the local broker: {e}")
+                raise Fatal(f"cannot watch the local broker: {e}") from None
             self.console.note(f"no subscriber (messages not shown): {e}")
+
+    def _on_message(self, msg):
+        self.console.mqtt(msg)
+        if self.recorder:
+            self.recorder.write(msg)
 
     # --- running ---
     def run(self, duration):
@@ -249,6 +309,8 @@ class Run:
         if self.sub is not None:
             time.sleep(0.5)  # the last acknowledged messages and the will may still be on the way
             self.sub.close()
+        if self.recorder is not None:
+            self.recorder.close()
         if self.broker is not None:
             self.broker.stop()
             self.console.note("mosquitto stopped")
@@ -304,9 +366,11 @@ class Run:
             status = self.sub.select(r"/status$")
             if status:
                 out.append(f"status (last): {status[-1].text}")
-        for code, last in self.node_runs:
+        for code, _last in self.node_runs:
             if code in REBOOT_CODES:
                 out.append(f"node reboot: code {code} ({REBOOT_CODES[code]})")
+        if self.recorder is not None:
+            out.append(f"recorded {self.recorder.count} messages to {self.recorder.path}")
         return out
 
     @staticmethod
@@ -340,6 +404,7 @@ def parse_args(argv):
     ap.add_argument("--dht", default="", help="CSV script of DHT readings")
     ap.add_argument("--heap", default="", help="MicroPython heap size, e.g. 64k")
     ap.add_argument("--app", default="", help="run this bundle (e.g. build/x64), not the sources")
+    ap.add_argument("--record", default="", help="write every message to this JSON-lines file")
     args = ap.parse_args(argv)
     if args.app and not (Path(args.app) / "main.py").is_file():
         ap.error(f"--app: {args.app} holds no main.py (make bundle ARCH=x64 first?)")
@@ -357,10 +422,24 @@ def parse_args(argv):
     return args
 
 
+def _shown(path):
+    """A path as the user would type it: relative to the repo when inside it."""
+    try:
+        return Path(path).relative_to(REPO)
+    except ValueError:
+        return path
+
+
 def main(argv=None):
-    args = parse_args(argv)
-    console = Console()
-    run = Run(args, console)
+    return simulate(parse_args(argv), Console())
+
+
+def simulate(args, console, work=WORK):
+    """One `make sim` run with parsed `args`, printing through `console`; returns the exit code.
+
+    work: the folder for certificates, broker and flash (`make sim` uses .sim/).
+    """
+    run = Run(args, console, work)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

@@ -445,7 +445,7 @@ class LevelMeter:
             )
         if not nbytes:
             return
-        if self._frame(nbytes, 0, buf, self._r) < 0:
+        if self._frame(nbytes, 0, buf, self._r) < 0:  # pyright: ignore[reportArgumentType]
             raise ValueError("frame buffer not 4-byte aligned")
         if self._a is not None:
             _a_frame(buf, nbytes, self._a)
