@@ -9,7 +9,11 @@ wait_msg(), and waits for a QoS 1 PUBACK forever. This subclass keeps its packet
 - afterwards umqtt talks to a `_BoundedStream`, whose setblocking(True) means "block at most
   io_timeout_ms" (a MicroPython TLS socket has no settimeout, so the bound is set on the raw
   socket beneath it) and whose short reads are errors, never silently mis-parsed packets;
-- `publish_qos1()` sends and returns the packet id; the PUBACK is picked up by `check_msg()`.
+- `publish_qos1()` and `send_subscribe()` send and return the packet id; the PUBACK or SUBACK is
+  picked up by `check_msg()`;
+- `wait_msg()` is rewritten: umqtt's trusts the broker (an unbounded length varint, a PUBLISH
+  of any claimed size read into one buffer, a SUBACK left half read), and a node must survive a
+  broken or hostile peer. Anything malformed raises ProtocolError and the link is dropped.
 """
 
 import asyncio
@@ -22,9 +26,15 @@ from micropython import const
 from umqtt.simple import MQTTClient, MQTTException
 
 _CONNACK = const(0x20)
+_PUBLISH = const(0x30)
 _PUBACK = const(0x40)
 _SUBACK = const(0x90)
+_PINGRESP = const(0xD0)
 _HANDSHAKE_STEP_MS = const(5)
+# Largest incoming PUBLISH read: commands are at most 512 bytes, and a larger claim must not
+# become one allocation on a 110 KB heap. Anything bigger ends the session (reconnect).
+MAX_INCOMING_BYTES = const(2048)
+_SUBSCRIBE_REFUSED = const(0x80)
 
 
 class ProtocolError(MQTTException):
@@ -72,6 +82,7 @@ class Client(MQTTClient):
         self._io_timeout_ms = io_timeout_ms
         self._poller = None
         self.acked = []  # packet ids of PUBACKs received since the caller last looked
+        self.subacked = []  # and of SUBACKs
 
     async def open(self, timeout_ms):
         """Connect and finish the TLS handshake without blocking the loop for long.
@@ -81,7 +92,10 @@ class Client(MQTTClient):
         """
         self.close()
         # DNS may block on the board when the resolver is down; an IP literal never does.
-        addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        try:
+            addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
+        except (OSError, IndexError) as e:  # lwIP raises OSError; an empty answer, IndexError
+            raise OSError("DNS lookup of %s failed (%s)" % (self.server, e))
         raw = socket.socket()
         try:
             raw.setblocking(False)
@@ -112,23 +126,25 @@ class Client(MQTTClient):
         body = bytearray(b"\x00\x04MQTT\x04\x00\x00\x00")
         body[7] = clean_session << 1
         size = len(body) + 2 + len(self.client_id)
-        if self.user is not None:
+        # set_last_will() and the constructor set these in pairs (config checks the pair).
+        user, pswd, will_topic, will_msg = self.user, self.pswd, self.lw_topic, self.lw_msg
+        if user is not None and pswd is not None:
             body[7] |= 0xC0
-            size += 2 + len(self.user) + 2 + len(self.pswd)
+            size += 2 + len(user) + 2 + len(pswd)
         body[8] = self.keepalive >> 8
         body[9] = self.keepalive & 0xFF
-        if self.lw_topic:
+        if will_topic is not None and will_msg is not None:
             body[7] |= 0x04 | (self.lw_qos << 3) | (self.lw_retain << 5)
-            size += 2 + len(self.lw_topic) + 2 + len(self.lw_msg)
+            size += 2 + len(will_topic) + 2 + len(will_msg)
         self.sock.write(_fixed_header(0x10, size))
         self.sock.write(body)
         self._send_str(self.client_id)
-        if self.lw_topic:
-            self._send_str(self.lw_topic)
-            self._send_str(self.lw_msg)
-        if self.user is not None:
-            self._send_str(self.user)
-            self._send_str(self.pswd)
+        if will_topic is not None and will_msg is not None:
+            self._send_str(will_topic)
+            self._send_str(will_msg)
+        if user is not None and pswd is not None:
+            self._send_str(user)
+            self._send_str(pswd)
 
     def readable(self):
         """True when bytes (or the end of the stream) are waiting; never blocks."""
@@ -154,17 +170,81 @@ class Client(MQTTClient):
         self.sock.write(msg)
         return self.pid
 
+    def send_subscribe(self, topic, qos=0):
+        """Send SUBSCRIBE for one topic and return its packet id; the SUBACK comes later."""
+        self.pid = self.pid % 0xFFFF + 1
+        self.sock.write(_fixed_header(0x82, 2 + 2 + len(topic) + 1))
+        self.sock.write(self.pid.to_bytes(2, "big"))
+        self._send_str(topic)
+        self.sock.write(bytes((qos,)))
+        return self.pid
+
+    def _remaining_length(self):
+        size = 0
+        for shift in (0, 7, 14, 21):  # MQTT allows at most four length bytes
+            byte = self.sock.read(1)[0]
+            size |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return size
+        raise ProtocolError("remaining length longer than four bytes")
+
     def wait_msg(self):
-        # umqtt handles PUBLISH, PINGRESP and returns the type of anything else unread.
-        op = super().wait_msg()
-        if op == _PUBACK:
-            rest = self.sock.read(3)
-            if rest[0] != 2:
-                raise ProtocolError("bad PUBACK length %d" % rest[0])
-            self.acked.append(rest[1] << 8 | rest[2])
-        elif op is not None and op != _SUBACK:
+        """Read one packet if any is waiting (or block, bounded, after setblocking(True)).
+
+        PUBLISH goes to the callback, PUBACK ids to `acked`, SUBACK ids to `subacked`; returns
+        the packet type, or None when nothing was waiting.
+        """
+        first = self.sock.read(1)
+        self.sock.setblocking(True)  # the rest of a packet follows promptly, or the link is bad
+        if first is None:
+            return None
+        op = first[0]
+        kind = op & 0xF0
+        size = self._remaining_length()
+        if kind == _PUBLISH:
+            self._receive_publish(op, size)
+        elif op == _PUBACK or op == _SUBACK:
+            expected = 2 if kind == _PUBACK else 3  # one topic per SUBSCRIBE
+            if size != expected:
+                raise ProtocolError("bad %s (length %d)"
+                                    % ("PUBACK" if kind == _PUBACK else "SUBACK", size))
+            body = self.sock.read(size)
+            pid = body[0] << 8 | body[1]
+            if kind == _PUBACK:
+                self.acked.append(pid)
+            elif body[2] == _SUBSCRIBE_REFUSED:
+                raise ProtocolError("broker refused a subscription")
+            else:
+                self.subacked.append(pid)
+        elif op == _PINGRESP:
+            if size:
+                raise ProtocolError("bad PINGRESP (length %d)" % size)
+        else:
             raise ProtocolError("unexpected packet type 0x%02x" % op)
-        return op
+        return kind
+
+    def _receive_publish(self, op, size):
+        qos = (op >> 1) & 3
+        if qos > 1:
+            # Never subscribed above QoS 1 (QoS 3 does not exist): the broker may not send it.
+            raise ProtocolError("PUBLISH with QoS %d" % qos)
+        if size > MAX_INCOMING_BYTES:
+            raise ProtocolError("incoming PUBLISH of %d bytes (limit %d)"
+                                % (size, MAX_INCOMING_BYTES))
+        if size < 2:
+            raise ProtocolError("PUBLISH too short for its topic")
+        body = self.sock.read(size)
+        if body is None:  # cannot happen while blocking (bounded); keeps the type checker honest
+            raise ProtocolError("PUBLISH cut short")
+        topic_end = 2 + (body[0] << 8 | body[1])
+        msg_start = topic_end + 2 * qos  # QoS 1 carries a packet id after the topic
+        if msg_start > size:
+            raise ProtocolError("PUBLISH topic longer than the packet")
+        mv = memoryview(body)
+        self.cb(bytes(mv[2:topic_end]), bytes(mv[msg_start:]))
+        if qos:
+            self.sock.write(b"\x40\x02")
+            self.sock.write(mv[topic_end:msg_start])
 
     def close(self):
         if self.sock is not None:

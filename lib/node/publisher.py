@@ -20,6 +20,10 @@ _POLL_MS = const(20)
 _CONNECT_TIMEOUT_MS = const(10000)
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
+# While nothing accepts the connection (refused, unreachable, DNS, no TLS answer) the backoff
+# stops growing at 4 s: such attempts cost the board and the broker next to nothing (no
+# handshake maths), and a restarted broker is then found within 4 s rather than up to 60.
+_BACKOFF_UNREACHABLE_MAX_MS = const(4000)
 
 # What a broken link, a refusing broker or a bad peer raises: retried with backoff. The TLS
 # layer reports certificate and host-name failures as ValueError; umqtt uses assert on some
@@ -30,35 +34,54 @@ TRANSIENT = (OSError, ValueError, MQTTException, AssertionError, IndexError)
 class Publisher:
     def __init__(self, client, outbox, topics, keepalive_s, beat, link):
         self._client = client
+        self._handlers = {}  # subscribed topic (bytes) -> handler(msg)
+        self.on_connect = _nothing  # called after each connect, once "online" is out
         self._link = link  # async: returns once the network is up
         self._outbox = outbox
         self._topics = topics
         self._keepalive_ms = keepalive_s * 1000
         self._beat = beat  # the supervisor's heartbeat for this task
         self._last_sent_seq = 0  # a reading sent before a reconnect goes again marked DUP
+        self._reached = False  # this attempt got a TLS session up
+        self._answered = False  # this session got a well-formed packet back
+        self._unacked_subs = []  # packet ids of SUBSCRIBEs not yet acknowledged
         self.connected = False
+        self.refused = False  # the broker (TLS or CONNACK) turned the last attempt away
         self.reconnects = 0
         self.last_error = None
         client.set_last_will(topics.status.encode(), b"offline", retain=True, qos=1)
         client.set_callback(self._on_message)
 
+    def subscribe(self, topic, handler):
+        """Subscribe to `topic` (exact, no wildcards) on every connect; handler(msg) per message."""
+        self._handlers[topic.encode()] = handler
+
     def _on_message(self, topic, msg):
-        # Nothing is subscribed yet; a broker that sends anyway is noted, not obeyed.
-        log("mqtt", "ignored a message on %s (%d bytes)" % (topic, len(msg)))
+        handler = self._handlers.get(topic)
+        if handler is None:
+            # Not subscribed: a broker that sends anyway is noted, not obeyed.
+            log("mqtt", "ignored a message on %s (%d bytes)" % (topic, len(msg)))
+            return
+        handler(msg)
 
     async def run(self):
         backoff_ms = _BACKOFF_MIN_MS
         while True:
+            self._answered = self._reached = False
             try:
                 await self._connect()
-                backoff_ms = _BACKOFF_MIN_MS
                 await self._session()
             except TRANSIENT as e:
                 self._client.close()
                 if self.connected:
                     self.reconnects += 1
                 self.connected = False
+                self.refused = isinstance(e, ValueError) or type(e) is MQTTException
                 self.last_error = _describe(e)
+                if self._answered:  # the last session was healthy: start the backoff afresh
+                    backoff_ms = _BACKOFF_MIN_MS
+                elif not (self._reached or isinstance(e, ValueError)):  # TLS refusal: slow down
+                    backoff_ms = min(backoff_ms, _BACKOFF_UNREACHABLE_MAX_MS)
                 # Full jitter: nodes that lost the broker together do not return in step.
                 delay_ms = backoff_ms // 2 + random.getrandbits(16) * backoff_ms // 131072
                 log("mqtt", "%s; retrying in %d ms" % (self.last_error, delay_ms))
@@ -70,6 +93,7 @@ class Publisher:
         await self._link(self._beat)
         log("mqtt", "connecting to %s:%d" % (client.server, client.port))
         await client.open(_CONNECT_TIMEOUT_MS)
+        self._reached = True  # TLS is up: failures from here on are the broker's or ours
         self._beat()
         client.send_connect()
         start = time.ticks_ms()
@@ -81,7 +105,9 @@ class Publisher:
         client.read_connack()
         client.publish(self._topics.status.encode(), b"online", retain=True)
         self.connected = True
+        self._unacked_subs = [client.send_subscribe(topic) for topic in self._handlers]
         log("mqtt", "connected; %d readings waiting" % len(self._outbox))
+        self.on_connect()
 
     async def _session(self):
         client = self._client
@@ -95,7 +121,8 @@ class Publisher:
             self._beat()
             now = time.ticks_ms()
             while client.readable():
-                client.check_msg()
+                if client.check_msg() is not None:
+                    self._answered = True  # a well-formed packet: the broker is healthy
                 last_rx_ms = now = time.ticks_ms()
                 ping_ms = None  # any packet proves the broker is alive
             if in_flight:
@@ -105,7 +132,14 @@ class Publisher:
                 elif time.ticks_diff(now, sent_ms) > half_keepalive_ms:
                     raise OSError("no PUBACK for seq %d within %d ms" % (in_flight,
                                                                         half_keepalive_ms))
+            if client.subacked and self._unacked_subs:
+                for pid in client.subacked:
+                    if pid in self._unacked_subs:
+                        self._unacked_subs.remove(pid)
+                if not self._unacked_subs:
+                    log("mqtt", "subscribed to %s" % b", ".join(self._handlers).decode())
             client.acked.clear()
+            client.subacked.clear()
             if not in_flight and len(outbox):
                 in_flight, topic, body = outbox.peek()
                 dup = in_flight == self._last_sent_seq
@@ -133,6 +167,10 @@ class Publisher:
             log("mqtt", "telemetry not sent: %s" % _describe(e))
             return False
         return True
+
+
+def _nothing():
+    pass
 
 
 def _describe(e):
