@@ -1,8 +1,14 @@
-# boot.py: runs first on every boot. Count the boot, nothing more: an error here must never
-# keep main.py or the REPL from running.
+# boot.py: runs first on every boot. Count the boot and decide on safe mode, nothing more: an
+# error here must never keep main.py or the REPL from running.
 try:
     from node import bootcount
 
-    print("boot.py: boot", bootcount.increment("boot.json"))
+    _boot, _unstable = bootcount.increment("boot.json")
+    _limit = bootcount.safe_mode_boots("config.json")
+    print("boot.py: boot %d (%d in a row without a stable run)" % (_boot, _unstable))
+    if _unstable > _limit:
+        # The app crashed or reset the board before running stably, _limit times in a row.
+        bootcount.safe_mode = "%d boots in a row ended before the app ran stably" % (_unstable - 1)
+        print("boot.py: safe mode: " + bootcount.safe_mode)
 except (ImportError, OSError) as e:  # lib/ missing mid-deploy, or flash full: main.py decides
     print("boot.py: cannot count boots:", e)

@@ -1,9 +1,11 @@
-"""machine for the simulated ESP32: Pin, Signal, I2S, WDT, resets and the chip's identity.
+"""machine for the simulated ESP32: Pin, Signal, I2S, Timer, WDT, resets and the chip's identity.
 
 Names, signatures, constants and exceptions follow the ESP32 port, so the app that runs here
 runs unchanged on the board. Inputs come from the environment (see docs/ARCHITECTURE.md):
 SIM_AUDIO feeds I2S in real time, SIM_UID is unique_id(). Resets end the process with the exit
-codes in _simenv and leave their cause for the next start's reset_cause().
+codes in _simenv and leave their cause for the next start's reset_cause(). SIM_PIN_LOG names a
+file that gets a line "<ticks_ms> <gpio> <level>" whenever a pin's output level changes, so a
+test (or a person) can see what an LED did.
 """
 
 import io
@@ -12,6 +14,7 @@ import time
 
 import _audio
 import _simenv
+import micropython
 from _simenv import (  # noqa: F401  (re-exported, as the board's machine has them)
     DEEPSLEEP_RESET,
     HARD_RESET,
@@ -105,6 +108,29 @@ _MAX_GPIO = const(48)
 _pins = {}  # gpio -> [mode, pull, level]: like the board, Pin(n) twice is the same pin
 
 
+def _open_pin_log():
+    path = _simenv.env("SIM_PIN_LOG")
+    if path is None:
+        return None
+    if not path.startswith("/"):
+        path = _simenv.FLASH + "/" + path
+    try:
+        return open(path, "a")
+    except OSError as e:
+        _simenv.config_error("SIM_PIN_LOG", "cannot append to %s (%s)" % (path, e))
+
+
+# Opened at import (start.py imports machine first), so a bad path stops the board before the
+# app runs; appended to, so the lines of successive boots of one flash folder follow each other.
+_pin_log = _open_pin_log()
+
+
+def _set_level(gpio, st, level):
+    if level != st[2] and _pin_log is not None:
+        _pin_log.write("%d %d %d\n" % (time.ticks_ms(), gpio, level))
+    st[2] = level
+
+
 class Pin:
     IN = 1
     OUT = 3
@@ -137,12 +163,12 @@ class Pin:
         if pull != -1:
             st[1] = pull
         if value is not None:
-            st[2] = 1 if value else 0
+            _set_level(self._id, st, 1 if value else 0)
 
     def value(self, x=None):
         st = _pins[self._id]
         if x is not None:
-            st[2] = 1 if x else 0
+            _set_level(self._id, st, 1 if x else 0)
             return None
         if st[0] == Pin.IN:
             return 1 if st[1] == Pin.PULL_UP else 0  # nothing drives an input: its pull wins
@@ -182,6 +208,21 @@ class Signal:
 
 
 # ---- I2S ------------------------------------------------------------------------------------
+
+_ENOMEM = const(12)
+_I2S_FAULTS = ("ok", "fail", "stall")
+
+
+def i2s_fault():
+    """SIM_I2S: "ok"; "fail": I2S() raises OSError(ENOMEM) as a driver without DMA memory
+    does; "stall": the microphone never delivers a sample (a broken clock line)."""
+    fault = _simenv.env("SIM_I2S", "ok")
+    if fault not in _I2S_FAULTS:
+        _simenv.config_error("SIM_I2S", "%r is not one of %s" % (fault, ", ".join(_I2S_FAULTS)))
+    return fault
+
+
+_i2s_stalled = i2s_fault() == "stall"
 
 _i2s_ports = {}  # id -> the live I2S: a new I2S on the same id replaces it, as on the board
 
@@ -238,6 +279,9 @@ class I2S(io.IOBase):
         self._frame_bytes = self._width * (2 if format == I2S.STEREO else 1)
         self._capacity = dma_buffers * _DMA_FRAMES
         self._asyncio = False
+        if i2s_fault() == "fail":
+            # What the ESP32 port raises when the driver cannot get its DMA memory.
+            raise OSError(_ENOMEM)
         self._src = _audio.open_source(bits, rate) if mode == I2S.RX else _audio.Silence()
         # Samples arrive from this instant: frame k is complete at _t0 + k / rate. _pos counts
         # the frames read or lost so far.
@@ -257,6 +301,8 @@ class I2S(io.IOBase):
 
     def _completed(self):
         """Frames in DMA buffers completed since the start (a multiple of _DMA_FRAMES)."""
+        if _i2s_stalled:
+            return 0  # no bit clock: the DMA never completes a buffer
         elapsed_us = time.ticks_diff(time.ticks_us(), self._t0)
         return elapsed_us * self._rate // 1_000_000 // _DMA_FRAMES * _DMA_FRAMES
 
@@ -336,6 +382,91 @@ class I2S(io.IOBase):
 
     def __repr__(self):
         return "I2S(id=%d, rate=%d, bits=%d)" % (self._id, self._rate, self._width * 8)
+
+
+# ---- Timer ----------------------------------------------------------------------------------
+
+_TIMERS = const(4)  # two groups of two hardware timers, on the ESP32 and the ESP32-S3
+_NO_PERIOD_MS = const(0xFFFFFFFF)  # the port's default: init() without period or freq
+_LONGEST_MS = const(1 << 29)  # ticks_add() takes no more; an alarm that far off never fires here
+# id -> [generation, callback]: like the board, Timer(n) twice is the same timer. The alarm
+# thread of an older init() sees a newer generation and ends: a thread cannot be stopped.
+_timer_states = {}
+
+
+class Timer:
+    """A hardware timer with a soft callback, as on the ESP32: the alarm only schedules the
+    callback (micropython.schedule), and the main thread runs it between two bytecodes.
+
+    A thread plays the alarm. The unix port runs scheduled callbacks while the main thread is
+    in time.sleep*() or busy, but not while it waits in select.poll (an asyncio loop with
+    nothing to do): there a callback is late until the poll returns, where the board's would
+    not be. Like the board, a callback that finds the schedule queue full is dropped.
+    """
+
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id, **kwargs):
+        if not isinstance(id, int) or not 0 <= id < _TIMERS:
+            raise ValueError("invalid Timer number, max %d" % _TIMERS)
+        self._id = id
+        if id not in _timer_states:
+            _timer_states[id] = [0, None]
+        if kwargs:
+            self.init(**kwargs)
+
+    def init(self, *, mode=PERIODIC, callback=None, period=_NO_PERIOD_MS, freq=None, hard=False):
+        if hard:
+            raise ValueError("hard Timers are not implemented")
+        period_ms = 1000 // freq if freq is not None else period
+        self.deinit()
+        st = _timer_states[self._id]
+        st[1] = callback
+        if period_ms < _LONGEST_MS:
+            import _thread
+
+            _thread.start_new_thread(_alarm, (self, st, st[0], period_ms, mode))
+
+    def deinit(self):
+        _timer_states[self._id][0] += 1
+
+    def __repr__(self):
+        return "Timer(%d)" % self._id
+
+
+def _alarm(timer, st, gen, period_ms, mode):
+    due = time.ticks_add(time.ticks_ms(), period_ms)
+    while True:
+        wait_ms = time.ticks_diff(due, time.ticks_ms())
+        if wait_ms > 0:
+            time.sleep_ms(wait_ms)
+        if st[0] != gen:
+            return
+        if st[1] is not None:
+            try:
+                micropython.schedule(st[1], timer)
+            except RuntimeError:  # "schedule queue full"
+                pass
+        if mode == Timer.ONE_SHOT:
+            return
+        # From the previous alarm, not from now: a late thread does not stretch the period.
+        due = time.ticks_add(due, period_ms)
+
+
+# ---- RTC ------------------------------------------------------------------------------------
+
+
+class RTC:
+    """The chip's clock. The simulator runs on the host's clock: setting it is only noted."""
+
+    def datetime(self, dt=None):
+        if dt is None:
+            t = time.gmtime()
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        _simenv.say("RTC set to %04d-%02d-%02d %02d:%02d:%02d: ignored, the simulator keeps "
+                    "the host's clock" % (dt[0], dt[1], dt[2], dt[4], dt[5], dt[6]))
+        return None
 
 
 # ---- WDT ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Everything started is stopped at teardown. When the test failed, the node's log 
 the broker's log are printed then (pytest shows them under "Captured stdout teardown").
 """
 
+import copy
 import re
 import sys
 import time
@@ -29,7 +30,13 @@ sys.path.insert(0, str(REPO / "tools"))
 from broker import Mosquitto, Subscriber  # noqa: E402
 from pki import make_pki  # noqa: E402
 from simnode import (  # noqa: E402
-    Node, make_flash, merge, seq_report, sim_config, sim_secrets, write_json,
+    Node,
+    make_flash,
+    merge,
+    seq_report,
+    sim_config,
+    sim_secrets,
+    write_json,
 )
 
 # Short intervals so an end-to-end run proves the contract in seconds.
@@ -59,7 +66,8 @@ class Topics:
 
 def node_config(port, **overrides):
     """The repo's config.json at a loopback broker on `port`, TEST_CONFIG and overrides merged."""
-    return sim_config(port, "ca.der", **merge(merge({}, TEST_CONFIG), overrides))
+    # deepcopy: merge() writes into nested sections, and TEST_CONFIG's must stay as they are.
+    return sim_config(port, "ca.der", **merge(copy.deepcopy(TEST_CONFIG), overrides))
 
 
 def data_payloads(sub, node_topics, since=0):
@@ -114,22 +122,25 @@ def subscribe(certs, broker, topic="nodes/#", ca=None, timeout=5, server_hostnam
 
 
 def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None, uid=None,
-              flash=None, secrets=None, start=True, app_root=REPO, **overrides):
+              flash=None, secrets=None, start=True, app_root=REPO, env=None, reboot=False,
+              config=None, **overrides):
     """A Node whose flash folder (workdir/flash unless given) points at `broker`.
 
     app_root is where boot.py, main.py and lib/ come from: the repo, or a bundle (build/x64).
 
     The config is node_config(broker.port, **overrides); returns the Node (started unless
-    start=False) with .cfg, .topics and .flash set.
+    start=False) with .cfg, .topics and .flash set. env: more SIM_* variables; reboot: start
+    again after a reset, as a board does.
     """
     workdir = Path(workdir)
-    cfg = node_config(broker.port, **overrides)
+    # config: overrides whose names clash with the arguments here (its "audio" section).
+    cfg = node_config(broker.port, **merge(config or {}, overrides))
     config_path = write_json(workdir / "config.json", cfg)
     (workdir / "ca.der").write_bytes(certs.ca_der.read_bytes())
     secrets_path = write_json(workdir / "secrets.json", secrets or sim_secrets())
     flash = make_flash(flash or workdir / "flash", app_root, config_path=config_path,
                        secrets_path=secrets_path)
-    node = Node(flash, heap=heap, audio=audio, dht=dht, uid=uid)
+    node = Node(flash, heap=heap, audio=audio, dht=dht, uid=uid, env=env, reboot=reboot)
     node.cfg, node.flash = cfg, flash
     node.topics = Topics(cfg.get("topic_prefix") or "nodes", cfg["node_id"])
     return node.start() if start else node
@@ -209,3 +220,47 @@ def wait_until(predicate, timeout, interval=0.1, what="condition"):
             return value
         time.sleep(interval)
     raise TimeoutError(f"{what} not met within {timeout} s")
+
+
+# --- fault injection: brokers that keep a subscriber's session, and a scriptable fake --------
+from fakebroker import FakeBroker  # noqa: E402
+
+
+def persistence_conf(workdir):
+    """Mosquitto lines that keep sessions and queued QoS 1 messages across a restart (saved on
+    SIGTERM) and a SIGKILL (saved every second)."""
+    return ["persistence true", f"persistence_location {Path(workdir).resolve()}/",
+            "autosave_interval 1"]
+
+
+def start_persistent_broker(certs, workdir, port=None, kind="good"):
+    """Like start_broker, keeping sessions across restarts; port=None picks a free one."""
+    server = {"good": certs.server, "impostor": certs.impostor}[kind]
+    return Mosquitto(workdir, certfile=server.cert, keyfile=server.key, cafile=server.ca,
+                     port=port, extra_conf=persistence_conf(workdir)).start()
+
+
+def subscribe_persistent(certs, broker, client_id, topic="nodes/#", timeout=5):
+    """A Subscriber with a persistent session (clean_session=False, QoS 1): on a persistent
+    broker it misses nothing published while it or the broker was away, so a seq gap it sees
+    is the node's. Close it and subscribe again with the same client_id to resume."""
+    sub = Subscriber(broker.host, broker.port, topic, ca=certs.ca_pem,
+                     server_hostname="localhost", client_id=client_id)
+    sub.client._clean_session = False  # paho 2.x: no setter, and the constructor made it True
+    return sub.connect(timeout)
+
+
+@pytest.fixture
+def fake_broker_factory(certs):
+    """fake_broker_factory(mode, port=None): a started tools/fakebroker.FakeBroker presenting
+    the good server certificate; stopped at teardown."""
+    started = []
+
+    def make(mode, port=None):
+        fb = FakeBroker(certs.server.cert, certs.server.key, mode, port=port or 0).start()
+        started.append(fb)
+        return fb
+
+    yield make
+    for fb in started:
+        fb.stop()

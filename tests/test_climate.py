@@ -1,4 +1,5 @@
-"""The climate task with a fake DHT: interval kept, failures retried and counted, never published."""
+"""The climate task with a fake DHT: interval kept, failures retried and counted, never
+published."""
 
 import json
 
@@ -30,7 +31,7 @@ class FakeDHT:
 
 model, interval_s, window, rows, run_ms = json.load(open(sys.argv[1]))
 dht = FakeDHT(rows)
-box = Outbox(50, 1)
+box = Outbox(50, 1, lambda: 1800000000, lambda: 0)
 beats = []
 c = Climate(dht, model, interval_s, window, box, b"t", lambda: beats.append(1), lambda: 1700000000)
 

@@ -4,6 +4,7 @@ import json
 import random
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -68,7 +69,7 @@ print("ok", len(f))
 _OUTBOX = """
 import json
 from node.outbox import Outbox
-box = Outbox(4, 7)
+box = Outbox(4, 7, lambda: 1800000000, lambda: 0)
 for i in range(6):
     box.add(b"t/climate", 1700000000 + i, (("temperature", 20 + i),))
 print(json.dumps([box.taken, box.dropped, len(box)]))
@@ -98,10 +99,38 @@ def test_outbox_same_on_cpython():
         from node.outbox import Outbox
     finally:
         sys.path.pop(0)
-    box = Outbox(4, 7)
+    box = Outbox(4, 7, lambda: 1800000000, lambda: 0)
     for i in range(6):
         box.add(b"t/climate", 1700000000 + i, (("temperature", 20 + i),))
     assert (box.taken, box.dropped, len(box), box.peek()[0]) == (6, 2, 4, 3)
+
+
+def test_readings_taken_before_the_clock_is_set_are_corrected_or_marked(mpy):
+    out = mpy("""
+from node.outbox import Outbox
+now = [None]   # Unix time: unknown until "NTP" answers
+up = [5000]    # uptime in ms
+box = Outbox(8, 1, lambda: now[0], lambda: up[0])
+box.add(b"t", None, (("temperature", 20.5),))     # taken at uptime 5 s, time unknown
+up[0] = 65000
+print(box.peek()[2].decode())                       # still unknown when sent: marked null
+box.add(b"t", None, (("temperature", 21.0),))     # taken at uptime 65 s
+now[0] = 1800000000                                 # the clock is set at uptime 95 s...
+up[0] = 95000
+seq, _, body = box.peek()
+print(body.decode())                                # ...so the first was taken 90 s before
+box.pop(seq)
+print(box.peek()[2].decode())                       # and the second 30 s before
+box.add(b"t", 1800000001, (("temperature", 21.5),))
+box.pop(2)
+print(box.peek()[2].decode())                       # a reading with a time keeps it
+""").stdout.splitlines()
+    assert out == [
+        '{"boot":1,"seq":1,"ts":null,"temperature":20.50}',
+        '{"boot":1,"seq":1,"ts":1799999910,"temperature":20.50}',
+        '{"boot":1,"seq":2,"ts":1799999970,"temperature":21.00}',
+        '{"boot":1,"seq":3,"ts":1800000001,"temperature":21.50}',
+    ]
 
 
 def test_lag_probe_percentiles(mpy):
@@ -134,10 +163,44 @@ def test_boot_counter_survives_a_damaged_file(mpy, tmp_path):
     """boot.json is read at every boot: damage restarts the count, it never stops the boot."""
     out = mpy("""
 from node import bootcount
-print(bootcount.read("boot.json"), bootcount.increment("boot.json"), bootcount.increment("boot.json"))
-for junk in ('{"boot": -4}', '{"boot": "7"}', '[1]', '{', '\\xff\\xfe', ''):
+print(bootcount.read("boot.json"), bootcount.increment("boot.json"),
+      bootcount.increment("boot.json"))
+for junk in ('{"boot": -4}', '{"boot": "7", "unstable": true}', '[1]', '{', '\\xff\\xfe', '',
+             '{"boot": 1e999}'):
     open("boot.json", "w").write(junk)
     print(bootcount.read("boot.json"), bootcount.increment("boot.json"))
+open("boot.json", "wb").write(b"\\xff\\xfe{")
+print(bootcount.read("boot.json"), bootcount.increment("boot.json"))
 """, cwd=tmp_path).stdout.split("\n")
-    assert out[0] == "0 1 2"
-    assert out[1:7] == ["0 1"] * 6
+    assert out[0] == "0 (1, 1) (2, 2)"
+    assert out[1:9] == ["0 (1, 1)"] * 8
+
+
+def test_boot_loop_count_is_cleared_by_a_stable_run(mpy, tmp_path):
+    out = mpy("""
+from node import bootcount
+for _ in range(3):
+    bootcount.increment("boot.json")
+print(bootcount.read("boot.json"), bootcount.unstable("boot.json"))
+bootcount.mark_stable("boot.json")
+print(bootcount.read("boot.json"), bootcount.unstable("boot.json"))
+print(bootcount.increment("boot.json"))
+""", cwd=tmp_path).stdout.split()
+    assert out == ["3", "3", "3", "0", "(4,", "1)"]
+
+
+@pytest.mark.parametrize("config, expected", [
+    (None, 5),  # no config.json: the protection stays on
+    ('{"safe_mode_boots": 3}', 3),
+    ('{"safe_mode_boots": 1}', 5),  # one crash is not a loop: below the minimum, the default
+    ('{"safe_mode_boots": true}', 5),
+    ('{"safe_mode_boots": "9"}', 5),
+    ('[3]', 5),
+    ('{"safe_mode_boots": 3', 5),  # an invalid config must not switch the protection off
+])
+def test_safe_mode_limit_comes_from_config_or_the_default(mpy, tmp_path, config, expected):
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    out = mpy("from node import bootcount\nprint(bootcount.safe_mode_boots('config.json'))",
+              cwd=tmp_path).stdout.strip()
+    assert out == str(expected)

@@ -17,7 +17,7 @@ from conftest import REPO
 SIM = REPO / "sim"
 START = SIM / "start.py"
 # Every SIM_* input blank unless a test sets it, so the caller's environment cannot leak in.
-CLEAN = {v: "" for v in ("SIM_AUDIO", "SIM_DHT", "SIM_UID", "SIM_RSSI", "SIM_WIFI", "SIM_NTP")}
+CLEAN = dict.fromkeys(("SIM_AUDIO", "SIM_DHT", "SIM_UID", "SIM_RSSI", "SIM_WIFI"), "")
 
 I2S_RX = """
 from machine import Pin, I2S

@@ -333,7 +333,9 @@ class Subscriber:
         try:
             self.client.connect(self.host, self.port, keepalive=30)
         except (OSError, ssl.SSLError, ValueError) as e:
-            raise ConnectionError(f"subscriber cannot connect to {self.host}:{self.port}: {e}")
+            raise ConnectionError(
+                f"subscriber cannot connect to {self.host}:{self.port}: {e}"
+            ) from e
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.close()
@@ -350,6 +352,13 @@ class Subscriber:
 
     def __exit__(self, *exc):
         self.close()
+
+    def publish(self, topic, payload, qos=1, retain=False, timeout=5.0):
+        """Publish from this client (a command, Home Assistant's status) and wait until sent."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise TimeoutError(f"publish to {topic} not acknowledged within {timeout} s")
 
     # --- what arrived ---
     def mark(self):

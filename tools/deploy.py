@@ -16,7 +16,8 @@ The serial side is mpremote's transport (raw REPL, raw-paste), one connection fo
 5. commit with one command: rename each .new over its file, boot.py and main.py last; remove
    what the bundle no longer has in its own folders (and a .py that would shadow a new .mpy);
    remove /deploying last;
-6. leave the raw REPL and press Ctrl-D: a soft reset runs boot.py, then main.py.
+6. clear boot.py's boot-loop count (a new app gets its full number of tries before safe mode);
+7. leave the raw REPL and press Ctrl-D: a soft reset runs boot.py, then main.py.
 
 If the board refuses a write (an OSError there, a hash mismatch) the .new files and /deploying
 are removed and the old app restarted: nothing changed. If the copy is cut short (cable, reset,
@@ -42,11 +43,18 @@ from mpremote.transport_serial import SerialTransport
 from serial import SerialException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bundle as bundles  # noqa: E402
+import bundle as bundles
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "/deploying"  # boot.py: present -> safe mode (see docs/HARDWARE.md)
 LAST = ("/boot.py", "/main.py")  # committed last, main.py the very last
+CLEAR_BOOT_LOOP = """
+try:
+    from node import bootcount
+    bootcount.mark_stable('/boot.json')
+except ImportError:
+    pass
+"""
 RAW_CHUNK = 2049  # bytes per exec: a multiple of 3, so every chunk is whole base64
 BLOCK = 4096  # littlefs block: a file takes at least one
 SERIAL_TIMEOUT_S = 5
@@ -278,7 +286,7 @@ class Board:
     def close(self):
         try:
             self.t.close()
-        except Exception:  # closing a port that vanished: nothing left to do
+        except Exception:  # noqa: BLE001, S110 - closing a port that vanished: nothing to do
             pass
 
 
@@ -410,6 +418,9 @@ def deploy(port, bundle_dir, secrets=None, ca=None, root=None, dry_run=False, fo
             phase = "copy"
             write_and_commit(board, to_write, to_commit, removes, log, keep_marker=unfinished)
         phase = "reset"
+        if not dry_run:
+            # A new app gets the full count of tries before boot.py's boot-loop safe mode.
+            board.run(CLEAR_BOOT_LOOP)
         if reset or dry_run:
             if board.restart_app(follow_s):
                 log("deploy: soft reset: boot.py, then main.py")

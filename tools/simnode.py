@@ -24,10 +24,13 @@ import weakref
 from collections import Counter
 from pathlib import Path
 
-from hosttools import REPO, find_tool  # noqa: E402
+from hosttools import REPO, find_tool
+
 START_PY = REPO / "sim" / "start.py"
 _LIB_SUFFIXES = (".py", ".mpy")
 _STOP_TIMEOUT_S = 5.0
+# sim/start.py's exit codes for the watchdog, machine.reset() and machine.soft_reset().
+RESET_EXIT_CODES = (3, 4, 5)
 
 _live = weakref.WeakSet()
 
@@ -75,6 +78,8 @@ def sim_config(port, ca="ca.der", base=None, **overrides):
         "dht": {"interval_s": 2},
         "audio": {"publish_interval_s": 5},
         "telemetry_interval_s": 10,
+        # The simulator runs on the host's clock; NTP would also leave this machine.
+        "ntp": {"server": None},
     })  # fmt: skip
     return merge(cfg, overrides)
 
@@ -160,11 +165,17 @@ class Node:
     """The node process. Log lines of stdout and stderr are collected by two reader threads.
 
     on_line(line) is called from a reader thread for every line (sim.py prints with it).
+    reboot=True makes it behave like a board: when the process ends in a reset (the watchdog,
+    machine.reset(), machine.soft_reset()) it starts again; `boots` counts the starts.
     """
 
     def __init__(self, flash, heap=None, audio=None, dht=None, uid=None, rssi=None, env=None,
-                 on_line=None, micropython=None):
+                 on_line=None, micropython=None, reboot=False):
         self.flash = Path(flash)
+        self.reboot = reboot
+        self.boots = 0
+        self._stopping = False
+        self._monitor = None
         self.argv = node_command(self.flash, heap, micropython)
         self.env = node_env(audio, dht, uid, rssi, env)
         self.on_line = on_line
@@ -177,6 +188,31 @@ class Node:
     def start(self):
         if self.running():
             raise RuntimeError("node already running")
+        self._stopping = False
+        self._spawn()
+        if self.reboot:
+            self._monitor = threading.Thread(target=self._reboot_on_reset, daemon=True)
+            self._monitor.start()
+        return self
+
+    def _reboot_on_reset(self):
+        while True:
+            proc = self.proc
+            code = proc.wait()
+            self._join_readers()
+            with self._cond:
+                if self._stopping or code not in RESET_EXIT_CODES:
+                    self._cond.notify_all()
+                    return
+                self._spawn()
+
+    def _rebooting(self):
+        """True while a reset is being turned into the next boot (caller holds _cond)."""
+        return (self.reboot and not self._stopping and self.proc.poll() in RESET_EXIT_CODES
+                and self._monitor is not None and self._monitor.is_alive())
+
+    def _spawn(self):
+        self.boots += 1
         self.proc = subprocess.Popen(
             self.argv, cwd=self.flash, env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -191,7 +227,6 @@ class Node:
         ]
         for r in self._readers:
             r.start()
-        return self
 
     def _read(self, stream, name):
         for raw in iter(stream.readline, b""):
@@ -250,7 +285,8 @@ class Node:
                 if len(found) >= count:
                     return found[count - 1]
                 exited = self.proc is not None and self.proc.poll() is not None
-                if exited and not any(r.is_alive() for r in self._readers):
+                if exited and not self._rebooting() and not any(r.is_alive()
+                                                                for r in self._readers):
                     why = f"the node exited with code {self.proc.returncode}"
                     break
                 left = deadline - time.monotonic()
@@ -277,6 +313,8 @@ class Node:
         """SIGINT (KeyboardInterrupt in the app), SIGKILL if it is still there after timeout."""
         if self.proc is None:
             return None
+        with self._cond:
+            self._stopping = True
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGCONT)  # in case it was paused
@@ -288,6 +326,8 @@ class Node:
             except ProcessLookupError:
                 pass
         self._join_readers()
+        if self._monitor is not None:
+            self._monitor.join(timeout)
         return self.proc.returncode
 
     def pause(self):
@@ -300,6 +340,8 @@ class Node:
     def kill(self):
         """SIGKILL: the process vanishes. Its socket is closed by the kernel, so the broker
         learns at once (a board losing power is closer to pause(): only keepalive tells)."""
+        with self._cond:
+            self._stopping = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

@@ -1,21 +1,79 @@
-"""The boot counter kept in flash: boot.py counts, the app reads it for `boot` in payloads."""
+"""The boot counter kept in flash, and boot-loop protection.
+
+boot.json holds {"boot": B, "unstable": K}. boot.py counts every boot in both; the app clears
+`unstable` once it has run well for `stable_after_s` (or is stopped at the REPL on purpose). So
+`unstable` is the number of boots in a row that ended in a crash, a watchdog or any other reset
+before the app was stable, and past `safe_mode_boots` boot.py puts the board in safe mode.
+Kept small and free of node.config: boot.py runs it on every boot, before anything else.
+"""
 
 import json
+
+DEFAULT_SAFE_MODE_BOOTS = 5
+# Set by boot.py when the app must not start; main.py reads it (the module stays imported).
+safe_mode = None
+
+
+def _load(path):
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError, UnicodeError):  # missing, or damaged by a reset mid-write
+        return 0, 0
+    if not isinstance(state, dict):
+        return 0, 0
+    return _count(state.get("boot")), _count(state.get("unstable"))
+
+
+def _count(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _save(path, boot, unstable):
+    with open(path, "w") as f:
+        json.dump({"boot": boot, "unstable": unstable}, f)
 
 
 def read(path):
     """The current boot number; 0 when the file is missing or damaged."""
-    try:
-        with open(path) as f:
-            value = json.load(f)["boot"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    return value if isinstance(value, int) and value >= 0 else 0
+    return _load(path)[0]
+
+
+def unstable(path):
+    """Boots in a row that have not (yet) reached a stable run."""
+    return _load(path)[1]
 
 
 def increment(path):
-    """Count this boot and return its number (a damaged file restarts the count at 1)."""
-    boot = read(path) + 1
-    with open(path, "w") as f:
-        json.dump({"boot": boot}, f)
-    return boot
+    """Count this boot, as unstable until the app says otherwise; returns (boot, unstable).
+
+    A damaged file restarts both counts.
+    """
+    boot, unstable_boots = _load(path)
+    boot += 1
+    unstable_boots += 1
+    _save(path, boot, unstable_boots)
+    return boot, unstable_boots
+
+
+def mark_stable(path):
+    """The app has run well: the boot-loop count starts again from zero."""
+    boot, unstable_boots = _load(path)
+    if unstable_boots:
+        _save(path, boot, 0)
+
+
+def safe_mode_boots(config_path):
+    """`safe_mode_boots` from config.json, or the default when it cannot be read.
+
+    Read directly rather than through node.config: a config that fails validation must not
+    switch the protection off, and boot.py has to stay cheap.
+    """
+    try:
+        with open(config_path) as f:
+            value = json.load(f).get("safe_mode_boots")
+    except (OSError, ValueError, UnicodeError, AttributeError):
+        return DEFAULT_SAFE_MODE_BOOTS
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+        return value
+    return DEFAULT_SAFE_MODE_BOOTS
