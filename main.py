@@ -4,11 +4,15 @@ import asyncio
 import gc
 import os
 import ssl
+import sys
+import time
 
-from node import VERSION, board, bootcount, config
+from node import VERSION, board, bootcount, config, discovery, settings, sntp
 from node.climate import Climate
+from node.commands import Commands
 from node.dsp import LevelMeter
 from node.lagprobe import LagProbe
+from node.led import CONNECTING, ERROR, RUNNING, StatusLed
 from node.log import log, uptime_ms
 from node.mqtt import Client
 from node.outbox import Outbox
@@ -19,6 +23,7 @@ from node.supervisor import Supervisor
 
 CONFIG_PATH = "config.json"
 SECRETS_PATH = "secrets.json"
+SETTINGS_PATH = "settings.json"
 BOOT_PATH = "boot.json"
 # tools/deploy.py creates this before copying and removes it when every file is in place.
 DEPLOY_MARKER = "deploying"
@@ -28,6 +33,15 @@ IO_TIMEOUT_MS = 500
 CLIMATE_SILENCE_MS = 10000
 SOUND_SILENCE_MS = 5000
 PUBLISHER_SILENCE_MS = 15000
+# After an unexpected error, the time to read it on the console before the board resets.
+CRASH_RESET_DELAY_MS = 3000
+# Safe mode tells the broker it is there, within this time, then leaves the REPL alone.
+SAFE_MODE_ANNOUNCE_MS = 30000
+NTP_TIMEOUT_MS = 2000
+NTP_RETRY_S = 60  # until the first answer; then every ntp.resync_s
+REBOOT_DELAY_MS = 1000  # lets the command's reply reach the broker first
+MODEL = "ESP32 sensor node"
+MANUFACTURER = "sensor-node project"
 
 
 def tls_context(ca_der):
@@ -45,79 +59,241 @@ def task_died(loop, context):
     log("main", "task died: %r" % context.get("exception"))
 
 
-async def telemetry(interval_s, topic, publisher, outbox, climate, sound, wifi, lag, boot, cause):
-    heap_min = gc.mem_free()
-    while True:
-        await asyncio.sleep(interval_s)
-        gc.collect()
-        heap = gc.mem_free()
-        heap_min = min(heap_min, heap)
-        body = {
-            "boot": boot,
-            "ts": board.unix_time(),
-            "uptime_s": uptime_ms() // 1000,
-            "version": VERSION,
-            "heap_free": heap,
-            "heap_min_free": heap_min,
-            "rssi": wifi.rssi(),
-            "reset_cause": cause,
-            "wifi_reconnects": wifi.reconnects,
-            "mqtt_reconnects": publisher.reconnects,
-            "readings_taken": outbox.taken,
-            "readings_delivered": outbox.delivered,
-            "readings_queued": len(outbox),
-            "dropped": outbox.dropped,
-            "sensor_errors": climate.errors,
-            "audio_frames": sound.frames,
-            "loop_lag": lag.summary(),
-        }
-        log("telemetry", "taken %d delivered %d queued %d dropped %d heap %d lag %s"
-            % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap,
-               body["loop_lag"]))
-        publisher.publish_now(topic, dumps(body))
-
-
-async def main(cfg, secrets, ctx):
-    asyncio.get_event_loop().set_exception_handler(task_died)
-    boot = bootcount.read(BOOT_PATH)
-    cause = board.reset_cause()
-    node_id = cfg["node_id"] or board.unique_id_hex()
-    log("main", "node %s version %s boot %d reset cause %s" % (node_id, VERSION, boot, cause))
-    topics = Topics(cfg["topic_prefix"], node_id)
-    outbox = Outbox(cfg["outbox_size"], boot)
-    supervisor = Supervisor(board.watchdog(cfg["watchdog_s"]))
-
-    dht_cfg = cfg["dht"]
-    climate = Climate(
-        board.dht_sensor(dht_cfg["model"], dht_cfg["pin"]), dht_cfg["model"],
-        dht_cfg["interval_s"], dht_cfg["window"], outbox, topics.climate.encode(),
-        supervisor.register("climate", CLIMATE_SILENCE_MS), board.unix_time,
-    )
-    audio = cfg["audio"]
-    sound = Sound(
-        board.microphone(audio),
-        LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"]),
-        audio["bits"], audio["frame_samples"], audio["publish_interval_s"], outbox,
-        topics.sound.encode(), supervisor.register("sound", SOUND_SILENCE_MS), board.unix_time,
-    )
+def make_client(cfg, secrets, ctx, node_id):
     mqtt = cfg["mqtt"]
     user, password = secrets["mqtt_user"], secrets["mqtt_password"]
-    client = Client(
+    return Client(
         node_id.encode(), mqtt["host"], mqtt["port"], ctx, mqtt["server_hostname"],
         user.encode() if user is not None else None,
         password.encode() if password is not None else None,
         mqtt["keepalive_s"], IO_TIMEOUT_MS,
     )
-    wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
-    publisher = Publisher(client, outbox, topics, mqtt["keepalive_s"],
-                          supervisor.register("publisher", PUBLISHER_SILENCE_MS), wifi.up)
 
-    lag = LagProbe()
-    for coro in (climate.run(), sound.run(), publisher.run(), lag.run(),
-                 telemetry(cfg["telemetry_interval_s"], topics.telemetry.encode(), publisher,
-                           outbox, climate, sound, wifi, lag, boot, cause)):
-        asyncio.create_task(coro)
-    await supervisor.run()
+
+class Node:
+    """The running app: its tasks, and what commands and telemetry reach into."""
+
+    def __init__(self, cfg, raw_cfg, saved, secrets, ctx):
+        self.cfg = cfg
+        self.boot = bootcount.read(BOOT_PATH)
+        self.cause = board.reset_cause()
+        self.node_id = cfg["node_id"] or board.unique_id_hex()
+        log("main", "node %s version %s boot %d reset cause %s"
+            % (self.node_id, VERSION, self.boot, self.cause))
+        self.topics = Topics(cfg["topic_prefix"], self.node_id)
+        self.led = StatusLed(board.status_led(cfg["led"]["pin"], cfg["led"]["inverted"]))
+        self.outbox = Outbox(cfg["outbox_size"], self.boot, board.unix_time, uptime_ms)
+        self.supervisor = Supervisor(board.watchdog(cfg["watchdog_s"]))
+        self.lag = LagProbe()
+        self.ntp_syncs = 0
+
+        dht = cfg["dht"]
+        self.climate = Climate(
+            board.dht_sensor(dht["model"], dht["pin"]), dht["model"], dht["interval_s"],
+            dht["window"], self.outbox, self.topics.climate.encode(),
+            self.supervisor.register("climate", CLIMATE_SILENCE_MS), board.unix_time,
+        )
+        audio = cfg["audio"]
+        self.sound = Sound(
+            board.microphone(audio),
+            LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"]),
+            audio["bits"], audio["rate_hz"], audio["frame_samples"],
+            audio["publish_interval_s"], self.outbox, self.topics.sound.encode(),
+            self.supervisor.register("sound", SOUND_SILENCE_MS), board.unix_time,
+        )
+        self.wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
+        self.publisher = Publisher(
+            make_client(cfg, secrets, ctx, self.node_id), self.outbox, self.topics,
+            cfg["mqtt"]["keepalive_s"], self.supervisor.register("publisher",
+                                                                 PUBLISHER_SILENCE_MS),
+            self.wifi.up,
+        )
+        self.commands = Commands(raw_cfg, saved, SETTINGS_PATH, self)
+        self.publisher.subscribe(self.topics.cmd, self._on_command)
+        if cfg["discovery"]["enabled"]:
+            self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
+        self.publisher.on_connect = self._on_connect
+
+    async def run(self):
+        asyncio.get_event_loop().set_exception_handler(task_died)
+        for coro in (self.climate.run(), self.sound.run(), self.publisher.run(), self.lag.run(),
+                     self.led.run(), self._telemetry(), self._clock(), self._watch_stability(),
+                     self._show_link()):
+            asyncio.create_task(coro)
+        await self.supervisor.run()
+
+    # --- MQTT: what arrives, and what goes out on each connect -------------------------------
+
+    def _on_connect(self):
+        if self.cfg["discovery"]["enabled"]:
+            self._announce()
+
+    def _announce(self):
+        cfg = self.cfg
+        sent = 0
+        # Three missed intervals make Home Assistant show a sensor as unavailable.
+        for topic, body in discovery.messages(
+            cfg["discovery"]["prefix"], self.node_id, self.topics, VERSION, MODEL, MANUFACTURER,
+            cfg["audio"]["mic_sensitivity_dbfs"] is not None, 3 * cfg["dht"]["interval_s"],
+            3 * cfg["audio"]["publish_interval_s"], 3 * cfg["telemetry_interval_s"],
+        ):
+            # An empty body removes a sensor that is no longer there (discovery.messages).
+            if self.publisher.publish_now(topic.encode(), body, retain=True) and body:
+                sent += 1
+        log("discovery", "announced %d sensors to Home Assistant" % sent)
+
+    def _on_ha_status(self, msg):
+        # Home Assistant restarted and forgot non-retained state: tell it again.
+        if msg == b"online":
+            self._announce()
+
+    def _on_command(self, msg):
+        reply = self.commands.handle(msg)
+        self.publisher.publish_now(self.topics.reply.encode(), reply)
+
+    # --- the actions commands call (node.commands) -------------------------------------------
+
+    def apply(self, key, value):
+        if key == "dht.interval_s":
+            self.cfg["dht"]["interval_s"] = value
+            self.climate.set_interval(value)
+        elif key == "audio.publish_interval_s":
+            self.cfg["audio"]["publish_interval_s"] = value
+            self.sound.set_interval(value)
+        elif key == "telemetry_interval_s":
+            self.cfg["telemetry_interval_s"] = value
+        else:
+            raise KeyError(key)
+        log("main", "%s set to %s by command" % (key, value))
+        if self.cfg["discovery"]["enabled"] and self.publisher.connected:
+            self._announce()  # expire_after follows the intervals
+
+    def reboot(self):
+        async def later():
+            await asyncio.sleep_ms(REBOOT_DELAY_MS)
+            log("main", "rebooting by command")
+            bootcount.mark_stable(BOOT_PATH)  # asked for: not a crash
+            board.reset()
+
+        asyncio.create_task(later())
+
+    def identify(self, seconds):
+        self.led.identify(seconds)
+
+    def config(self):
+        return self.cfg
+
+    # --- background tasks --------------------------------------------------------------------
+
+    async def _telemetry(self):
+        heap_min = gc.mem_free()
+        while True:
+            await asyncio.sleep(self.cfg["telemetry_interval_s"])
+            gc.collect()
+            heap = gc.mem_free()
+            heap_min = min(heap_min, heap)
+            outbox = self.outbox
+            lag = self.lag.summary()
+            body = {
+                "boot": self.boot,
+                "ts": board.unix_time(),
+                "uptime_s": uptime_ms() // 1000,
+                "version": VERSION,
+                "heap_free": heap,
+                "heap_min_free": heap_min,
+                "rssi": self.wifi.rssi(),
+                "reset_cause": self.cause,
+                "wifi_reconnects": self.wifi.reconnects,
+                "mqtt_reconnects": self.publisher.reconnects,
+                "readings_taken": outbox.taken,
+                "readings_delivered": outbox.delivered,
+                "readings_queued": len(outbox),
+                "dropped": outbox.dropped,
+                "sensor_errors": self.climate.errors,
+                "audio_frames": self.sound.frames,
+                "audio_frames_missed": self.sound.frames_missed,
+                "ntp_syncs": self.ntp_syncs,
+                "loop_lag": lag,
+            }
+            log("telemetry", "taken %d delivered %d queued %d dropped %d heap %d lag %s"
+                % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap, lag))
+            self.publisher.publish_now(self.topics.telemetry.encode(), dumps(body))
+
+    async def _clock(self):
+        ntp = self.cfg["ntp"]
+        if ntp["server"] is None:
+            log("time", "NTP off: the clock is %s" % ("set" if board.unix_time() else "unset"))
+            return
+        while True:
+            while not self.wifi.isconnected():  # the publisher brings the link up
+                await asyncio.sleep(1)
+            try:
+                now = await sntp.query(ntp["server"], ntp["port"], NTP_TIMEOUT_MS)
+            except (OSError, sntp.SntpError) as e:
+                log("time", "NTP from %s failed: %s" % (ntp["server"], e))
+                await asyncio.sleep(NTP_RETRY_S)
+                continue
+            before = board.unix_time()
+            board.set_time(now)
+            self.ntp_syncs += 1
+            log("time", "clock set by NTP (%s)" % (
+                "was unset" if before is None else "off by %d s" % (before - now)))
+            await asyncio.sleep(ntp["resync_s"])
+
+    async def _watch_stability(self):
+        # Boot-loop protection (boot.py): a run this long with every task alive is a good boot.
+        await asyncio.sleep(self.cfg["stable_after_s"])
+        while self.supervisor.stale():
+            await asyncio.sleep(1)
+        bootcount.mark_stable(BOOT_PATH)
+        log("main", "running stably: boot-loop count cleared")
+
+    async def _show_link(self):
+        led = self.led
+        publisher = self.publisher
+        while True:
+            if publisher.connected:
+                led.set(RUNNING)
+            else:
+                # Turned away (bad certificate, credentials): waiting will not mend it.
+                led.set(ERROR if publisher.refused else CONNECTING)
+            await asyncio.sleep_ms(500)
+
+
+async def announce_safe_mode(cfg, secrets, ctx, reason):
+    """Best effort: say `safe-mode` (retained) on the status topic, then disconnect cleanly."""
+    node_id = cfg["node_id"] or board.unique_id_hex()
+    topics = Topics(cfg["topic_prefix"], node_id)
+    wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
+    await wifi.up(lambda: None)
+    client = make_client(cfg, secrets, ctx, node_id)
+    await client.open(SAFE_MODE_ANNOUNCE_MS)
+    client.send_connect()
+    start = time.ticks_ms()
+    while not client.readable():
+        if time.ticks_diff(time.ticks_ms(), start) > SAFE_MODE_ANNOUNCE_MS:
+            raise OSError("no CONNACK")
+        await asyncio.sleep_ms(20)
+    client.read_connack()
+    client.publish(topics.status.encode(), b"safe-mode", retain=True)
+    client.publish(topics.telemetry.encode(), dumps({"safe_mode": reason, "version": VERSION}))
+    client.disconnect()  # a clean DISCONNECT: the last will must not overwrite "safe-mode"
+    log("main", "safe mode announced on %s" % topics.status)
+
+
+def safe_mode(reason, cfg=None, secrets=None, ctx=None):
+    """No app, no watchdog: the REPL stays free for mpremote to repair the board."""
+    log("main", "safe mode: %s" % reason)
+    led_cfg = cfg["led"] if cfg else None
+    if led_cfg:
+        StatusLed(board.status_led(led_cfg["pin"], led_cfg["inverted"])).safe_mode(board.timer())
+    if cfg is None:
+        return
+    try:
+        asyncio.run(asyncio.wait_for_ms(announce_safe_mode(cfg, secrets, ctx, reason),
+                                        SAFE_MODE_ANNOUNCE_MS))
+    except (OSError, ValueError, asyncio.TimeoutError) as e:  # the broker is not reachable
+        log("main", "safe mode not announced: %r" % (e,))
 
 
 def deploy_unfinished():
@@ -128,19 +304,46 @@ def deploy_unfinished():
     return True
 
 
+def load():
+    """(config with persisted settings applied, config.json as parsed, settings, secrets)."""
+    raw = config.read_json(CONFIG_PATH)
+    cfg = config.validate(raw, CONFIG_PATH)  # config.json's own errors mean safe mode
+    secrets = config.validate_secrets(config.read_json(SECRETS_PATH), SECRETS_PATH)
+    # A saved setting that no longer fits config.json (say, the DHT model changed) is logged
+    # and dropped: the user's file wins, and the board does not go into safe mode over it.
+    saved = settings.accepted(raw, settings.load(SETTINGS_PATH))
+    if saved:
+        cfg = config.validate(settings.overlay(raw, saved), SETTINGS_PATH)
+    return config.resolve_paths(cfg, CONFIG_PATH), raw, saved, secrets
+
+
 def start():
     if deploy_unfinished():
-        log("main", "safe mode: a deploy did not finish (%s); run make deploy again"
-            % DEPLOY_MARKER)
+        safe_mode("a deploy did not finish (%s); run make deploy again" % DEPLOY_MARKER)
         return
     try:
-        cfg, secrets = config.load(CONFIG_PATH, SECRETS_PATH)
+        cfg, raw, saved, secrets = load()
         ctx = tls_context(config.load_ca(cfg["mqtt"]["ca_path"]))
     except config.ConfigError as e:
-        # Safe mode: no tasks, no watchdog, the REPL stays free for mpremote to repair the files.
-        log("main", "safe mode: %s" % e)
+        safe_mode(e)
         return
-    asyncio.run(main(cfg, secrets, ctx))
+    if bootcount.safe_mode:
+        safe_mode(bootcount.safe_mode, cfg, secrets, ctx)
+        return
+    node = None
+    try:
+        node = Node(cfg, raw, saved, secrets, ctx)
+        asyncio.run(node.run())
+    except KeyboardInterrupt:
+        # Stopped at the console (mpremote, Ctrl-C) while every task was alive: not a crash.
+        if node is not None and not node.supervisor.stale():
+            bootcount.mark_stable(BOOT_PATH)
+        raise
+    except Exception as e:  # noqa: BLE001 - anything at all: a node must not sit at the REPL
+        sys.print_exception(e)
+        log("main", "crashed: %r; resetting in %d s" % (e, CRASH_RESET_DELAY_MS // 1000))
+        time.sleep_ms(CRASH_RESET_DELAY_MS)
+        board.reset()
 
 
 start()

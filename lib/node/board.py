@@ -25,6 +25,9 @@ _I2S_BUFFER_MS = const(250)
 _I2S_IBUF_MAX = const(40000)
 # MicroPython's epoch is 2000-01-01 on the ESP32 and 1970 on the unix port; payloads want Unix.
 _EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
+# The ESP32's RTC starts at 2000-01-01 on power-on: any earlier time than this build's year
+# means nobody has set the clock yet (NTP, or a previous boot before a soft reset).
+_CLOCK_VALID_FROM_S = 1767225600  # 2026-01-01
 _RESET_CAUSES = {
     getattr(machine, name): name
     for name in ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET")
@@ -65,8 +68,32 @@ def watchdog(timeout_s):
     return machine.WDT(timeout=timeout_s * 1000)
 
 
+def reset():
+    machine.reset()
+
+
+def timer():
+    """A hardware timer for work that must go on without asyncio (the safe-mode blink)."""
+    return machine.Timer(0)
+
+
 def unix_time():
-    return int(time.time()) + _EPOCH_OFFSET_S
+    """Unix seconds, or None while the clock has not been set (readings are then marked)."""
+    now = int(time.time()) + _EPOCH_OFFSET_S
+    return now if now >= _CLOCK_VALID_FROM_S else None
+
+
+def set_time(unix_s):
+    """Set the RTC (and so time.time()) from NTP's Unix seconds."""
+    t = time.gmtime(unix_s - _EPOCH_OFFSET_S)  # 8 fields on the ESP32, 9 on the unix port
+    machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
+
+
+def status_led(pin, inverted):
+    """The status LED as a Signal (on = lit whatever the wiring), or None when not fitted."""
+    if pin is None:
+        return None
+    return machine.Signal(machine.Pin(pin, machine.Pin.OUT), invert=inverted)
 
 
 class Wifi:
@@ -78,7 +105,9 @@ class Wifi:
         self._wlan = network.WLAN(network.STA_IF)
         self.reconnects = 0
         self._was_up = False
-        self.clock_set = False
+
+    def isconnected(self):
+        return self._wlan.isconnected()
 
     def rssi(self):
         try:
@@ -108,19 +137,3 @@ class Wifi:
                 await asyncio.sleep_ms(_WIFI_POLL_MS)
         self._was_up = True
         log("wifi", "connected, %s, rssi %s" % (wlan.ifconfig()[0], self.rssi()))
-        if not self.clock_set:
-            self.clock_set = sync_time()
-
-
-def sync_time():
-    """Set the clock from NTP once the network is up; False when it could not."""
-    try:
-        import ntptime
-    except ImportError:  # the simulated board runs on the host's clock
-        return True
-    try:
-        ntptime.settime()
-    except (OSError, OverflowError, IndexError) as e:
-        log("time", "NTP failed: %r" % e)
-        return False
-    return True

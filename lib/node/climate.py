@@ -34,6 +34,10 @@ class Climate:
         self._last_read_ms = None
         self.errors = 0
 
+    def set_interval(self, interval_s):
+        """Takes effect after the current wait (a command changed it)."""
+        self._interval_ms = interval_s * 1000
+
     async def _wait_for_sensor(self):
         # The sensor's minimum interval holds across retries and intervals alike.
         if self._last_read_ms is not None:
@@ -51,7 +55,7 @@ class Climate:
             h = self._sensor.humidity()
         except OSError as e:
             return self._failed("no answer (%s)" % e)
-        except Exception as e:  # noqa: BLE001 - the dht driver raises a bare Exception
+        except Exception as e:  # the dht driver raises a bare Exception for a bad checksum
             if "checksum" not in str(e):
                 raise
             return self._failed("checksum error")
@@ -69,6 +73,7 @@ class Climate:
         next_ms = time.ticks_ms()
         while True:
             self._beat()
+            sample = None
             for _ in range(1 + _RETRIES):
                 await self._wait_for_sensor()
                 sample = self._measure()

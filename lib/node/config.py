@@ -50,7 +50,7 @@ def _take(src, key, where, path, kind, default=_REQUIRED, lo=None, hi=None, choi
     if ok and choices is not None:
         ok = value in choices
         desc = "one of " + ", ".join(json.dumps(c) for c in choices)
-    if ok and lo is not None and value < lo or ok and hi is not None and value > hi:
+    if (ok and lo is not None and value < lo) or (ok and hi is not None and value > hi):
         ok = False
     if lo is not None or hi is not None:
         desc += " in %s..%s" % ("" if lo is None else lo, "" if hi is None else hi)
@@ -61,8 +61,8 @@ def _take(src, key, where, path, kind, default=_REQUIRED, lo=None, hi=None, choi
     return value
 
 
-def _section(src, key, where):
-    value = src.get(key)
+def _section(src, key, where, optional=False):
+    value = src.get(key, {} if optional else None)
     if not isinstance(value, dict):
         _fail(where, key, "an object {...}", value)
     return value
@@ -93,7 +93,7 @@ def validate(raw, where="config.json"):
     _no_unknown(
         raw,
         ("node_id", "topic_prefix", "mqtt", "dht", "audio", "watchdog_s", "telemetry_interval_s",
-         "outbox_size"),
+         "outbox_size", "safe_mode_boots", "stable_after_s", "led", "ntp", "discovery"),
         where,
     )
     cfg = {}
@@ -108,6 +108,33 @@ def validate(raw, where="config.json"):
         raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
     )
     cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int", 100, lo=4, hi=2000)
+    # Boot-loop protection: this many boots in a row that end before the app has run
+    # `stable_after_s` start safe mode instead of the app.
+    cfg["safe_mode_boots"] = _take(raw, "safe_mode_boots", where, "", "int", 5, lo=2, hi=100)
+    cfg["stable_after_s"] = _take(raw, "stable_after_s", where, "", "int", 60, lo=5, hi=3600)
+
+    src = _section(raw, "led", where, optional=True)
+    _no_unknown(src, ("pin", "inverted"), where, "led.")
+    cfg["led"] = {
+        "pin": _take(src, "pin", where, "led.", "int", None, lo=0, hi=48),
+        "inverted": _take(src, "inverted", where, "led.", "bool", False),
+    }
+    src = _section(raw, "ntp", where, optional=True)
+    _no_unknown(src, ("server", "port", "resync_s"), where, "ntp.")
+    cfg["ntp"] = {
+        # null: no NTP (the simulator runs on the host's clock, or a board without internet)
+        "server": (None if src.get("server", "") is None
+                   else _take(src, "server", where, "ntp.", "str", "pool.ntp.org")),
+        "port": _take(src, "port", where, "ntp.", "int", 123, lo=1, hi=65535),
+        "resync_s": _take(src, "resync_s", where, "ntp.", "int", 3600, lo=60, hi=604800),
+    }
+    src = _section(raw, "discovery", where, optional=True)
+    _no_unknown(src, ("enabled", "prefix"), where, "discovery.")
+    cfg["discovery"] = {
+        "enabled": _take(src, "enabled", where, "discovery.", "bool", True),
+        "prefix": _take(src, "prefix", where, "discovery.", "str", "homeassistant"),
+    }
+    _check_id(cfg["discovery"]["prefix"], where, "discovery.prefix", _TOPIC_PREFIX_MAX_LEN)
 
     src = _section(raw, "mqtt", where)
     _no_unknown(src, ("host", "port", "ca", "server_hostname", "keepalive_s"), where, "mqtt.")
@@ -177,7 +204,7 @@ def validate_secrets(raw, where="secrets.json"):
     return out
 
 
-def _read_json(path):
+def read_json(path):
     try:
         with open(path) as f:
             text = f.read()
@@ -196,14 +223,17 @@ def folder_of(path):
     return path[: cut + 1] if cut >= 0 else ""
 
 
+def resolve_paths(cfg, config_path):
+    """Add mqtt.ca_path: a relative CA path resolves against the config file's folder."""
+    ca = cfg["mqtt"]["ca"]
+    cfg["mqtt"]["ca_path"] = ca if ca.startswith("/") else folder_of(config_path) + ca
+    return cfg
+
+
 def load(config_path, secrets_path):
     """(config, secrets) from the two files; ConfigError names the file and key at fault."""
-    cfg = validate(_read_json(config_path), config_path)
-    secrets = validate_secrets(_read_json(secrets_path), secrets_path)
-    ca = cfg["mqtt"]["ca"]
-    # Relative CA paths resolve against the config file's folder (the root on the board).
-    cfg["mqtt"]["ca_path"] = ca if ca.startswith("/") else folder_of(config_path) + ca
-    return cfg, secrets
+    cfg = resolve_paths(validate(read_json(config_path), config_path), config_path)
+    return cfg, validate_secrets(read_json(secrets_path), secrets_path)
 
 
 _PEM_BEGIN = "-----BEGIN CERTIFICATE-----"

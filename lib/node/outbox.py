@@ -2,18 +2,28 @@
 
 from node import payload
 
+_TS_UNKNOWN = b'"ts":null'
+
 
 class Outbox:
     """Readings wait here, in order, until the broker has acknowledged them.
 
     `seq` counts data messages within one boot; every reading taken gets the next one, so a
     subscriber sees a gap exactly when a reading was dropped (and `dropped` says how many).
+
+    A reading taken before the clock is set (ts None: no NTP answer yet after power-on) is
+    queued with "ts":null and the uptime it was taken at; when it leaves and `clock()` knows
+    the time by then, its ts is worked back from that. If the time is still unknown it goes
+    out marked with "ts":null, never with a wrong date.
     """
 
-    def __init__(self, capacity, boot):
+    def __init__(self, capacity, boot, clock, uptime_ms):
+        self._clock = clock  # () -> Unix seconds, or None while the time is unknown
+        self._uptime_ms = uptime_ms  # () -> ms since start; never wraps, unlike ticks_ms
         self._seqs = [0] * capacity
         self._topics = [None] * capacity
-        self._payloads = [None] * capacity
+        self._payloads = [None] * capacity  # type: list
+        self._taken_ms = [None] * capacity  # uptime of readings queued without a time
         self._head = 0
         self._len = 0
         self.boot = boot
@@ -26,7 +36,7 @@ class Outbox:
         return self._len
 
     def add(self, topic, ts, fields):
-        """Queue a reading; when full the oldest goes (counted). Returns its seq."""
+        """Queue a reading (ts None: time unknown); when full the oldest goes. Returns its seq."""
         cap = len(self._topics)
         if self._len == cap:
             self._head = (self._head + 1) % cap
@@ -38,6 +48,7 @@ class Outbox:
         self._seqs[tail] = self.seq
         self._topics[tail] = topic
         self._payloads[tail] = payload.reading(self.boot, self.seq, ts, fields)
+        self._taken_ms[tail] = self._uptime_ms() if ts is None else None
         self._len += 1
         return self.seq
 
@@ -46,6 +57,16 @@ class Outbox:
         if not self._len:
             raise IndexError("outbox empty")
         head = self._head
+        taken_ms = self._taken_ms[head]
+        if taken_ms is not None:
+            now = self._clock()
+            if now is not None:
+                ts = now - (self._uptime_ms() - taken_ms) // 1000
+                body = self._payloads[head]
+                cut = body.find(_TS_UNKNOWN)
+                self._payloads[head] = (body[:cut] + b'"ts":' + str(ts).encode()
+                                        + body[cut + len(_TS_UNKNOWN):])
+                self._taken_ms[head] = None
         return self._seqs[head], self._topics[head], self._payloads[head]
 
     def pop(self, seq):
@@ -55,7 +76,7 @@ class Outbox:
         """
         if not self._len or self._seqs[self._head] != seq:
             return
-        self._topics[self._head] = self._payloads[self._head] = None
+        self._topics[self._head] = self._payloads[self._head] = self._taken_ms[self._head] = None
         self._head = (self._head + 1) % len(self._topics)
         self._len -= 1
         self.delivered += 1

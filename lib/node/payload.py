@@ -19,11 +19,13 @@ class Topics:
 def reading(boot, seq, ts, fields):
     """A data message: {"boot":B,"seq":N,"ts":T, ...fields} as bytes, keys in that order.
 
+    ts None (the clock is not set yet) is written as null.
+
     `fields` is a sequence of (key, value) pairs. Floats are written with two decimals:
     MicroPython's float repr would print -9.03 as -9.029999999999999. A float that is not a
     number (NaN, infinity) is written as null, so a bad value never makes invalid JSON.
     """
-    parts = ['"boot":%d,"seq":%d,"ts":%d' % (boot, seq, ts)]
+    parts = ['"boot":%d,"seq":%d,"ts":%s' % (boot, seq, "null" if ts is None else "%d" % ts)]
     for key, value in fields:
         if isinstance(value, float):
             text = "%.2f" % value if value - value == 0 else "null"
