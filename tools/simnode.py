@@ -97,7 +97,9 @@ def make_flash(dest, app_root=REPO, config_path=None, secrets_path=None, clean=F
     """Copy the app, config.json, secrets.json and the CA into dest; returns dest as a Path.
 
     Files already in dest that the copy does not replace (boot.json, .sim_reset_cause) stay, as
-    they would on a board flashed again; clean=True starts from an empty folder.
+    they would on a board flashed again, except that boot.json's boot-loop count is cleared as
+    tools/deploy.py clears it: a new copy of the app gets its full number of tries before safe
+    mode. clean=True starts from an empty folder.
     """
     dest, app_root = Path(dest).resolve(), Path(app_root).resolve()
     config_path = Path(config_path) if config_path else app_root / "config.json"
@@ -128,7 +130,17 @@ def make_flash(dest, app_root=REPO, config_path=None, secrets_path=None, clean=F
             raise FileNotFoundError(f"mqtt.ca: {src} not found (named by {config_path})")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
+    _clear_boot_loop(dest / "boot.json")
     return dest
+
+
+def _clear_boot_loop(path):
+    try:
+        state = load_json(path)
+    except (OSError, ValueError):
+        return  # none yet, or damaged: boot.py starts the count afresh either way
+    if isinstance(state, dict) and state.get("unstable"):
+        write_json(path, {**state, "unstable": 0})
 
 
 def node_command(flash, heap=None, micropython=None):
