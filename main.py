@@ -27,7 +27,9 @@ SETTINGS_PATH = "settings.json"
 BOOT_PATH = "boot.json"
 # tools/deploy.py creates this before copying and removes it when every file is in place.
 DEPLOY_MARKER = "deploying"
-IO_TIMEOUT_MS = 500
+# Longest a read or write may block once a session is up (the rest of a packet, a full socket
+# buffer): short enough that even a broker sending half a packet costs the loop < 250 ms.
+IO_TIMEOUT_MS = 200
 # Longest silence before a task counts as hung. The publisher's includes a TLS handshake,
 # about 1 s of CPU on an ESP32, and its 10 s connect timeout.
 CLIMATE_SILENCE_MS = 10000
@@ -268,7 +270,6 @@ async def announce_safe_mode(cfg, secrets, ctx, reason):
     await wifi.up(lambda: None)
     client = make_client(cfg, secrets, ctx, node_id)
     await client.open(SAFE_MODE_ANNOUNCE_MS)
-    client.send_connect()
     start = time.ticks_ms()
     while not client.readable():
         if time.ticks_diff(time.ticks_ms(), start) > SAFE_MODE_ANNOUNCE_MS:

@@ -105,6 +105,27 @@ def test_outbox_same_on_cpython():
     assert (box.taken, box.dropped, len(box), box.peek()[0]) == (6, 2, 4, 3)
 
 
+def test_a_full_outbox_never_evicts_the_reading_in_flight(mpy):
+    """It will reach the broker: dropping it would count a delivered reading as lost."""
+    out = mpy("""
+from node.outbox import Outbox
+box = Outbox(4, 1, lambda: 1800000000, lambda: 0)
+for i in range(4):
+    box.add(b"t", 1800000000, (("n", i),))
+seq = box.peek()[0]                      # seq 1 goes out...
+for i in range(3):
+    box.add(b"t", 1800000000, (("n", i),))  # ...while 3 more arrive: 2, 3, 4 are dropped
+box.pop(seq)                             # 1's PUBACK
+order = []
+while len(box):
+    s = box.peek()[0]
+    order.append(s)
+    box.pop(s)
+print(box.dropped, box.delivered, order)
+""").stdout.strip()
+    assert out == "3 4 [5, 6, 7]"  # taken 7 = delivered 4 (1, 5, 6, 7) + dropped 3
+
+
 def test_readings_taken_before_the_clock_is_set_are_corrected_or_marked(mpy):
     out = mpy("""
 from node.outbox import Outbox

@@ -4,8 +4,10 @@ umqtt.simple (from PyPI, unchanged) predates MicroPython's SSLContext API: it im
 which MicroPython 1.22+ lacks, opens its socket with no timeout, switches it back to blocking in
 wait_msg(), and waits for a QoS 1 PUBACK forever. This subclass keeps its packet handling
 (will, strings, incoming PUBLISH + PUBACK, PINGREQ, DISCONNECT) and replaces what blocks:
-- `open()` resolves, connects and runs the TLS handshake (SSLContext, CERT_REQUIRED, the CA,
-  server_hostname) on a non-blocking socket polled from asyncio;
+- `open()` resolves, connects, runs the TLS handshake (SSLContext, CERT_REQUIRED, the CA,
+  server_hostname) and sends CONNECT on a non-blocking socket polled from asyncio. The handshake
+  is driven by writing the CONNECT packet: MicroPython's TLS write returns None while the
+  handshake waits for the peer (a write of b"" returns 0 at once and does not handshake);
 - afterwards umqtt talks to a `_BoundedStream`, whose setblocking(True) means "block at most
   io_timeout_ms" (a MicroPython TLS socket has no settimeout, so the bound is set on the raw
   socket beneath it) and whose short reads are errors, never silently mis-parsed packets;
@@ -69,6 +71,8 @@ class _BoundedStream:
 
     def close(self):
         self._tls.close()
+        # A TLS object whose handshake never finished does not close the socket beneath it.
+        self._raw.close()
 
 
 class Client(MQTTClient):
@@ -85,7 +89,9 @@ class Client(MQTTClient):
         self.subacked = []  # and of SUBACKs
 
     async def open(self, timeout_ms):
-        """Connect and finish the TLS handshake without blocking the loop for long.
+        """Connect, finish the TLS handshake and send CONNECT, never blocking the loop for long.
+
+        The CONNACK comes later (readable(), read_connack()).
 
         Raises OSError (DNS, refused, timeout) or ValueError (the TLS layer: bad certificate,
         wrong host name); the caller retries with backoff.
@@ -97,6 +103,7 @@ class Client(MQTTClient):
         except (OSError, IndexError) as e:  # lwIP raises OSError; an empty answer, IndexError
             raise OSError("DNS lookup of %s failed (%s)" % (self.server, e))
         raw = socket.socket()
+        tls = None
         try:
             raw.setblocking(False)
             try:
@@ -108,43 +115,50 @@ class Client(MQTTClient):
             tls = self._context.wrap_socket(
                 raw, server_hostname=self._server_hostname, do_handshake_on_connect=False
             )
+            packet = memoryview(self._connect_packet())
             start = time.ticks_ms()
-            # Writing nothing drives the handshake: None while it waits for the peer.
-            while tls.write(b"") is None:
-                if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
-                    raise OSError(errno.ETIMEDOUT)
-                await asyncio.sleep_ms(_HANDSHAKE_STEP_MS)
+            while packet:
+                # None: the handshake (or the socket buffer) waits for the peer.
+                n = tls.write(packet)
+                if n is None:
+                    if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
+                        raise OSError(errno.ETIMEDOUT)
+                    await asyncio.sleep_ms(_HANDSHAKE_STEP_MS)
+                else:
+                    packet = packet[n:]
         except BaseException:
+            if tls is not None:
+                tls.close()
             raw.close()
             raise
         self.sock = _BoundedStream(raw, tls, self._io_timeout_ms)
         self._poller = select.poll()
         self._poller.register(tls, select.POLLIN)
 
-    def send_connect(self, clean_session=True):
-        """Send CONNECT (with the last will set by set_last_will); the CONNACK comes later."""
+    def _connect_packet(self, clean_session=True):
+        """CONNECT with the last will set by set_last_will(), as one buffer."""
         body = bytearray(b"\x00\x04MQTT\x04\x00\x00\x00")
         body[7] = clean_session << 1
-        size = len(body) + 2 + len(self.client_id)
-        # set_last_will() and the constructor set these in pairs (config checks the pair).
-        user, pswd, will_topic, will_msg = self.user, self.pswd, self.lw_topic, self.lw_msg
-        if user is not None and pswd is not None:
-            body[7] |= 0xC0
-            size += 2 + len(user) + 2 + len(pswd)
         body[8] = self.keepalive >> 8
         body[9] = self.keepalive & 0xFF
+        fields = [self.client_id]
+        # set_last_will() and the constructor set these in pairs (config checks the pair).
+        will_topic, will_msg, user, pswd = self.lw_topic, self.lw_msg, self.user, self.pswd
         if will_topic is not None and will_msg is not None:
             body[7] |= 0x04 | (self.lw_qos << 3) | (self.lw_retain << 5)
-            size += 2 + len(will_topic) + 2 + len(will_msg)
-        self.sock.write(_fixed_header(0x10, size))
-        self.sock.write(body)
-        self._send_str(self.client_id)
-        if will_topic is not None and will_msg is not None:
-            self._send_str(will_topic)
-            self._send_str(will_msg)
+            fields += (will_topic, will_msg)
         if user is not None and pswd is not None:
-            self._send_str(user)
-            self._send_str(pswd)
+            body[7] |= 0xC0
+            fields += (user, pswd)
+        size = len(body)
+        for f in fields:
+            size += 2 + len(f)
+        out = bytearray(_fixed_header(0x10, size))
+        out += body
+        for f in fields:
+            out += len(f).to_bytes(2, "big")
+            out += f
+        return out
 
     def readable(self):
         """True when bytes (or the end of the stream) are waiting; never blocks."""

@@ -26,6 +26,7 @@ class Outbox:
         self._taken_ms = [None] * capacity  # uptime of readings queued without a time
         self._head = 0
         self._len = 0
+        self._in_flight = 0  # seq handed out by peek() and not yet popped: never evicted
         self.boot = boot
         self.seq = 0  # the last seq handed out
         self.taken = 0
@@ -39,7 +40,17 @@ class Outbox:
         """Queue a reading (ts None: time unknown); when full the oldest goes. Returns its seq."""
         cap = len(self._topics)
         if self._len == cap:
-            self._head = (self._head + 1) % cap
+            head = self._head
+            nxt = (head + 1) % cap
+            if self._seqs[head] == self._in_flight:
+                # The oldest is on its way to the broker and will arrive: the next oldest
+                # goes instead, and the one in flight moves into its slot.
+                self._seqs[nxt] = self._seqs[head]
+                self._topics[nxt] = self._topics[head]
+                self._payloads[nxt] = self._payloads[head]
+                self._taken_ms[nxt] = self._taken_ms[head]
+            self._topics[head] = self._payloads[head] = self._taken_ms[head] = None
+            self._head = nxt
             self._len -= 1
             self.dropped += 1
         self.seq += 1
@@ -53,7 +64,7 @@ class Outbox:
         return self.seq
 
     def peek(self):
-        """(seq, topic, payload) of the oldest reading; IndexError when empty."""
+        """(seq, topic, payload) of the oldest reading, now in flight; IndexError when empty."""
         if not self._len:
             raise IndexError("outbox empty")
         head = self._head
@@ -67,12 +78,13 @@ class Outbox:
                 self._payloads[head] = (body[:cut] + b'"ts":' + str(ts).encode()
                                         + body[cut + len(_TS_UNKNOWN):])
                 self._taken_ms[head] = None
+        self._in_flight = self._seqs[head]
         return self._seqs[head], self._topics[head], self._payloads[head]
 
     def pop(self, seq):
-        """Reading `seq` was delivered: forget it if it is still the oldest.
+        """Reading `seq` (the one in flight, so the oldest) was delivered: forget it.
 
-        It may already be gone: dropped for room while its acknowledgement was on the way.
+        A repeated acknowledgement, or one for another seq, pops nothing.
         """
         if not self._len or self._seqs[self._head] != seq:
             return

@@ -92,10 +92,9 @@ class Publisher:
         client = self._client
         await self._link(self._beat)
         log("mqtt", "connecting to %s:%d" % (client.server, client.port))
-        await client.open(_CONNECT_TIMEOUT_MS)
+        await client.open(_CONNECT_TIMEOUT_MS)  # TCP, TLS and CONNECT
         self._reached = True  # TLS is up: failures from here on are the broker's or ours
         self._beat()
-        client.send_connect()
         start = time.ticks_ms()
         while not client.readable():
             if time.ticks_diff(time.ticks_ms(), start) > _CONNECT_TIMEOUT_MS:
