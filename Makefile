@@ -29,7 +29,7 @@ FIRMWARE ?=
 BAUD ?=
 DRY_RUN ?=
 
-.PHONY: deps lib sim plot test lint bench bundle deploy flash fakeboard repl monitor clean
+.PHONY: deps lib sim plot test lint soak bench bundle deploy flash fakeboard repl monitor clean
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -65,6 +65,12 @@ test: deps lint
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright --pythonpath $(PY) --typeshedpath $(VENV)/mpy-typeshed
+
+# A 10-minute broker outage at the default rates: heap minute by minute, then all delivered.
+# Not part of make test (it runs for over 10 minutes); SOAK_S= shortens the outage.
+SOAK_S ?= 600
+soak: deps
+	SOAK=1 SOAK_S=$(SOAK_S) $(PY) -m pytest tests/test_soak.py -s
 
 bench: deps
 	@tools/apt-install.sh gcc binutils-xtensa-lx106
