@@ -102,6 +102,7 @@ class Node:
             audio["bits"], audio["rate_hz"], audio["frame_samples"],
             audio["publish_interval_s"], self.outbox, self.topics.sound.encode(),
             self.supervisor.register("sound", SOUND_SILENCE_MS), board.unix_time,
+            board.MIC_BUFFER_MS,
         )
         self.wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
         self.publisher = Publisher(
@@ -308,13 +309,12 @@ def deploy_unfinished():
 def load():
     """(config with persisted settings applied, config.json as parsed, settings, secrets)."""
     raw = config.read_json(CONFIG_PATH)
-    cfg = config.validate(raw, CONFIG_PATH)  # config.json's own errors mean safe mode
-    secrets = config.validate_secrets(config.read_json(SECRETS_PATH), SECRETS_PATH)
-    # A saved setting that no longer fits config.json (say, the DHT model changed) is logged
-    # and dropped: the user's file wins, and the board does not go into safe mode over it.
+    # accepted() checks config.json itself first (its errors mean safe mode). A saved setting
+    # that no longer fits it (say, the DHT model changed) is logged and dropped: the user's file
+    # wins, and the board does not go into safe mode over it.
     saved = settings.accepted(raw, settings.load(SETTINGS_PATH))
-    if saved:
-        cfg = config.validate(settings.overlay(raw, saved), SETTINGS_PATH)
+    cfg = config.validate(settings.overlay(raw, saved), CONFIG_PATH)
+    secrets = config.validate_secrets(config.read_json(SECRETS_PATH), SECRETS_PATH)
     return config.resolve_paths(cfg, CONFIG_PATH), raw, saved, secrets
 
 

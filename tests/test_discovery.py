@@ -91,7 +91,7 @@ def sound(sensitivity):
     box = Box()
     s = Sound(i2s=None, meter=LevelMeter(16, 16000, sensitivity), bits=16, rate_hz=16000,
               frame_samples=256, publish_interval_s=10, outbox=box, topic=b"t",
-              beat=lambda: None, clock=lambda: 1700000000)
+              beat=lambda: None, clock=lambda: 1700000000, ring_ms=250)
     frame = bytearray(512)
     for i in range(0, 512, 4):
         frame[i + 1] = 0x20  # a square wave

@@ -21,7 +21,7 @@ _I2S_ID = const(0)
 # so 8 bytes per sample buy time: 250 ms at 16 kHz for the loop to be late without losing audio,
 # capped because DMA memory is scarce (100 ms at 48 kHz).
 _I2S_DMA_BYTES_PER_SAMPLE = const(8)
-_I2S_BUFFER_MS = const(250)
+MIC_BUFFER_MS = const(250)
 _I2S_IBUF_MAX = const(40000)
 # MicroPython's epoch is 2000-01-01 on the ESP32 and 1970 on the unix port; payloads want Unix.
 _EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
@@ -50,7 +50,7 @@ def dht_sensor(model, pin):
 
 
 def microphone(audio):
-    ibuf = audio["rate_hz"] * _I2S_DMA_BYTES_PER_SAMPLE * _I2S_BUFFER_MS // 1000
+    ibuf = audio["rate_hz"] * _I2S_DMA_BYTES_PER_SAMPLE * MIC_BUFFER_MS // 1000
     return machine.I2S(
         _I2S_ID,
         sck=machine.Pin(audio["sck"]),

@@ -3,26 +3,24 @@
 import asyncio
 import time
 
-from micropython import const
-
 from node.log import log
 
 _WEIGHTED = ("laeq_dba", "lafmax_dba", "lafmin_dba")
-# How much audio the I2S DMA ring holds (board.microphone sizes it): samples short of the
-# expected count by less than this may still be on their way.
-_RING_MS = const(250)
 
 
 class Sound:
     """Owns the I2S microphone; frames go through the viper level meter, levels to the outbox."""
 
     def __init__(self, i2s, meter, bits, rate_hz, frame_samples, publish_interval_s, outbox,
-                 topic, beat, clock):
+                 topic, beat, clock, ring_ms):
         self._i2s = i2s
         self._meter = meter
         self._sample_bytes = bits // 8
         self._rate_hz = rate_hz
         self._frame_samples = frame_samples
+        # Samples short of the expected count by less than what the I2S DMA ring holds
+        # (ring_ms, as board.microphone sizes it) may still be on their way.
+        self._slack_samples = rate_hz * ring_ms // 1000
         # Allocated once: the frame path runs hundreds of times a second and must not feed the GC.
         self._buf = bytearray(frame_samples * self._sample_bytes)
         self._interval_ms = publish_interval_s * 1000
@@ -43,8 +41,7 @@ class Sound:
     @property
     def frames_missed(self):
         """Whole frames lost to overruns so far (what the DMA ring can still hold is not lost)."""
-        slack = self._rate_hz * _RING_MS // 1000
-        return max(0, self._deficit - slack) // self._frame_samples
+        return max(0, self._deficit - self._slack_samples) // self._frame_samples
 
     async def run(self):
         reader = asyncio.StreamReader(self._i2s)
