@@ -19,8 +19,7 @@ import pytest
 from infra import (
     TAKEN_RX,
     data_payloads,
-    failed_since,
-    print_broker_log,
+    managed_brokers,
     start_persistent_broker,
     subscribe,
     subscribe_persistent,
@@ -44,19 +43,10 @@ LAG_SANITY_MAX_MS = 2500
 # --- fixtures --------------------------------------------------------------------------------
 @pytest.fixture
 def pbroker_factory(certs, tmp_path, request):
-    failed_before = request.session.testsfailed
-    started = []
+    def start(n, port=None):
+        return start_persistent_broker(certs, tmp_path / f"pbroker-{n}", port=port)
 
-    def make(port=None):
-        b = start_persistent_broker(certs, tmp_path / f"pbroker-{len(started)}", port=port)
-        started.append(b)
-        return b
-
-    yield make
-    for b in started:
-        b.stop()
-        if failed_since(request, failed_before):
-            print_broker_log(b)
+    yield from managed_brokers(request, start)
 
 
 @pytest.fixture

@@ -158,13 +158,15 @@ def failed_since(request, count_before):
     return request.session.testsfailed > count_before
 
 
-@pytest.fixture
-def broker_factory(certs, tmp_path, request):
+def managed_brokers(request, start):
+    """The body of a broker fixture: yields make(*args), which returns start(n, *args) (n counts
+    the brokers started so far); at teardown stops them all, printing their logs after a failure.
+    """
     failed_before = request.session.testsfailed
     started = []
 
-    def make(kind="good"):
-        b = start_broker(certs, tmp_path / f"broker-{len(started)}-{kind}", kind)
+    def make(*args, **kwargs):
+        b = start(len(started), *args, **kwargs)
         started.append(b)
         return b
 
@@ -173,6 +175,14 @@ def broker_factory(certs, tmp_path, request):
         b.stop()
         if failed_since(request, failed_before):
             print_broker_log(b)
+
+
+@pytest.fixture
+def broker_factory(certs, tmp_path, request):
+    def start(n, kind="good"):
+        return start_broker(certs, tmp_path / f"broker-{n}-{kind}", kind)
+
+    yield from managed_brokers(request, start)
 
 
 @pytest.fixture

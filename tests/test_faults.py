@@ -116,6 +116,16 @@ def _check_run(node, subs, timeout=DELIVERY_TIMEOUT_S, skip=()):
     return payloads
 
 
+def _delivered_after(psub_factory, brk, sub, node, t_back, timeout=20):
+    """Broker back at t_back: seconds to the first reading delivered; then every reading taken
+    arrived (_check_run) and the lag window holding the reconnect is in."""
+    watch = psub_factory.watch(brk)
+    back = first_delivery_after([sub, watch], node.topics, t_back, timeout)
+    _check_run(node, [sub])
+    _finish_lag(node)
+    return back
+
+
 def _finish_lag(node):
     """Wait for the telemetry record whose loop-lag window holds the last reconnect."""
     connects = node.find(CONNECTED_RX)
@@ -181,10 +191,7 @@ def test_broker_killed_then_back_on_the_same_port(pbroker_factory, psub_factory,
     node.wait_for_line(ANY_TAKEN_RX, timeout=5, since=mark, count=2)
     brk.start()
     t_back = time.monotonic()
-    watch = psub_factory.watch(brk)
-    back = first_delivery_after([sub, watch], node.topics, t_back, 20)
-    _check_run(node, [sub])
-    _finish_lag(node)
+    back = _delivered_after(psub_factory, brk, sub, node, t_back)
     record(figures("SIGKILL, back on same port", node, [sub], back,
                    f"loss logged {lost.t - t0:.2f} s after SIGKILL; down {t_back - t0:.1f} s"))
 
@@ -200,11 +207,8 @@ def test_broker_down_when_the_node_boots(pbroker_factory, psub_factory, node_fac
     brk.start()
     t_back = time.monotonic()
     sub = psub_factory(brk, "faults-late")
-    watch = psub_factory.watch(brk)
-    back = first_delivery_after([sub, watch], node.topics, t_back, 20)
+    back = _delivered_after(psub_factory, brk, sub, node, t_back)
     failures = node.find(RETRY_RX)
-    _check_run(node, [sub])
-    _finish_lag(node)
     record(figures("broker down at boot", node, [sub], back,
                    f"{len(failures)} attempts failed first ({failures[0].group(1)!r}); "
                    f"{climate_before} climate readings queued meanwhile"))
@@ -226,10 +230,7 @@ def test_broker_frozen_for_three_keepalives(pbroker_factory, psub_factory, node_
     finally:
         brk.resume()
     t_back = time.monotonic()
-    watch = psub_factory.watch(brk)
-    back = first_delivery_after([sub, watch], node.topics, t_back, 30)
-    _check_run(node, [sub])
-    _finish_lag(node)
+    back = _delivered_after(psub_factory, brk, sub, node, t_back, timeout=30)
     detect_s = detected.t - t0
     attempts = len(node.find(RETRY_RX, mark))
     record(figures(
@@ -257,10 +258,7 @@ def test_tls_refused_then_the_right_broker(certs, broker_factory, pbroker_factor
     good.start()
     t_back = time.monotonic()
     sub = psub_factory(good, "faults-impostor")
-    watch = psub_factory.watch(good)
-    back = first_delivery_after([sub, watch], node.topics, t_back, 20)
-    _check_run(node, [sub])
-    _finish_lag(node)
+    back = _delivered_after(psub_factory, good, sub, node, t_back)
     assert node.cfg["node_id"] not in impostor.log(), "a CONNECT reached the impostor"
     record(figures("TLS refused (impostor), then right broker", node, [sub], back,
                    f"{len(node.find(r'TLS refused'))} refusals, e.g. "
