@@ -33,7 +33,8 @@ model, interval_s, window, rows, run_ms = json.load(open(sys.argv[1]))
 dht = FakeDHT(rows)
 box = Outbox(50, 1, lambda: 1800000000, lambda: 0)
 beats = []
-c = Climate(dht, model, interval_s, window, box, b"t", lambda: beats.append(1), lambda: 1700000000)
+c = Climate(dht, {"model": model, "interval_s": interval_s, "window": window}, box, b"t",
+            lambda: beats.append(1))
 
 async def main():
     try:
@@ -48,7 +49,7 @@ except RuntimeError as e:
     outcome = "raised " + str(e)
 readings = []
 while len(box):
-    seq, topic, body = box.peek()
+    seq, topic, body = box.send_next()
     readings.append(json.loads(body))
     box.pop(seq)
 gaps = [time.ticks_diff(b, a) for a, b in zip(dht.calls, dht.calls[1:])]

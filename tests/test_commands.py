@@ -19,7 +19,6 @@ RAW["dht"].update(model="DHT11", interval_s=5)
 RAW["audio"]["publish_interval_s"] = 10
 RAW["telemetry_interval_s"] = 60
 SETTABLE = ("dht.interval_s", "audio.publish_interval_s", "telemetry_interval_s")
-CONFIG_REPLY = {"dht": {"interval_s": 5}}  # what the fake actions.config() returns
 
 # Lets node.log (MicroPython's time.ticks_*) import under CPython too.
 _SHIM = """
@@ -31,12 +30,33 @@ if not hasattr(time, "ticks_ms"):
 """
 
 _ACTIONS = """
-class Actions:
-    def __init__(self):
-        self.calls = []
+from node import config as _config
+from node import settings as _settings
+from node.commands import Commands
 
-    def apply(self, key, value):
-        self.calls.append(["apply", key, value])
+
+def _lookup(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+# What Commands asks of the node, as calls: ["apply", key, value] for each setting that changed
+# in the config in force (`live`, which the tasks read), ["reboot"], ["identify", seconds].
+class Actions:
+    def __init__(self, raw, saved):
+        self.calls = []
+        self.live = _config.validate(_settings.overlay(raw, saved))
+        self._seen = {}
+        for key in _settings.SETTABLE:
+            self._seen[key] = _lookup(self.live, key)
+
+    def changed(self):
+        for key in _settings.SETTABLE:
+            value = _lookup(self.live, key)
+            if value != self._seen[key]:
+                self._seen[key] = value
+                self.calls.append(["apply", key, value])
 
     def reboot(self):
         self.calls.append(["reboot"])
@@ -44,16 +64,17 @@ class Actions:
     def identify(self, seconds):
         self.calls.append(["identify", seconds])
 
-    def config(self):
-        self.calls.append(["config"])
-        return {"dht": {"interval_s": 5}}
+
+def make(raw, saved, path):
+    actions = Actions(raw, saved)
+    return Commands(raw, saved, path, actions.live, actions.reboot, actions.identify,
+                    actions.changed), actions
 """
 
 # Each case on a fresh Commands: settings.json holds `pre` first. Prints one result per case.
 _TABLE = _SHIM + _ACTIONS + """
 import json, sys
 from node import settings
-from node.commands import Commands
 
 raw = json.load(open(sys.argv[2]))
 path = sys.argv[3] + "/settings.json"
@@ -61,10 +82,9 @@ for pre, payload in json.load(open(sys.argv[1])):
     settings.clear(path)
     if pre:
         settings.save(path, pre)
-    actions = Actions()
-    commands = Commands(raw, settings.load(path), path, actions)
+    commands, actions = make(raw, settings.load(path), path)
     reply = commands.handle(bytes.fromhex(payload))
-    print("R " + json.dumps([reply.decode(), actions.calls, settings.load(path)]))
+    print("R " + json.dumps([reply.decode(), actions.calls, settings.load(path), actions.live]))
 """
 
 
@@ -174,8 +194,8 @@ OTHERS = [
     ("identify null", {"cmd": "identify", "seconds": None}, {}, False, [], "got null"),
     ("identify extra key", {"cmd": "identify", "led": 2}, {}, False, [],
      'identify: "led": no such key (known: cmd, id, seconds)'),
-    ("config", {"cmd": "config"}, {"dht.interval_s": 10}, True, [["config"]],
-     {"config": CONFIG_REPLY, "settings": {"dht.interval_s": 10}}),
+    ("config", {"cmd": "config"}, {"dht.interval_s": 10}, True, [],
+     {"settings": {"dht.interval_s": 10}}),
     ("config extra key", {"cmd": "config", "secrets": True}, {}, False, [],
      'config: "secrets": no such key'),
 ]
@@ -252,10 +272,14 @@ def table(mpy, tmp_path_factory):
 
 def check(result, case):
     _, payload, pre, ok, calls, want = case
-    text, called, saved = result
+    text, called, saved, live = result
     reply = json.loads(text)
     assert reply["ok"] is ok, reply
     assert called == calls, (reply, called)
+    for key, value in saved.items():  # what settings.json holds is what the tasks read
+        assert lookup(live, key) == value, (key, live)
+    if reply.get("cmd") == "config" and ok:
+        assert reply["config"] == live
     if ok:
         assert set(reply) >= {"ok", "cmd"} and "error" not in reply, reply
         assert reply["cmd"] == json.loads(payload)["cmd"]
@@ -278,6 +302,12 @@ def check(result, case):
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
 def test_command(table, interp, index):
     check(table[interp][index], CASES[index])
+
+
+def lookup(cfg, dotted):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
 
 
 def test_dht22_limit_comes_from_config(mpy, tmp_path):
@@ -324,7 +354,7 @@ def test_micropython_json_leniency_is_pinned(mpy, tmp_path):
     (tmp_path / "c").mkdir()
     got_mpy = _run_table(mpy, tmp_path / "m", cases)
     got_cpy = _run_table(run_cpython, tmp_path / "c", cases)
-    for (payload, mpy_reply, cpy_reply), (m, _, _), (c, _, _) in zip(LENIENT, got_mpy, got_cpy):
+    for (payload, mpy_reply, cpy_reply), (m, *_), (c, *_) in zip(LENIENT, got_mpy, got_cpy):
         assert json.loads(m) == mpy_reply, payload
         want = {"ok": False, "error": cpy_reply} if isinstance(cpy_reply, str) else cpy_reply
         assert json.loads(c) == want, payload
@@ -336,8 +366,7 @@ from node import config, settings
 from node.commands import Commands
 
 raw = json.load(open("config.json"))
-actions = Actions()
-commands = Commands(raw, settings.load("settings.json"), "settings.json", actions)
+commands, actions = make(raw, settings.load("settings.json"), "settings.json")
 for payload in sys.argv[1:]:
     reply = commands.handle(payload.encode())
     print(json.dumps([json.loads(reply), actions.calls]))
@@ -356,11 +385,12 @@ def test_sequence_persists_and_reboot_loads(mpy, tmp_path):
              '{"cmd":"set","telemetry_interval_s":30}', '{"cmd":"set","dht.interval_s":10}',
              '{"cmd":"set","dht.interval_s":0}']
     lines = mpy(_SEQUENCE, *steps, cwd=tmp_path).stdout.splitlines()
-    replies = [json.loads(line) for line in lines]
+    # The JSON lines; the others are the node's log ("commands: ... set to ... by command").
+    replies = [json.loads(line) for line in lines if line.startswith("[")]
     assert replies[0] == [{"id": 1, "ok": True, "cmd": "set", "settings": {"dht.interval_s": 10}},
                           [["apply", "dht.interval_s", 10]]]
-    assert replies[1] == [{"ok": True, "cmd": "config", "config": CONFIG_REPLY,
-                           "settings": {"dht.interval_s": 10}}, [["config"]]]
+    assert replies[1][0]["settings"] == {"dht.interval_s": 10} and replies[1][1] == []
+    assert replies[1][0]["config"]["dht"]["interval_s"] == 10  # the config in force
     assert replies[2][1] == [["apply", "telemetry_interval_s", 30]]
     assert replies[3][1] == []  # already 10: nothing to apply
     assert replies[4][0]["ok"] is False and replies[4][1] == []
@@ -372,7 +402,8 @@ def test_sequence_persists_and_reboot_loads(mpy, tmp_path):
     # The next boot starts from the saved settings; reset_settings goes back to config.json.
     lines = mpy(_SEQUENCE, '{"cmd":"config"}', '{"cmd":"reset_settings"}', '{"cmd":"config"}',
                 cwd=tmp_path).stdout.splitlines()
-    replies = [json.loads(line) for line in lines]
+    # The JSON lines; the others are the node's log ("commands: ... set to ... by command").
+    replies = [json.loads(line) for line in lines if line.startswith("[")]
     assert replies[0][0]["settings"] == {"dht.interval_s": 10, "telemetry_interval_s": 30}
     assert replies[1] == [{"ok": True, "cmd": "reset_settings", "settings": {}},
                           [["apply", "dht.interval_s", 5], ["apply", "telemetry_interval_s", 60]]]
@@ -384,9 +415,7 @@ def test_save_failure_is_a_reply_not_a_crash(mpy, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(RAW))
     out = mpy(_SHIM + _ACTIONS + """
 import json
-from node.commands import Commands
-actions = Actions()
-commands = Commands(json.load(open("config.json")), {}, "no/such/dir/settings.json", actions)
+commands, actions = make(json.load(open("config.json")), {}, "no/such/dir/settings.json")
 print(commands.handle(b'{"cmd":"set","dht.interval_s":10}').decode())
 print(actions.calls)
 """, cwd=tmp_path).stdout.splitlines()
@@ -501,11 +530,10 @@ def test_stale_settings_do_not_stop_the_node(mpy, tmp_path):
     out = mpy(_SHIM + _ACTIONS + """
 import json
 from node import settings
-from node.commands import Commands
 raw = json.load(open("config.json"))
 kept = settings.accepted(raw, {"dht.interval_s": 1, "telemetry_interval_s": 30})
 print(json.dumps(kept))
-commands = Commands(raw, kept, "settings.json", Actions())
+commands, _ = make(raw, kept, "settings.json")
 print(commands.handle(b'{"cmd":"config"}').decode())
 """, cwd=tmp_path).stdout.splitlines()
     assert "settings: ignoring settings.json: dht.interval_s: expected an integer in 2..3600, " \
@@ -518,7 +546,7 @@ print(commands.handle(b'{"cmd":"config"}').decode())
 
 _FUZZ = _SHIM + r'''
 import gc, json, sys, time
-from node import settings
+from node import config, settings
 from node.commands import Commands
 
 COUNT = int(sys.argv[1])
@@ -530,12 +558,17 @@ MPY = sys.implementation.name == "micropython"
 class Actions:
     """Counts only: a growing list of calls would hide a leak from the heap check."""
 
-    def __init__(self):
-        self.apply = self.reboot = self.identify = self.config_n = 0
+    def __init__(self, live):
+        self.live = live
+        self.apply = self.reboot = self.identify = 0
 
-    def apply_(self, key, value):
-        if key not in settings.SETTABLE or type(value) is not int:
-            raise AssertionError("apply(%r, %r)" % (key, value))
+    def changed(self):
+        for key in settings.SETTABLE:
+            value = self.live
+            for part in key.split("."):
+                value = value[part]
+            if type(value) is not int:
+                raise AssertionError("%s = %r" % (key, value))
         self.apply += 1
 
     def reboot_(self):
@@ -546,18 +579,8 @@ class Actions:
             raise AssertionError("identify(%r)" % seconds)
         self.identify += 1
 
-    def config(self):
-        self.config_n += 1
-        return {"dht": {"interval_s": 5}}
-
     def total(self):
-        return self.apply + self.reboot + self.identify + self.config_n
-
-
-class Facade:  # the interface Commands sees; the counters live in Actions
-    def __init__(self, a):
-        self.apply, self.reboot, self.identify, self.config = (a.apply_, a.reboot_, a.identify_,
-                                                               a.config)
+        return self.apply + self.reboot + self.identify
 
 
 state = 2463534242
@@ -665,8 +688,9 @@ def payload(i):
 
 
 settings.clear(path)
-actions = Actions()
-commands = Commands(raw, {}, path, Facade(actions))
+actions = Actions(config.validate(raw))
+commands = Commands(raw, {}, path, actions.live, actions.reboot_, actions.identify_,
+                    actions.changed)
 strict_json = None
 if not MPY:
     def _no_constants(name):  # CPython takes NaN and Infinity; JSON does not
@@ -704,7 +728,11 @@ for i in range(COUNT):
     bad = not isinstance(reply, dict) or reply.get("ok") not in (True, False)
     if not bad and reply["ok"]:
         n_ok += 1
-        bad = reply.get("cmd") not in ("set", "reset_settings") and called != 1
+        cmd = reply.get("cmd")
+        if cmd in ("reboot", "identify"):
+            bad = called != 1
+        elif cmd == "config":  # reads the config in force: no action
+            bad = called != 0
     elif not bad:
         n_err += 1
         bad = called != 0 or not isinstance(reply.get("error"), str)
@@ -732,7 +760,8 @@ def _fuzz(run, tmp_path):
     lines = out.splitlines()
     summary = json.loads(lines[-1][len("SUMMARY "):])
     assert [line for line in lines if line.startswith("VIOLATION")] == []
-    rows = [line.split(" ", 2) for line in lines[:-1]]
+    # One row per payload; the node's log lines ("commands: ... set to ...") are not rows.
+    rows = [line.split(" ", 2) for line in lines[:-1] if line[:2] in ("S ", "L ", "- ")]
     return summary, [(flag, bytes.fromhex(data), json.loads(reply)) for flag, data, reply in rows]
 
 

@@ -75,8 +75,8 @@ from node.dsp import LevelMeter
 from node.sound import Sound
 
 class Box:
-    def add(self, topic, ts, fields):
-        self.body = payload.reading(3, 1, ts, fields).decode()
+    def add(self, topic, fields):
+        self.body = payload.reading(3, 1, 1700000000, payload.fields(fields)).decode()
         return 1
 
 class Dht:
@@ -89,9 +89,9 @@ class Dht:
 
 def sound(sensitivity):
     box = Box()
-    s = Sound(i2s=None, meter=LevelMeter(16, 16000, sensitivity), bits=16, rate_hz=16000,
-              frame_samples=256, publish_interval_s=10, outbox=box, topic=b"t",
-              beat=lambda: None, clock=lambda: 1700000000, ring_ms=250)
+    audio = {"bits": 16, "rate_hz": 16000, "frame_samples": 256, "publish_interval_s": 10}
+    s = Sound(i2s=None, meter=LevelMeter(16, 16000, sensitivity), settings=audio, outbox=box,
+              topic=b"t", beat=lambda: None, ring_samples=4000)
     frame = bytearray(512)
     for i in range(0, 512, 4):
         frame[i + 1] = 0x20  # a square wave
@@ -101,8 +101,8 @@ def sound(sensitivity):
 
 async def climate():
     box = Box()
-    c = Climate(sensor=Dht(), model="DHT22", interval_s=5, window=5, outbox=box, topic=b"t",
-                beat=lambda: None, clock=lambda: 1700000000)
+    c = Climate(sensor=Dht(), settings={"model": "DHT22", "interval_s": 5, "window": 5},
+                outbox=box, topic=b"t", beat=lambda: None)
     try:
         await asyncio.wait_for_ms(c.run(), 300)
     except asyncio.TimeoutError:
@@ -115,14 +115,16 @@ print(json.dumps({"climate": asyncio.run(climate()), "sound": sound(-26),
 
 
 def telemetry_keys():
-    """The keys of the telemetry body that main.py builds (the dict literal with uptime_s)."""
-    tree = ast.parse((REPO / "main.py").read_text())
+    """The keys of the telemetry body node.telemetry builds (its tuple of (key, value) pairs
+    with uptime_s)."""
+    tree = ast.parse((REPO / "lib" / "node" / "telemetry.py").read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):
-            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+        if isinstance(node, ast.Tuple):
+            keys = {pair.elts[0].value for pair in node.elts
+                    if isinstance(pair, ast.Tuple) and isinstance(pair.elts[0], ast.Constant)}
             if "uptime_s" in keys:
                 return keys
-    raise AssertionError("main.py builds no telemetry dict with uptime_s")
+    raise AssertionError("node/telemetry.py builds no telemetry pairs with uptime_s")
 
 
 @pytest.fixture(scope="module")

@@ -69,16 +69,19 @@ print("ok", len(f))
 _OUTBOX = """
 import json
 from node.outbox import Outbox
-box = Outbox(4, 7, lambda: 1800000000, lambda: 0)
+now = [0]
+box = Outbox(4, 7, lambda: now[0], lambda: 0)
 for i in range(6):
-    box.add(b"t/climate", 1700000000 + i, (("temperature", 20 + i),))
+    now[0] = 1700000000 + i                   # the outbox stamps each reading as it is added
+    box.add(b"t/climate", (("temperature", 20 + i),))
+now[0] = 1800000000
 print(json.dumps([box.taken, box.dropped, len(box)]))
-seq, topic, body = box.peek()
+seq, topic, body = box.send_next()
 print(json.dumps([seq, topic.decode(), json.loads(body)]))
 box.pop(seq)
 box.pop(seq)          # a repeated acknowledgement pops nothing more
 box.pop(999)          # nor does one for a reading that is not the oldest
-print(json.dumps([box.delivered, len(box), box.peek()[0]]))
+print(json.dumps([box.delivered, len(box), box.send_next()[0]]))
 """
 
 
@@ -101,8 +104,10 @@ def test_outbox_same_on_cpython():
         sys.path.pop(0)
     box = Outbox(4, 7, lambda: 1800000000, lambda: 0)
     for i in range(6):
-        box.add(b"t/climate", 1700000000 + i, (("temperature", 20 + i),))
-    assert (box.taken, box.dropped, len(box), box.peek()[0]) == (6, 2, 4, 3)
+        box.add(b"t/climate", (("temperature", 20 + i),))
+    seq, _, body = box.send_next()
+    assert (box.taken, box.dropped, len(box), seq) == (6, 2, 4, 3)
+    assert json.loads(body) == {"boot": 7, "seq": 3, "ts": 1800000000, "temperature": 22}
 
 
 def test_a_full_outbox_never_evicts_the_reading_in_flight(mpy):
@@ -111,14 +116,14 @@ def test_a_full_outbox_never_evicts_the_reading_in_flight(mpy):
 from node.outbox import Outbox
 box = Outbox(4, 1, lambda: 1800000000, lambda: 0)
 for i in range(4):
-    box.add(b"t", 1800000000, (("n", i),))
-seq = box.peek()[0]                      # seq 1 goes out...
+    box.add(b"t", (("n", i),))
+seq = box.send_next()[0]                 # seq 1 goes out...
 for i in range(3):
-    box.add(b"t", 1800000000, (("n", i),))  # ...while 3 more arrive: 2, 3, 4 are dropped
+    box.add(b"t", (("n", i),))           # ...while 3 more arrive: 2, 3, 4 are dropped
 box.pop(seq)                             # 1's PUBACK
 order = []
 while len(box):
-    s = box.peek()[0]
+    s = box.send_next()[0]
     order.append(s)
     box.pop(s)
 print(box.dropped, box.delivered, order)
@@ -132,24 +137,31 @@ from node.outbox import Outbox
 now = [None]   # Unix time: unknown until "NTP" answers
 up = [5000]    # uptime in ms
 box = Outbox(8, 1, lambda: now[0], lambda: up[0])
-box.add(b"t", None, (("temperature", 20.5),))     # taken at uptime 5 s, time unknown
+box.add(b"t", (("temperature", 20.5),))           # taken at uptime 5 s, time unknown
 up[0] = 65000
-print(box.peek()[2].decode())                       # still unknown when sent: marked null
-box.add(b"t", None, (("temperature", 21.0),))     # taken at uptime 65 s
+print(box.send_next()[2].decode())                  # still unknown when sent: marked null
+box.add(b"t", (("temperature", 21.0),))           # taken at uptime 65 s
 now[0] = 1800000000                                 # the clock is set at uptime 95 s...
 up[0] = 95000
-seq, _, body = box.peek()
+seq, _, body = box.send_next()
 print(body.decode())                                # ...so the first was taken 90 s before
+now[0] = 1800000100                                 # a resend 100 s later...
+up[0] = 195000
+print(box.send_next()[2].decode())                  # ...keeps the ts worked back first
 box.pop(seq)
-print(box.peek()[2].decode())                       # and the second 30 s before
-box.add(b"t", 1800000001, (("temperature", 21.5),))
+print(box.send_next()[2].decode())                  # and the second was taken 30 s before
+now[0] = 1800000001
+box.add(b"t", (("temperature", 21.5),))
+now[0] = 1800000500
 box.pop(2)
-print(box.peek()[2].decode())                       # a reading with a time keeps it
+print(box.send_next()[2].decode())                  # a reading stamped when taken keeps it
 """).stdout.splitlines()
     assert out == [
         '{"boot":1,"seq":1,"ts":null,"temperature":20.50}',
         '{"boot":1,"seq":1,"ts":1799999910,"temperature":20.50}',
+        '{"boot":1,"seq":1,"ts":1799999910,"temperature":20.50}',
         '{"boot":1,"seq":2,"ts":1799999970,"temperature":21.00}',
+
         '{"boot":1,"seq":3,"ts":1800000001,"temperature":21.50}',
     ]
 
@@ -171,9 +183,9 @@ print(json.dumps(p.summary()))
 def test_reading_payload_exact_bytes(mpy):
     out = mpy("""
 from node import payload
-print(payload.reading(3, 41, 1795440000, (("rms_dbfs", -9.03), ("peak_dbfs", -6.0205),
-                                          ("bad", float("nan")), ("inf", float("-inf")),
-                                          ("n", 7), ("s", 'a"b'))).decode())
+print(payload.reading(3, 41, 1795440000, payload.fields((
+    ("rms_dbfs", -9.03), ("peak_dbfs", -6.0205), ("bad", float("nan")), ("inf", float("-inf")),
+    ("n", 7), ("s", 'a"b')))).decode())
 """).stdout.strip()
     assert out == ('{"boot":3,"seq":41,"ts":1795440000,"rms_dbfs":-9.03,"peak_dbfs":-6.02,'
                    '"bad":null,"inf":null,"n":7,"s":"a\\"b"}')

@@ -19,9 +19,9 @@ _WIFI_RETRY_MS = const(20000)  # a connect that has not succeeded by then is sta
 _I2S_ID = const(0)
 # The ESP32 driver sizes `ibuf` in 8-byte DMA frames (one per sample whatever the slot width),
 # so 8 bytes per sample buy time: 250 ms at 16 kHz for the loop to be late without losing audio,
-# capped because DMA memory is scarce (100 ms at 48 kHz).
+# capped because DMA memory is scarce (about 104 ms at 48 kHz).
 _I2S_DMA_BYTES_PER_SAMPLE = const(8)
-MIC_BUFFER_MS = const(250)
+_MIC_BUFFER_MS = const(250)
 _I2S_IBUF_MAX = const(40000)
 # MicroPython's epoch is 2000-01-01 on the ESP32 and 1970 on the unix port; payloads want Unix.
 _EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
@@ -49,8 +49,13 @@ def dht_sensor(model, pin):
     return sensor_class(machine.Pin(pin))
 
 
+def mic_ring_samples(rate_hz):
+    """Samples the I2S DMA ring holds: how late the sound task may be without losing audio."""
+    ibuf = rate_hz * _I2S_DMA_BYTES_PER_SAMPLE * _MIC_BUFFER_MS // 1000
+    return min(ibuf, _I2S_IBUF_MAX) // _I2S_DMA_BYTES_PER_SAMPLE
+
+
 def microphone(audio):
-    ibuf = audio["rate_hz"] * _I2S_DMA_BYTES_PER_SAMPLE * MIC_BUFFER_MS // 1000
     return machine.I2S(
         _I2S_ID,
         sck=machine.Pin(audio["sck"]),
@@ -60,7 +65,7 @@ def microphone(audio):
         bits=audio["bits"],
         format=machine.I2S.MONO,
         rate=audio["rate_hz"],
-        ibuf=min(ibuf, _I2S_IBUF_MAX),
+        ibuf=mic_ring_samples(audio["rate_hz"]) * _I2S_DMA_BYTES_PER_SAMPLE,
     )
 
 

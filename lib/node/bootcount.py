@@ -63,6 +63,20 @@ def mark_stable(path):
         _save(path, boot, 0)
 
 
+async def watch_stability(path, stable_after_s, supervisor):
+    """The task that clears the count once the app has run `stable_after_s` with every task
+    alive (`supervisor.stale()` empty): then this boot was a good one."""
+    import asyncio  # here, not at the top: boot.py imports this module on every boot
+
+    from node.log import log
+
+    await asyncio.sleep(stable_after_s)
+    while supervisor.stale():
+        await asyncio.sleep(1)
+    mark_stable(path)
+    log("main", "running stably: boot-loop count cleared")
+
+
 def safe_mode_boots(config_path):
     """`safe_mode_boots` from config.json, or the default when it cannot be read.
 

@@ -5,6 +5,7 @@ import time
 
 from micropython import const
 
+from node.config import DHT_MIN_INTERVAL_S
 from node.filters import MovingAverage
 from node.log import log
 from node.supervisor import sleep_beating
@@ -13,30 +14,29 @@ _RETRIES = const(2)
 # What each sensor can measure (datasheets); anything outside is a failed read, not weather.
 # A DHT11 that lost its data line reads 0 °C / 0 %, or 255 in every byte.
 _RANGE = {"DHT11": (0, 50, 20, 95), "DHT22": (-40, 80, 0, 100)}
-_MIN_INTERVAL_MS = {"DHT11": 1000, "DHT22": 2000}
 
 
 class Climate:
-    """Owns the DHT sensor; one filtered reading per interval goes to the outbox."""
+    """Owns the DHT sensor; one filtered reading per interval goes to the outbox.
 
-    def __init__(self, sensor, model, interval_s, window, outbox, topic, beat, clock):
+    `settings` is the config's "dht" section as in force: `interval_s` is read at every
+    reading, so a `set` command takes effect after the current wait.
+    """
+
+    def __init__(self, sensor, settings, outbox, topic, beat):
+        model = settings["model"]
         self._sensor = sensor
         self._model = model
-        self._interval_ms = interval_s * 1000
-        self._min_interval_ms = _MIN_INTERVAL_MS[model]
+        self._settings = settings
+        self._min_interval_ms = DHT_MIN_INTERVAL_S[model] * 1000
         self._range = _RANGE[model]
-        self._temperature = MovingAverage(window)  # tenths of a degree
-        self._humidity = MovingAverage(window)  # tenths of a percent
+        self._temperature = MovingAverage(settings["window"])  # tenths of a degree
+        self._humidity = MovingAverage(settings["window"])  # tenths of a percent
         self._outbox = outbox
         self._topic = topic
         self._beat = beat
-        self._clock = clock
         self._last_read_ms = None
         self.errors = 0
-
-    def set_interval(self, interval_s):
-        """Takes effect after the current wait (a command changed it)."""
-        self._interval_ms = interval_s * 1000
 
     async def _wait_for_sensor(self):
         # The sensor's minimum interval holds across retries and intervals alike.
@@ -84,10 +84,10 @@ class Climate:
             if sample is not None:
                 temperature = round(self._temperature.mean()) / 10
                 humidity = round(self._humidity.mean()) / 10
-                seq = self._outbox.add(self._topic, self._clock(),
+                seq = self._outbox.add(self._topic,
                                        (("temperature", temperature), ("humidity", humidity)))
                 log("climate", "reading %d: %.1f C %.1f %%" % (seq, temperature, humidity))
-            next_ms = time.ticks_add(next_ms, self._interval_ms)
+            next_ms = time.ticks_add(next_ms, self._settings["interval_s"] * 1000)
             wait = time.ticks_diff(next_ms, time.ticks_ms())
             if wait < 0:  # fell behind (retries): restart the schedule rather than burst
                 next_ms, wait = time.ticks_ms(), 0

@@ -9,6 +9,7 @@ import json
 
 from node import config
 from node import settings as store
+from node.log import log
 
 _MAX_PAYLOAD_BYTES = 512
 # A command is one flat object. MicroPython's parser spends about 76 bytes of heap per nesting
@@ -20,8 +21,6 @@ _ID_MAX_CHARS = 64
 _ID_INT_LIMIT = 10**15
 _NAME_MAX_CHARS = 32
 _IDENTIFY_DEFAULT_S = 10
-_IDENTIFY_MAX_S = 60
-_COMMANDS = ("config", "identify", "reboot", "reset_settings", "set")
 _BASE_KEYS = ("cmd", "id")
 
 
@@ -120,71 +119,57 @@ def _lookup(cfg, dotted):
     return cfg
 
 
-class Commands:
-    """Carries out commands; holds the settings in force, and saves them in settings_path.
+def _store(cfg, dotted, value):
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        cfg = cfg[part]
+    cfg[parts[-1]] = value
 
-    settings must be ones config.validate() accepts on top of raw_config (settings.accepted()).
+
+class Commands:
+    """Carries out commands on the settings in force, and keeps the changed ones in flash.
+
+    `live` is the validated config the tasks read their intervals from: the one place that
+    holds the settings in force; `saved` (what settings.accepted() kept) is what settings_path
+    holds on top of raw_config. The node's own actions come as callables: `reboot()` schedules
+    a reset, `identify(seconds)` flickers the LED, `changed()` hears that settings
+    changed.
     """
 
-    def __init__(self, raw_config, settings, settings_path, actions):
+    def __init__(self, raw_config, saved, settings_path, live, reboot, identify, changed):
         self._raw = raw_config
-        self._settings = settings
+        self._saved = saved
         self._path = settings_path
-        self._actions = actions
-        # The values in force, so that actions.apply() hears only of real changes.
-        cfg = config.validate(store.overlay(raw_config, settings))
-        self._live = {}
-        for key in store.SETTABLE:
-            self._live[key] = _lookup(cfg, key)
+        self._live = live
+        self._reboot = reboot
+        self._identify = identify
+        self._changed = changed
 
     def handle(self, payload):
         """The reply to one payload (bytes, any content) as JSON bytes; never raises for it."""
         reply = {}
         reply["ok"] = False
-        reboot = False
         try:
             msg = _parse(payload)
             if "id" in msg:
                 reply["id"] = _check_id(msg["id"])
             cmd = msg.get("cmd")
-            if cmd not in _COMMANDS:
+            entry = _find(cmd)
+            if entry is None:
                 got = _show(cmd) if isinstance(cmd, str) else _kind(cmd)
                 raise CommandError("cmd: expected one of %s, got %s" % (
-                    ", ".join(_COMMANDS), got if "cmd" in msg else "nothing"))
-            reply["cmd"] = cmd
-            if cmd == "set":
-                self._set(msg, reply)
-            elif cmd == "reset_settings":
-                self._reset(msg, reply)
-            elif cmd == "identify":
-                _check_keys(msg, cmd, ("seconds",))
-                seconds = _IDENTIFY_DEFAULT_S
-                if "seconds" in msg:
-                    seconds = _integer(msg["seconds"], "identify: seconds")
-                    if not 1 <= seconds <= _IDENTIFY_MAX_S:
-                        raise CommandError("identify: seconds: expected an integer in 1..%d, got %d"
-                                           % (_IDENTIFY_MAX_S, seconds))
-                self._actions.identify(seconds)
-                reply["seconds"] = seconds
-            elif cmd == "config":
-                _check_keys(msg, cmd, ())
-                reply["config"] = self._actions.config()
-                reply["settings"] = self._settings
-            else:
-                _check_keys(msg, cmd, ())
-                reboot = True
+                    ", ".join(_NAMES), got if "cmd" in msg else "nothing"))
+            name, action, keys = entry
+            reply["cmd"] = name
+            _check_keys(msg, name, keys)
+            action(self, msg, reply)
             reply["ok"] = True
         except (CommandError, config.ConfigError) as e:
             reply["error"] = str(e)
-        out = json.dumps(reply).encode()
-        if reboot:
-            # After the reply is built: reboot() only schedules the reset, so the reply goes out.
-            self._actions.reboot()
-        return out
+        return json.dumps(reply).encode()
 
     def _set(self, msg, reply):
-        _check_keys(msg, "set", store.SETTABLE)
-        merged = dict(self._settings)
+        merged = dict(self._saved)
         given = False
         for key in store.SETTABLE:
             if key in msg:
@@ -200,23 +185,63 @@ class Commands:
             store.save(self._path, merged)
         except OSError as e:
             raise CommandError("set: cannot save %s (%s)" % (self._path, e))
-        self._settings = merged
+        self._saved = merged
         self._apply(cfg)
         reply["settings"] = merged
 
-    def _reset(self, msg, reply):
-        _check_keys(msg, "reset_settings", ())
+    def _reset_settings(self, msg, reply):
         try:
             store.clear(self._path)
         except OSError as e:
             raise CommandError("reset_settings: cannot delete %s (%s)" % (self._path, e))
-        self._settings = {}
+        self._saved = {}
         self._apply(config.validate(self._raw))
-        reply["settings"] = self._settings
+        reply["settings"] = self._saved
+
+    def _identify_led(self, msg, reply):
+        seconds = _IDENTIFY_DEFAULT_S
+        if "seconds" in msg:
+            seconds = _integer(msg["seconds"], "identify: seconds")
+            if not 1 <= seconds <= config.IDENTIFY_MAX_S:
+                raise CommandError("identify: seconds: expected an integer in 1..%d, got %d"
+                                   % (config.IDENTIFY_MAX_S, seconds))
+        self._identify(seconds)
+        reply["seconds"] = seconds
+
+    def _show_config(self, msg, reply):
+        reply["config"] = self._live
+        reply["settings"] = self._saved
+
+    def _reboot_board(self, msg, reply):
+        # Only schedules the reset: the reply still goes out first.
+        self._reboot()
 
     def _apply(self, cfg):
+        """Copy what changed from a validated config into the one in force."""
+        changed = False
         for key in store.SETTABLE:
             value = _lookup(cfg, key)
-            if value != self._live[key]:
-                self._live[key] = value
-                self._actions.apply(key, value)
+            if value != _lookup(self._live, key):
+                _store(self._live, key, value)
+                changed = True
+                log("commands", "%s set to %s by command" % (key, value))
+        if changed:
+            self._changed()
+
+
+# The commands, what each may carry besides "cmd" and "id", and what carries it out.
+_TABLE = (
+    ("config", Commands._show_config, ()),
+    ("identify", Commands._identify_led, ("seconds",)),
+    ("reboot", Commands._reboot_board, ()),
+    ("reset_settings", Commands._reset_settings, ()),
+    ("set", Commands._set, store.SETTABLE),
+)
+_NAMES = tuple(entry[0] for entry in _TABLE)
+
+
+def _find(cmd):
+    for entry in _TABLE:
+        if entry[0] == cmd:
+            return entry
+    return None

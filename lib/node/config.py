@@ -9,6 +9,8 @@ _NODE_ID_MAX_LEN = 64
 _TOPIC_PREFIX_MAX_LEN = 64
 # The fastest each sensor may be read (datasheets): reading faster returns stale data or fails.
 DHT_MIN_INTERVAL_S = {"DHT11": 1, "DHT22": 2}
+# The longest `identify` flicker a user may ask for (node.commands checks it, node.led plays it).
+IDENTIFY_MAX_S = 60
 _REQUIRED = object()
 
 

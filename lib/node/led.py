@@ -17,6 +17,8 @@ import time
 
 from micropython import const
 
+from node.config import IDENTIFY_MAX_S
+
 CONNECTING = const(0)
 RUNNING = const(1)
 ERROR = const(2)
@@ -24,8 +26,8 @@ ERROR = const(2)
 # Step durations in ms, on first then alternating; indexed by mode.
 _PATTERNS_MS = ((100, 100), (50, 2950), (150, 150, 150, 1550))
 _IDENTIFY_MS = (40, 40)
-_IDENTIFY_MAX_S = const(3600)
 _SAFE_TOGGLE_MS = const(500)
+_FOLLOW_MS = const(500)
 # run()'s longest sleep: a set() or identify() shows within this, even during a 2950 ms "off".
 _POLL_MS = const(100)
 
@@ -49,8 +51,8 @@ class StatusLed:
 
     def identify(self, seconds):
         """Flicker for `seconds` (0 ends an identify early), then show the mode again."""
-        if not 0 <= seconds <= _IDENTIFY_MAX_S:
-            raise ValueError("identify for 0..%d s, not %r" % (_IDENTIFY_MAX_S, seconds))
+        if not 0 <= seconds <= IDENTIFY_MAX_S:
+            raise ValueError("identify for 0..%d s, not %r" % (IDENTIFY_MAX_S, seconds))
         self._identify_until_ms = time.ticks_add(time.ticks_ms(), int(seconds * 1000))
 
     async def run(self):
@@ -81,6 +83,16 @@ class StatusLed:
                 step = (step + 1) % len(pattern)
             wait_ms = time.ticks_diff(due_ms, now)
             await asyncio.sleep_ms(wait_ms if wait_ms < _POLL_MS else _POLL_MS)
+
+    async def follow(self, link):
+        """The asyncio task that shows the MQTT link's state (a node.publisher.Publisher)."""
+        while True:
+            if link.connected:
+                self.set(RUNNING)
+            else:
+                # Turned away (bad certificate, credentials): waiting will not mend it.
+                self.set(ERROR if link.refused else CONNECTING)
+            await asyncio.sleep_ms(_FOLLOW_MS)
 
     def safe_mode(self, timer):
         """Blink slowly from `timer` (a machine.Timer): in safe mode main.py returns to the

@@ -16,23 +16,36 @@ class Topics:
         self.reply = base + "reply"
 
 
-def reading(boot, seq, ts, fields):
-    """A data message: {"boot":B,"seq":N,"ts":T, ...fields} as bytes, keys in that order.
+def fields(pairs):
+    """`"key":value,...` for (key, value) pairs, in their order, as bytes (no braces).
 
-    ts None (the clock is not set yet) is written as null.
-
-    `fields` is a sequence of (key, value) pairs. Floats are written with two decimals:
-    MicroPython's float repr would print -9.03 as -9.029999999999999. A float that is not a
-    number (NaN, infinity) is written as null, so a bad value never makes invalid JSON.
+    Floats are written with two decimals: MicroPython's float repr would print -9.03 as
+    -9.029999999999999. A float that is not a number (NaN, infinity) is written as null, so a
+    bad value never makes invalid JSON.
     """
-    parts = ['"boot":%d,"seq":%d,"ts":%s' % (boot, seq, "null" if ts is None else "%d" % ts)]
-    for key, value in fields:
+    parts = []
+    for key, value in pairs:
         if isinstance(value, float):
             text = "%.2f" % value if value - value == 0 else "null"
         else:
             text = json.dumps(value)
         parts.append('"%s":%s' % (key, text))
-    return ("{" + ",".join(parts) + "}").encode()
+    return ",".join(parts).encode()
+
+
+def reading(boot, seq, ts, body):
+    """A data message: {"boot":B,"seq":N,"ts":T, ...} as bytes, keys in that order.
+
+    `body` is what fields() made of the reading's own values; ts None (the clock is not set
+    yet) is written as null.
+    """
+    head = '{"boot":%d,"seq":%d,"ts":%s' % (boot, seq, "null" if ts is None else "%d" % ts)
+    return head.encode() + (b"," + body if body else b"") + b"}"
+
+
+def telemetry(pairs):
+    """The telemetry message: one JSON object of (key, value) pairs in the contract's order."""
+    return b"{" + fields(pairs) + b"}"
 
 
 def dumps(obj):

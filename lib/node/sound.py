@@ -11,32 +11,31 @@ _WEIGHTED = ("laeq_dba", "lafmax_dba", "lafmin_dba")
 class Sound:
     """Owns the I2S microphone; frames go through the viper level meter, levels to the outbox."""
 
-    def __init__(self, i2s, meter, bits, rate_hz, frame_samples, publish_interval_s, outbox,
-                 topic, beat, clock, ring_ms):
+    """`settings` is the config's "audio" section as in force: `publish_interval_s` is read at
+    every level, so a `set` command takes effect from the next one on. `ring_samples` is what
+    the I2S DMA ring holds (board.mic_ring_samples(), the size board.microphone() gives it).
+    """
+
+    def __init__(self, i2s, meter, settings, outbox, topic, beat, ring_samples):
         self._i2s = i2s
         self._meter = meter
-        self._sample_bytes = bits // 8
-        self._rate_hz = rate_hz
-        self._frame_samples = frame_samples
-        # Samples short of the expected count by less than what the I2S DMA ring holds
-        # (ring_ms, as board.microphone sizes it) may still be on their way.
-        self._slack_samples = rate_hz * ring_ms // 1000
+        self._settings = settings
+        self._sample_bytes = settings["bits"] // 8
+        self._rate_hz = settings["rate_hz"]
+        self._frame_samples = settings["frame_samples"]
+        # Samples short of the expected count by less than the ring holds may still be on
+        # their way.
+        self._slack_samples = ring_samples
         # Allocated once: the frame path runs hundreds of times a second and must not feed the GC.
-        self._buf = bytearray(frame_samples * self._sample_bytes)
-        self._interval_ms = publish_interval_s * 1000
+        self._buf = bytearray(self._frame_samples * self._sample_bytes)
         self._outbox = outbox
         self._topic = topic
         self._beat = beat
-        self._clock = clock
         self.frames = 0
         # Samples the microphone produced but we never got (the DMA ring overflowed while the
         # loop was late), less what may still sit in the ring: small ints, kept per interval.
         self._interval_samples = 0
         self._deficit = 0
-
-    def set_interval(self, publish_interval_s):
-        """Takes effect from the next level on (a command changed it)."""
-        self._interval_ms = publish_interval_s * 1000
 
     @property
     def frames_missed(self):
@@ -49,7 +48,7 @@ class Sound:
         meter = self._meter
         sample_bytes = self._sample_bytes
         started_ms = time.ticks_ms()
-        due_ms = time.ticks_add(started_ms, self._interval_ms)
+        due_ms = time.ticks_add(started_ms, self._interval_ms())
         while True:
             n = await reader.readinto(buf)
             # The I2S driver hands over whole samples; a ragged tail would shift every later one.
@@ -61,12 +60,15 @@ class Sound:
             self._beat()
             now = time.ticks_ms()
             if time.ticks_diff(now, due_ms) >= 0:
-                due_ms = time.ticks_add(due_ms, self._interval_ms)
+                due_ms = time.ticks_add(due_ms, self._interval_ms())
                 expected = time.ticks_diff(now, started_ms) * self._rate_hz // 1000
                 self._deficit += expected - self._interval_samples
                 self._interval_samples = 0
                 started_ms = now
                 self._publish()
+
+    def _interval_ms(self):
+        return self._settings["publish_interval_s"] * 1000
 
     def _publish(self):
         levels = self._meter.read()
@@ -78,6 +80,6 @@ class Sound:
         for key in _WEIGHTED:
             if key in levels:
                 fields.append((key, levels[key]))
-        seq = self._outbox.add(self._topic, self._clock(), fields)
+        seq = self._outbox.add(self._topic, fields)
         log("sound", "reading %d: %.2f dBFS rms, %.2f dBFS peak, %d frames"
             % (seq, levels["rms_dbfs"], levels["peak_dbfs"], levels["frames"]))

@@ -11,12 +11,15 @@ _FEED_INTERVAL_MS = const(1000)
 _BEAT_SLICE_MS = const(500)
 
 
-async def sleep_beating(ms, beat):
-    """Sleep `ms` in slices, beating between them: a long wait is not a hung task."""
+async def sleep_beating(ms, beat, sleep_ms=asyncio.sleep_ms):
+    """Sleep `ms` in slices, beating between them: a long wait is not a hung task.
+
+    `sleep_ms` is asyncio's unless a test drives the task on a clock of its own.
+    """
     while ms > 0:
         beat()
         step = min(ms, _BEAT_SLICE_MS)
-        await asyncio.sleep_ms(step)
+        await sleep_ms(step)
         ms -= step
     beat()
 

@@ -1,0 +1,62 @@
+"""The telemetry task: every `telemetry_interval_s`, the node's health on its telemetry topic."""
+
+import asyncio
+import gc
+
+from node import VERSION, payload
+from node.log import log, uptime_ms
+
+
+class Telemetry:
+    """Collects what the other parts count; publishes it best effort (QoS 0, never queued).
+
+    `node` is the running app (node.app.Node): its config in force, outbox, tasks, Wi-Fi, clock
+    and lag probe are read at each message, so this module keeps no counter but the heap
+    minimum: each count has one owner, the part that counts it.
+    """
+
+    def __init__(self, node):
+        self._node = node
+        self._topic = node.topics.telemetry.encode()
+        gc.collect()
+        self.heap_min_free = gc.mem_free()
+
+    def pairs(self):
+        """The message's (key, value) pairs, in the contract's order."""
+        node = self._node
+        gc.collect()  # free after a collection: what the app could still get
+        heap = gc.mem_free()
+        self.heap_min_free = min(self.heap_min_free, heap)
+        outbox = node.outbox
+        publisher = node.publisher
+        lag = node.lag.summary()
+        log("telemetry", "taken %d delivered %d queued %d dropped %d heap %d lag %s"
+            % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap, lag))
+        return (
+            ("boot", node.boot),
+            ("ts", node.clock_now()),
+            ("uptime_s", uptime_ms() // 1000),
+            ("version", VERSION),
+            ("heap_free", heap),
+            ("heap_min_free", self.heap_min_free),
+            ("rssi", node.wifi.rssi()),
+            ("reset_cause", node.cause),
+            ("wifi_reconnects", node.wifi.reconnects),
+            ("mqtt_reconnects", publisher.reconnects),
+            ("readings_taken", outbox.taken),
+            ("readings_delivered", outbox.delivered),
+            ("readings_queued", len(outbox)),
+            ("dropped", outbox.dropped),
+            ("sensor_errors", node.climate.errors),
+            ("audio_frames", node.sound.frames),
+            ("audio_frames_missed", node.sound.frames_missed),
+            ("ntp_syncs", node.clock.syncs),
+            ("handler_errors", publisher.handler_errors),
+            ("loop_lag", lag),
+        )
+
+    async def run(self):
+        node = self._node
+        while True:
+            await asyncio.sleep(node.cfg["telemetry_interval_s"])
+            node.publisher.publish_now(self._topic, payload.telemetry(self.pairs()))
