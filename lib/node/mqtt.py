@@ -138,7 +138,7 @@ class _BoundedStream:
                     raise OSError(errno.ETIMEDOUT)
                 return None
             if not k:
-                raise OSError(errno.ECONNRESET)  # end of stream mid-packet
+                raise OSError(errno.ECONNRESET)  # end of stream: the broker hung up
             got += k
         return n
 
@@ -369,8 +369,9 @@ class Client(MQTTClient):
     def wait_msg(self):
         """Read one packet if any is waiting (or block, bounded, after setblocking(True)).
 
-        PUBLISH goes to the callback, PUBACK ids to `acked`, SUBACK ids to `subacked`; returns
-        the packet type, or None when nothing was waiting.
+        PUBLISH goes to the callback (or, over MAX_INCOMING_BYTES, to on_oversized), PUBACK ids
+        to `acked`, SUBACK ids to `subacked`; returns the packet type, or None when nothing was
+        waiting.
         """
         first = self.sock.readinto(self._rx, 1)
         self.sock.setblocking(True)  # the rest of a packet follows promptly, or the link is bad
