@@ -13,7 +13,7 @@ import time
 
 from node import VERSION, board, bootcount, config, discovery, settings
 from node.climate import Climate
-from node.commands import Commands
+from node.commands import Commands, RateLimit
 from node.dsp import LevelMeter
 from node.lagprobe import LagProbe
 from node.led import StatusLed
@@ -46,6 +46,8 @@ CRASH_RESET_DELAY_MS = 3000
 # Safe mode tells the broker it is there, within this time, then leaves the REPL alone.
 SAFE_MODE_ANNOUNCE_MS = 30000
 REBOOT_DELAY_MS = 1000  # lets the command's reply reach the broker first
+# Discovery is announced again at most this often however many "online" arrive.
+ANNOUNCE_QUIET_MS = 1000
 MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
 
@@ -122,6 +124,10 @@ class Node:
         self.telemetry = Telemetry(self)
         self.commands = Commands(raw_cfg, saved, SETTINGS_PATH, cfg, self._reboot,
                                  self.led.identify, self._settings_changed)
+        self.command_rate = RateLimit(cfg["commands_per_s"], time.ticks_ms)
+        self._retained_told = False  # the retained-command reply goes out once per boot
+        self._clear_echoes = 0  # empty messages on cmd that are our own clearing, coming back
+        self._announce_due = False  # Home Assistant asked (again): announce once it is quiet
         self.publisher.subscribe(topics.cmd, self._on_command)
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
@@ -131,7 +137,7 @@ class Node:
         asyncio.get_event_loop().set_exception_handler(task_died)
         for coro in (self.climate.run(), self.sound.run(), self.publisher.run(), self.lag.run(),
                      self.led.run(), self.led.follow(self.publisher), self.telemetry.run(),
-                     self.clock.run(),
+                     self.clock.run(), self._announcer(),
                      bootcount.watch_stability(BOOT_PATH, self.cfg["stable_after_s"],
                                                self.supervisor)):
             asyncio.create_task(coro)
@@ -152,13 +158,48 @@ class Node:
         log("discovery", "announced %d sensors to Home Assistant" % sent)
 
     def _on_ha_status(self, msg, retained):
-        # Home Assistant restarted and forgot non-retained state: tell it again.
+        # Home Assistant restarted and forgot non-retained state: tell it again, once for a
+        # burst of "online" (anyone may publish there).
         if msg == b"online":
-            self._announce()
+            self._announce_due = True
+
+    async def _announcer(self):
+        while True:
+            await asyncio.sleep_ms(ANNOUNCE_QUIET_MS)
+            if self._announce_due and self.publisher.connected:
+                self._announce_due = False
+                self._announce()
 
     def _on_command(self, msg, retained):
+        if not msg and self._clear_echoes:
+            # Our own clearing of a retained command, delivered back to us (we subscribe).
+            self._clear_echoes -= 1
+            return
+        if retained:
+            self._refuse_retained()
+            return
+        if not self.command_rate.allow():
+            if self.command_rate.dropped == 1 or not self.command_rate.dropped % 100:
+                log("commands", "more than %d commands a second: dropped %d so far"
+                    % (self.cfg["commands_per_s"], self.command_rate.dropped))
+            return
         reply = self.commands.handle(msg)
         self.publisher.publish_now(self.topics.reply.encode(), reply)
+
+    def _refuse_retained(self):
+        """A retained command would be obeyed again at every connect (a retained reboot is a
+        boot loop): it is not carried out, and cleared where the broker lets us."""
+        if self.publisher.publish_now(self.topics.cmd.encode(), b"", retain=True):
+            self._clear_echoes += 1
+        if self._retained_told:
+            return
+        self._retained_told = True
+        log("commands", "ignored a retained command on %s; cleared it" % self.topics.cmd)
+        self.publisher.publish_now(self.topics.reply.encode(), dumps({
+            "ok": False,
+            "error": "ignored a retained command: commands are carried out only when sent live"
+                     " (a retained one would run again at every connect); it was cleared",
+        }))
 
     def _settings_changed(self):
         if self.cfg["discovery"]["enabled"] and self.publisher.connected:

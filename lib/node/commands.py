@@ -6,6 +6,7 @@ touches nothing.
 """
 
 import json
+import time
 
 from node import config
 from node import settings as store
@@ -21,6 +22,7 @@ _ID_MAX_CHARS = 64
 _ID_INT_LIMIT = 10**15
 _NAME_MAX_CHARS = 32
 _IDENTIFY_DEFAULT_S = 10
+_BURST_S = 4
 _BASE_KEYS = ("cmd", "id")
 
 
@@ -124,6 +126,35 @@ def _store(cfg, dotted, value):
     for part in parts[:-1]:
         cfg = cfg[part]
     cfg[parts[-1]] = value
+
+
+class RateLimit:
+    """A token bucket: `per_s` a second on average, in bursts of up to _BURST_S seconds' worth
+    (a person trying commands, or a script sending a handful, is not throttled).
+
+    `ticks_ms` is time.ticks_ms on the board, or a test's clock.
+    """
+
+    def __init__(self, per_s, ticks_ms):
+        self._per_s = per_s
+        self._ticks_ms = ticks_ms
+        self._full = per_s * _BURST_S * 1000  # in thousandths of a token: integer maths
+        self._tokens = self._full
+        self._last_ms = ticks_ms()
+        self.dropped = 0
+
+    def allow(self):
+        """True if one more may go now; False (and counted) if it is over the rate."""
+        now = self._ticks_ms()
+        # Capped where the bucket is full anyway: the product stays a small int.
+        elapsed = min(time.ticks_diff(now, self._last_ms), _BURST_S * 1000)
+        self._last_ms = now
+        self._tokens = min(self._full, self._tokens + elapsed * self._per_s)
+        if self._tokens >= 1000:
+            self._tokens -= 1000
+            return True
+        self.dropped += 1
+        return False
 
 
 class Commands:

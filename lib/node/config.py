@@ -95,7 +95,8 @@ def validate(raw, where="config.json"):
     _no_unknown(
         raw,
         ("node_id", "topic_prefix", "mqtt", "dht", "audio", "watchdog_s", "telemetry_interval_s",
-         "outbox_size", "safe_mode_boots", "stable_after_s", "led", "ntp", "discovery"),
+         "outbox_size", "safe_mode_boots", "stable_after_s", "led", "ntp", "discovery",
+         "commands_per_s"),
         where,
     )
     cfg = {}
@@ -110,6 +111,9 @@ def validate(raw, where="config.json"):
         raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
     )
     cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int", 100, lo=4, hi=2000)
+    # Commands carried out per second on average (node.commands.RateLimit): a flood on `cmd`
+    # is dropped and counted instead of starving the sampling tasks and the publisher.
+    cfg["commands_per_s"] = _take(raw, "commands_per_s", where, "", "int", 5, lo=1, hi=100)
     # Boot-loop protection: this many boots in a row that end before the app has run
     # `stable_after_s` start safe mode instead of the app.
     cfg["safe_mode_boots"] = _take(raw, "safe_mode_boots", where, "", "int", 5, lo=2, hi=100)

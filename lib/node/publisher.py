@@ -18,7 +18,7 @@ import time
 from micropython import const
 
 from node.log import log
-from node.mqtt import LINK_ERRORS, CertificateDateError, Refused, TlsError
+from node.mqtt import LINK_ERRORS, MAX_INCOMING_BYTES, CertificateDateError, Refused, TlsError
 from node.supervisor import sleep_beating
 
 _POLL_MS = const(20)
@@ -34,6 +34,9 @@ _BACKOFF_UNREACHABLE_MAX_MS = const(4000)
 # make the node reconnect, and flap its status online/offline, once a second.
 _STABLE_SESSION_MS = const(30000)
 _CLOCK_POLL_MS = const(500)
+# Topics whose oversized messages were logged: each is named once, and a flood of new topics
+# cannot grow the set without bound.
+_OVERSIZED_TOPICS_LOGGED = const(8)
 
 
 class Clock:
@@ -81,8 +84,15 @@ class Publisher:
         self.reconnects = 0
         self.handler_errors = 0
         self.last_error = None
+        self._oversized_topics = []
         client.set_last_will(topics.status.encode(), b"offline", retain=True, qos=1)
         client.set_callback(self._on_message)
+        client.on_oversized = self._on_oversized
+
+    @property
+    def oversized(self):
+        """Incoming messages too large to take, skipped (acknowledged, the session kept)."""
+        return self._client.oversized
 
     def subscribe(self, topic, handler):
         """Subscribe to `topic` (exact, no wildcards) on every connect; handler(msg, retained)
@@ -96,6 +106,19 @@ class Publisher:
             log("mqtt", "ignored a message on %s (%d bytes)" % (topic, len(msg)))
             return
         self._guard("handler for %s" % topic.decode(), handler, msg, retained)
+
+    def _on_oversized(self, topic, size):
+        seen = self._oversized_topics
+        if topic in seen:
+            return
+        if len(seen) < _OVERSIZED_TOPICS_LOGGED:
+            seen.append(topic)
+        try:
+            name = topic.decode() or "(a topic over 256 bytes)"
+        except UnicodeError:  # whatever a peer sends must not stop the session
+            name = "(a topic that is not UTF-8)"
+        log("mqtt", "skipped a message of %d bytes on %s (limit %d): too large to take; "
+            "logged once per topic" % (size, name, MAX_INCOMING_BYTES))
 
     def _guard(self, what, fn, *args):
         try:

@@ -52,6 +52,8 @@ class Telemetry:
             ("audio_frames_missed", node.sound.frames_missed),
             ("ntp_syncs", node.clock.syncs),
             ("handler_errors", publisher.handler_errors),
+            ("oversized_skipped", publisher.oversized),
+            ("commands_dropped", node.command_rate.dropped),
             ("loop_lag", lag),
         )
 
