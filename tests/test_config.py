@@ -126,7 +126,9 @@ _LOAD = """
 import sys
 from node import config
 try:
-    cfg, sec = config.load(sys.argv[1], sys.argv[2])
+    path = sys.argv[1]
+    cfg = config.resolve_paths(config.validate(config.read_json(path), path), path)
+    config.validate_secrets(config.read_json(sys.argv[2]), sys.argv[2])
     print("ca", len(config.load_ca(cfg["mqtt"]["ca_path"])), cfg["mqtt"]["ca_path"])
 except config.ConfigError as e:
     print("error", e)

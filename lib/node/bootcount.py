@@ -39,11 +39,6 @@ def read(path):
     return _load(path)[0]
 
 
-def unstable(path):
-    """Boots in a row that have not (yet) reached a stable run."""
-    return _load(path)[1]
-
-
 def increment(path):
     """Count this boot, as unstable until the app says otherwise; returns (boot, unstable).
 

@@ -236,12 +236,6 @@ def resolve_paths(cfg, config_path):
     return cfg
 
 
-def load(config_path, secrets_path):
-    """(config, secrets) from the two files; ConfigError names the file and key at fault."""
-    cfg = resolve_paths(validate(read_json(config_path), config_path), config_path)
-    return cfg, validate_secrets(read_json(secrets_path), secrets_path)
-
-
 _PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 _PEM_END = "-----END CERTIFICATE-----"
 
