@@ -129,7 +129,7 @@ def test_x64_bundle_imports_on_the_unix_port(x64, tmp_path):
     script = tmp_path / "imports.py"
     script.write_text(
         "import gc, sys, micropython\n"
-        "sys.path[:] = [sys.argv[1] + '/sim', '.frozen', sys.argv[2]]\n"
+        "sys.path[:] = [sys.argv[1] + '/sim/board', '.frozen', sys.argv[2]]\n"
         "gc.collect(); free0 = gc.mem_free(); cur0 = micropython.mem_current()\n"
         "ok = []\n"
         f"for name in {names!r}:\n"

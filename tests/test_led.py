@@ -7,7 +7,7 @@ import statistics
 
 from conftest import REPO
 
-SIM = REPO / "sim"
+SIM = REPO / "sim" / "board"
 
 # A pin that records (ticks_ms, value) into buffers allocated up front, so recording allocates
 # nothing, even under heap_lock.

@@ -1,4 +1,4 @@
-"""The simulated board (sim/): what the app sees through machine, dht and network, and how
+"""The simulated board (sim/board/): what the app sees through machine, dht and network, and how
 start.py boots a flash folder. Each test drives the MicroPython unix port; values are checked
 here in CPython, timings loosely as ratios."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 
-SIM = REPO / "sim"
+SIM = REPO / "sim" / "board"
 START = SIM / "start.py"
 # Every SIM_* input blank unless a test sets it, so the caller's environment cannot leak in.
 CLEAN = dict.fromkeys(("SIM_AUDIO", "SIM_DHT", "SIM_UID", "SIM_RSSI", "SIM_WIFI"), "")

@@ -13,11 +13,11 @@ and `make deploy PORT=<pty> ARCH=x64` talk to it as to an ESP32 on a USB serial 
 - output is "cooked" like a board's UART (\\n sent as \\r\\n); input typed while code runs waits
   in a buffer, except Ctrl-C, which interrupts the running code (SIGINT -> KeyboardInterrupt);
 - the flash is a folder (a temporary one unless --flash): the micropython process runs in it,
-  with sys.path [<repo>/sim, '', '.frozen', 'lib'] as sim/start.py sets it, so the simulated
-  machine/dht/network modules stand in for the hardware;
+  with sys.path [<repo>/sim/board, '', '.frozen', 'lib'] as sim/board/start.py sets it, so the
+  simulated machine/dht/network modules stand in for the hardware;
 - power-on and soft reset run boot.py, then main.py in friendly-REPL mode (raw-REPL mode skips
   main.py, as the ESP32 port does), both in the REPL's `__main__` namespace; boot.py's errors are
-  printed and passed over, as in sim/start.py;
+  printed and passed over, as in sim/board/start.py;
 - sys.exit() / machine.soft_reset() soft-reset; machine.reset(), the watchdog and any exit of the
   process are a hard reset: a new process, friendly mode, boot.py and main.py again;
 - while REPL commands run (not boot.py/main.py), absolute paths such as "/lib" mean the flash
@@ -331,7 +331,7 @@ class Child:
 
 class FakeBoard:
     def __init__(self, flash, micropython=None, heap=None, log=None, flash_kb=None,
-                 sim_dir=REPO / "sim", baud=0):
+                 sim_dir=REPO / "sim" / "board", baud=0):
         self.flash = Path(flash).resolve()
         self.micropython = micropython or micropython_path()
         self.heap, self.sim_dir = heap, Path(sim_dir)

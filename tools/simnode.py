@@ -3,7 +3,7 @@
 A flash folder holds what `mpremote cp` would put on a board (docs/ARCHITECTURE.md):
 boot.py, main.py, lib/ (node + umqtt, .py or .mpy), config.json, secrets.json and the CA file
 named by config["mqtt"]["ca"]. The node then runs as `cd FLASH && micropython [-X heapsize=H]
-<repo>/sim/start.py`, its inputs coming from SIM_AUDIO / SIM_DHT / SIM_UID / SIM_RSSI.
+<repo>/sim/board/start.py`, its inputs coming from SIM_AUDIO / SIM_DHT / SIM_UID / SIM_RSSI.
 
     flash = make_flash(tmp / "flash", config_path=cfg, secrets_path=sec)
     with Node(flash, audio="sine:1000:-20") as node:
@@ -26,10 +26,10 @@ from pathlib import Path
 
 from hosttools import REPO, find_tool
 
-START_PY = REPO / "sim" / "start.py"
+START_PY = REPO / "sim" / "board" / "start.py"
 _LIB_SUFFIXES = (".py", ".mpy")
 _STOP_TIMEOUT_S = 5.0
-# sim/start.py's exit codes for the watchdog, machine.reset() and machine.soft_reset().
+# sim/board/start.py's exit codes for the watchdog, machine.reset() and machine.soft_reset().
 RESET_EXIT_CODES = (3, 4, 5)
 
 _live = weakref.WeakSet()

@@ -1,6 +1,6 @@
 """Shared state of the simulated board: its environment, its exits and its reset cause.
 
-Private to sim/: the fake hardware modules (machine, dht, network) and start.py meet here, so
+Private to sim/board/: the fake hardware modules (machine, dht, network) and start.py meet here, so
 that a configuration error or a reset looks the same whichever module notices it.
 """
 

@@ -3,7 +3,7 @@
 SIM_AUDIO chooses one: a 16- or 32-bit PCM mono WAV path (looped), `sine:<freq_hz>:<rms_dbfs>`
 (default `sine:1000:-20`) or `silence`. A source writes little-endian samples straight into the
 app's buffer in the I2S slot format (16 or 32 bits, optionally every other slot for stereo), so
-the simulator adds nothing to the heap per read. Private to sim/.
+the simulator adds nothing to the heap per read. Private to sim/board/.
 """
 
 import math

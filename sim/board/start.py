@@ -1,6 +1,6 @@
 """The simulated board's firmware: boot the flash folder (the working directory) like an ESP32.
 
-Usage: cd FLASH && micropython -X heapsize=HEAP <repo>/sim/start.py
+Usage: cd FLASH && micropython -X heapsize=HEAP <repo>/sim/board/start.py
 
 Runs boot.py then main.py as the ESP32 port does: in one `__main__` namespace, boot.py's errors
 printed and passed over, main.py's ending the run. Exit codes (from _simenv): 0 main.py
