@@ -50,12 +50,12 @@ deps: $(STAMP) lib
 	@tools/apt-install.sh mosquitto openssl
 
 sim: deps
-	$(PY) tools/sim.py --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
+	$(PY) -m sim.host.run --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
 		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)" --app "$(APP)" --record "$(RECORD)"
 
 # Temperature, humidity and sound level over time: a recording, a live broker, or a sim run.
 plot: deps
-	$(PY) tools/plot.py --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
+	$(PY) -m tools.plot --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
 		--ca "$(CA)" --out "$(OUT)" --audio "$(AUDIO)" --dht "$(DHT)"
 
 test: deps lint
@@ -77,11 +77,11 @@ bench: deps
 	$(PY) tools/bench.py
 
 bundle: deps
-	$(PY) tools/bundle.py --arch $(ARCH) --out build/$(ARCH)
+	$(PY) -m tools.bundle --arch $(ARCH) --out build/$(ARCH)
 
 # A deploy always ships a fresh bundle; deploy.py refuses a stale one.
 deploy: bundle
-	$(PY) tools/deploy.py --port "$(PORT)" --bundle build/$(ARCH)
+	$(PY) -m tools.deploy --port "$(PORT)" --bundle build/$(ARCH)
 
 flash: deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" tools/flash.sh --port "$(PORT)" \
@@ -90,7 +90,7 @@ flash: deps
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: deps
-	$(PY) tools/fakeboard.py --baud 115200
+	$(PY) -m sim.host.fakeboard --baud 115200
 
 repl: deps
 	$(VENV)/bin/mpremote connect "$(PORT)" repl

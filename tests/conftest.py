@@ -2,15 +2,11 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
-
-from hosttools import find_tool  # noqa: E402
+from tools.hosttools import REPO, find_tool
 
 
 def micropython_path():

@@ -4,32 +4,26 @@ Import the fixtures a test module needs (pytest picks them up from the module na
 
     from infra import broker, certs, node_factory, subscriber_factory  # noqa: F401
 
-- `certs` (session): a tools/pki.Pki with impostor and wrong-host certificates.
+- `certs` (session): a sim/net/pki.Pki with impostor and wrong-host certificates.
 - `broker`: a Mosquitto with TLS for `localhost`/127.0.0.1, fresh per test.
 - `broker_factory(kind)`: more brokers; kind "good", "impostor" or "wrong_host".
 - `subscriber_factory(broker, topic="nodes/#", ca=None, server_hostname="localhost")`: a
-  connected tools/broker.Subscriber (our CA unless `ca`).
+  connected sim/net/broker.Subscriber (our CA unless `ca`).
 - `node_factory(broker, **config_overrides, audio=, dht=, heap=, uid=, flash=)`: builds a flash
   folder whose config points at `broker` (TEST_CONFIG: short intervals) and starts the node;
-  returns a tools/simnode.Node with `.cfg`, `.topics` and `.flash` set.
+  returns a sim/host/simnode.Node with `.cfg`, `.topics` and `.flash` set.
 Everything started is stopped at teardown. When the test failed, the node's log and the end of
 the broker's log are printed then (pytest shows them under "Captured stdout teardown").
 """
 
 import copy
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
-
-from broker import Mosquitto, Subscriber  # noqa: E402
-from pki import make_pki  # noqa: E402
-from simnode import (  # noqa: E402
+from sim.host.simnode import (
     Node,
     make_flash,
     merge,
@@ -38,6 +32,10 @@ from simnode import (  # noqa: E402
     sim_secrets,
     write_json,
 )
+from sim.net.broker import Mosquitto, Subscriber
+from sim.net.fakebroker import FakeBroker
+from sim.net.pki import make_pki
+from tools.hosttools import REPO
 
 # Short intervals so an end-to-end run proves the contract in seconds.
 TEST_CONFIG = {
@@ -233,7 +231,6 @@ def wait_until(predicate, timeout, interval=0.1, what="condition"):
 
 
 # --- fault injection: brokers that keep a subscriber's session, and a scriptable fake --------
-from fakebroker import FakeBroker  # noqa: E402
 
 
 def persistence_conf(workdir):
@@ -262,7 +259,7 @@ def subscribe_persistent(certs, broker, client_id, topic="nodes/#", timeout=5):
 
 @pytest.fixture
 def fake_broker_factory(certs):
-    """fake_broker_factory(mode, port=None): a started tools/fakebroker.FakeBroker presenting
+    """fake_broker_factory(mode, port=None): a started sim/net/fakebroker.FakeBroker presenting
     the good server certificate; stopped at teardown."""
     started = []
 

@@ -9,16 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
-
-import bundle  # noqa: E402
-from conftest import micropython_path, run_mpy  # noqa: E402
+from conftest import micropython_path, run_mpy
+from tools import bundle
+from tools.hosttools import REPO
 
 NATIVE_MARKS = ("@micropython.viper", "@micropython.native", "@micropython.asm_xtensa")
 

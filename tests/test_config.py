@@ -190,13 +190,8 @@ def test_bad_files_give_clear_errors(mpy, files, breakage, expected):
 
 def test_config_module_is_pure_python(tmp_path):
     """The same validator runs on CPython (differential check of the good config)."""
-    import sys
+    from node import config  # lib/ is on pytest's pythonpath (pyproject.toml)
 
-    sys.path.insert(0, str(REPO / "lib"))
-    try:
-        from node import config
-    finally:
-        sys.path.pop(0)
     cfg = config.validate(GOOD)
     assert cfg["mqtt"]["server_hostname"] == GOOD["mqtt"]["host"]
     with pytest.raises(config.ConfigError, match=r"mqtt\.port"):

@@ -1,4 +1,4 @@
-"""tools/deploy.py and tools/fakeboard.py: mpremote against a simulated serial board.
+"""tools/deploy.py and sim/host/fakeboard.py: mpremote against a simulated serial board.
 
 The fakeboard is the unix port behind a pty with a temporary folder as its flash, speaking the
 REPL protocol of a board. Against it: mpremote's own commands, the raw-REPL framing byte by
@@ -16,20 +16,20 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
-
-import bundle  # noqa: E402
-import deploy  # noqa: E402
-import fakeboard  # noqa: E402
+from sim.host import fakeboard
+from tools import bundle, deploy
+from tools.hosttools import REPO
 
 PY = sys.executable
 MPREMOTE = str(Path(PY).parent / "mpremote")
+# Run from the repo root, as the Makefile runs them.
+DEPLOY = [PY, "-m", "tools.deploy"]
+FAKEBOARD = [PY, "-m", "sim.host.fakeboard"]
 serial = pytest.importorskip("serial")
 
 
 class Board:
-    """A tools/fakeboard.py process; .port is its pty, .flash its flash folder."""
+    """A sim/host/fakeboard.py process; .port is its pty, .flash its flash folder."""
 
     def __init__(self, flash, log, *extra):
         self.flash, self.logfile, self.extra = Path(flash), Path(log), extra
@@ -38,9 +38,8 @@ class Board:
 
     def start(self):
         self.proc = subprocess.Popen(
-            [PY, str(REPO / "tools" / "fakeboard.py"), "--flash", str(self.flash), "--log",
-             str(self.logfile), *self.extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            [*FAKEBOARD, "--flash", str(self.flash), "--log", str(self.logfile), *self.extra],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.port = self.proc.stdout.readline().strip()
         assert self.port.startswith("/dev/"), self.proc.stderr.read()
 
@@ -132,8 +131,8 @@ def make_app(src, value=21, extra=None):
 
 
 def run_deploy(port, bundle_dir, *args):
-    return subprocess.run([PY, str(REPO / "tools" / "deploy.py"), "--port", port, "--bundle",
-                           str(bundle_dir), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([*DEPLOY, "--port", port, "--bundle", str(bundle_dir), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
 def flash_files(flash):
@@ -336,8 +335,7 @@ def test_packages_frozen_in_the_firmware_are_not_copied(board_factory, tmp_path)
 
 
 def test_usage_errors(tmp_path):
-    proc = subprocess.run([PY, str(REPO / "tools" / "deploy.py"), "--port", ""],
-                          capture_output=True, text=True)
+    proc = subprocess.run([*DEPLOY, "--port", ""], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "no serial port given" in proc.stderr
     proc = run_deploy("/dev/ttyUSB97", tmp_path)
     assert proc.returncode == 2 and "/dev/ttyUSB97 does not exist" in proc.stderr

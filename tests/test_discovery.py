@@ -5,7 +5,6 @@ must make the same messages."""
 import ast
 import json
 import re
-import sys
 
 import pytest
 
@@ -245,12 +244,9 @@ def test_compact_and_small(made):
 
 
 def test_cpython_makes_the_same_messages(made):
-    sys.path.insert(0, str(REPO / "lib"))
-    try:
-        from node.discovery import messages
-        from node.payload import Topics
-    finally:
-        sys.path.remove(str(REPO / "lib"))
+    from node.discovery import messages  # lib/ is on pytest's pythonpath (pyproject.toml)
+    from node.payload import Topics
+
     for name, (prefix, topic_prefix, node, dba) in VARIANTS.items():
         ours = [
             (t, json.loads(p) if p else None)

@@ -357,7 +357,7 @@ def test_hung_broker_is_detected_within_keepalive(broker, subscriber_factory, no
 
 # --- the harness itself --------------------------------------------------------------------------
 def test_make_flash_copies_what_a_board_holds(tmp_path, certs):
-    from simnode import REPO, make_flash, sim_config, sim_secrets, write_json
+    from sim.host.simnode import REPO, make_flash, sim_config, sim_secrets, write_json
 
     app = tmp_path / "app"
     (app / "lib" / "node").mkdir(parents=True)
@@ -383,7 +383,7 @@ def test_make_flash_copies_what_a_board_holds(tmp_path, certs):
 
 def test_x64_bundle_runs_the_node_end_to_end(certs, tmp_path):
     """The mpy-cross bundle, not the source tree, on the simulated board: the bundle is complete."""
-    import bundle
+    from tools import bundle
 
     app = tmp_path / "build" / "x64"
     bundle.build(REPO, app, "x64", log=lambda line: None)

@@ -3,7 +3,7 @@
 The real node (main.py on the simulated board, TEST_CONFIG: keepalive 5 s, a climate reading a
 second, a sound level every 2 s) publishes to a Mosquitto over TLS that is restarted, killed,
 absent at boot, frozen, replaced by an impostor, or down longer than the outbox holds; then to
-tools/fakebroker.py playing the faults Mosquitto cannot (silence, malformed packets). A
+sim/net/fakebroker.py playing the faults Mosquitto cannot (silence, malformed packets). A
 subscriber with a persistent session on a persistent broker (tests/faultkit.py) sees every
 message the broker accepted, so a seq gap it sees is the node's.
 
@@ -21,7 +21,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from fakebroker import MODES, FakeBroker
 from faultkit import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     ANY_TAKEN_RX,
     LAG_SANITY_MAX_MS,
@@ -53,7 +52,8 @@ from infra import (  # noqa: F401
     subscribe_persistent,
     subscriber_factory,
 )
-from simnode import format_seq_report, merge, write_json
+from sim.host.simnode import format_seq_report, merge, write_json
+from sim.net.fakebroker import MODES, FakeBroker
 
 FIGURES = []  # one faultkit.Figures per scenario, printed as a table when the module ends
 DELIVERY_TIMEOUT_S = 30  # for the outbox to drain once a broker is back (backoff <= 8 s + resends)

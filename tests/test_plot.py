@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 
-import plot  # tools/ is on sys.path (conftest)
 from conftest import REPO
 from infra import broker, broker_factory, certs  # noqa: F401
+from tools import plot
 
-PLOT = REPO / "tools" / "plot.py"
+PLOT = [sys.executable, "-m", "tools.plot"]  # from the repo root, as `make plot` runs it
 SIM_RUN_S = 14  # two sound intervals (5 s in the sim config) and the node's start-up
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +63,7 @@ def test_a_simulator_run_is_plotted(tmp_path):
     out = tmp_path / "out"
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(PLOT), "--duration", str(SIM_RUN_S), "--out", str(out),
+        [*PLOT, "--duration", str(SIM_RUN_S), "--out", str(out),
          "--work", str(tmp_path / "sim"), "--dht", str(dht)],
         cwd=REPO, capture_output=True, text=True, timeout=SIM_RUN_S + 45,
     )  # fmt: skip
@@ -229,11 +229,11 @@ def test_a_recording_without_readings_fails(tmp_path, capsys):
 def test_a_live_broker_is_recorded_and_plotted(broker, certs, tmp_path):
     import paho.mqtt.client as mqtt
 
-    from broker import tls_context
+    from sim.net.broker import tls_context
 
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, str(PLOT), "--broker", f"{broker.host}:{broker.port}",
+        [*PLOT, "--broker", f"{broker.host}:{broker.port}",
          "--ca", str(certs.ca_pem), "--server-hostname", "localhost", "--duration", "3",
          "--out", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -6,8 +6,6 @@ import random
 import numpy as np
 import pytest
 
-from conftest import REPO
-
 _MOVING_AVERAGE = """
 import json, sys
 from node.filters import MovingAverage
@@ -92,13 +90,8 @@ def test_outbox_drops_oldest_and_numbers_readings(mpy):
 
 
 def test_outbox_same_on_cpython():
-    import sys
+    from node.outbox import Outbox  # lib/ is on pytest's pythonpath (pyproject.toml)
 
-    sys.path.insert(0, str(REPO / "lib"))
-    try:
-        from node.outbox import Outbox
-    finally:
-        sys.path.pop(0)
     box = Outbox(4, 7, lambda: 1800000000, lambda: 0)
     for i in range(6):
         box.add(b"t/climate", 1700000000 + i, (("temperature", 20 + i),))

@@ -41,7 +41,7 @@ from infra import (  # noqa: F401
     certs,
     node_factory,
 )
-from simnode import merge, write_json
+from sim.host.simnode import merge, write_json
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SOAK") != "1",

@@ -16,7 +16,7 @@ from infra import (  # noqa: F401  (fixtures are found by pytest in this namespa
     node_factory,
     subscriber_factory,
 )
-from pki import WRONG_HOST
+from sim.net.pki import WRONG_HOST
 
 ATTEMPTS = 3  # connection attempts to watch fail (backoff 1, 2, 4 s with jitter)
 # The MQTT task's record of a failed attempt: what failed and that it retries.
@@ -53,7 +53,7 @@ def test_untrusted_broker_gets_nothing(kind, certs, broker_factory, subscriber_f
 
 def test_wrong_host_broker_is_otherwise_valid(certs, broker_factory, subscriber_factory):
     """Control: the wrong-host broker is fine for a client that asks for its name."""
-    from broker import Subscriber
+    from sim.net.broker import Subscriber
 
     brk = broker_factory("wrong_host")
     with Subscriber(brk.host, brk.port, "#", ca=certs.ca_pem, server_hostname=WRONG_HOST):

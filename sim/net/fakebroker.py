@@ -11,7 +11,7 @@ count the attempts and check the backoff between them.
         fb.attempt_times("connect")          # monotonic times of the CONNECTs
 
 `mode` is a name from MODES, a Fault, or a list of them: one per connection, the last repeating.
-Run it by hand with `python tools/fakebroker.py MODE [--port N]` (throwaway certificates).
+Run it by hand with `python -m sim.net.fakebroker MODE [--port N]` (throwaway certificates).
 """
 
 import argparse
@@ -415,7 +415,7 @@ def main(argv=None):
         if args.cert and args.key:
             cert, key = args.cert, args.key
         else:
-            from pki import make_pki
+            from sim.net.pki import make_pki
             pki = make_pki(tmp)
             cert, key = pki.server.cert, pki.server.key
             print(f"CA (copy it for the client): {pki.ca_der} / {pki.ca_pem}")

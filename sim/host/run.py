@@ -1,7 +1,7 @@
 """`make sim`: run the node on the simulated board and show its log and what reaches the broker.
 
-    python tools/sim.py [--duration S] [--config FILE] [--secrets FILE] [--audio WAV|sine:F:DB]
-                        [--dht CSV] [--heap 64k] [--app DIR] [--record FILE]
+    python -m sim.host.run [--duration S] [--config FILE] [--secrets FILE] [--audio WAV|sine:F:DB]
+                           [--dht CSV] [--heap 64k] [--app DIR] [--record FILE]
 
 Without --config a local Mosquitto is started on loopback with freshly generated certificates
 (everything under .sim/), and the node gets a config derived from config.json that points at it.
@@ -27,11 +27,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from broker import BrokerError, Mosquitto, Subscriber
-from pki import PkiError, make_pki
-from simnode import (
+from sim.host.simnode import (
     DATA_KINDS,
     REPO,
     Node,
@@ -43,6 +39,8 @@ from simnode import (
     sim_secrets,
     write_json,
 )
+from sim.net.broker import BrokerError, Mosquitto, Subscriber
+from sim.net.pki import PkiError, make_pki
 
 WORK = REPO / ".sim"
 # Exit codes of the simulated board that stand for a reboot (docs/ARCHITECTURE.md): the runner

@@ -1,6 +1,6 @@
 """A simulated serial board: the MicroPython unix port behind a pseudo-terminal.
 
-    tools/fakeboard.py [--flash DIR] [--heap SIZE] [--log FILE] [--flash-kb N] [--baud N]
+    python -m sim.host.fakeboard [--flash DIR] [--heap SIZE] [--log FILE] [--flash-kb N] [--baud N]
 
 Prints the pty path (one line on stdout), then serves until killed. `mpremote connect <pty> ...`
 and `make deploy PORT=<pty> ARCH=x64` talk to it as to an ESP32 on a USB serial port:
@@ -39,7 +39,7 @@ import time
 import tty
 from pathlib import Path
 
-from hosttools import REPO, find_tool
+from tools.hosttools import REPO, find_tool
 
 RAW_PASTE_WINDOW = 128  # the ESP32 port's stdin buffer is 256 bytes; the window is half of it
 OUT_CAP = 256 * 1024  # bytes kept for a host that does not read: a UART drops the rest

@@ -5,7 +5,7 @@ loads), a server certificate for `localhost` + 127.0.0.1 signed by it, and on re
 certificates a node must refuse: one from an impostor CA with the same names, and one from the
 right CA for the wrong host name.
 
-    python tools/pki.py DEST [--impostor] [--wrong-host] [--days N]
+    python -m sim.net.pki DEST [--impostor] [--wrong-host] [--days N]
 """
 
 import argparse

@@ -24,7 +24,7 @@ import weakref
 from collections import Counter
 from pathlib import Path
 
-from hosttools import REPO, find_tool
+from tools.hosttools import REPO, find_tool
 
 START_PY = REPO / "sim" / "board" / "start.py"
 _LIB_SUFFIXES = (".py", ".mpy")
@@ -176,7 +176,7 @@ class Line(str):
 class Node:
     """The node process. Log lines of stdout and stderr are collected by two reader threads.
 
-    on_line(line) is called from a reader thread for every line (sim.py prints with it).
+    on_line(line) is called from a reader thread for every line (sim/host/run.py prints with it).
     reboot=True makes it behave like a board: when the process ends in a reset (the watchdog,
     machine.reset(), machine.soft_reset()) it starts again; `boots` counts the starts.
     """

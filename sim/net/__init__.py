@@ -1,0 +1,2 @@
+"""Loopback test doubles: Mosquitto with TLS and a subscriber (broker), a scripted MQTT server
+for the faults Mosquitto cannot produce (fakebroker), and throwaway certificates (pki)."""
