@@ -70,7 +70,7 @@ lint: deps
 # Not part of make test (it runs for over 10 minutes); SOAK_S= shortens the outage.
 SOAK_S ?= 600
 soak: deps
-	SOAK=1 SOAK_S=$(SOAK_S) $(PY) -m pytest tests/test_soak.py -s
+	SOAK=1 SOAK_S=$(SOAK_S) $(PY) -m pytest tests/e2e/test_soak.py -s
 
 bench: deps
 	@tools/apt-install.sh gcc binutils-xtensa-lx106

@@ -5,7 +5,7 @@ host's scheduler is not the board's."""
 import json
 import statistics
 
-from conftest import REPO
+from tests.conftest import REPO
 
 SIM = REPO / "sim" / "board"
 

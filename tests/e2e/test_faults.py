@@ -4,11 +4,11 @@ The real node (main.py on the simulated board, TEST_CONFIG: keepalive 5 s, a cli
 second, a sound level every 2 s) publishes to a Mosquitto over TLS that is restarted, killed,
 absent at boot, frozen, replaced by an impostor, or down longer than the outbox holds; then to
 sim/net/fakebroker.py playing the faults Mosquitto cannot (silence, malformed packets). A
-subscriber with a persistent session on a persistent broker (tests/faultkit.py) sees every
+subscriber with a persistent session on a persistent broker (tests/e2e/faultkit.py) sees every
 message the broker accepted, so a seq gap it sees is the node's.
 
 Every scenario prints one line of figures and the module prints them all as a table at the end:
-run `pytest tests/test_faults.py -s`. Loop lag is printed against the issue's budget (p99 20 ms,
+run `pytest tests/e2e/test_faults.py -s`. Loop lag is printed against the issue's budget (p99 20 ms,
 max 250 ms), never asserted: only a stuck loop (LAG_SANITY_MAX_MS) fails a test.
 """
 
@@ -21,7 +21,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from faultkit import (  # noqa: F401  (fixtures are found by pytest in this namespace)
+from sim.host.simnode import format_seq_report, merge, write_json
+from sim.net.fakebroker import MODES, FakeBroker
+from tests.e2e.faultkit import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     ANY_TAKEN_RX,
     LAG_SANITY_MAX_MS,
     RETRY_RX,
@@ -38,7 +40,7 @@ from faultkit import (  # noqa: F401  (fixtures are found by pytest in this name
     wait_delivered,
     wait_telemetry_after,
 )
-from infra import (  # noqa: F401
+from tests.e2e.infra import (  # noqa: F401
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
     assert_no_seq_gap,
@@ -52,8 +54,6 @@ from infra import (  # noqa: F401
     subscribe_persistent,
     subscriber_factory,
 )
-from sim.host.simnode import format_seq_report, merge, write_json
-from sim.net.fakebroker import MODES, FakeBroker
 
 FIGURES = []  # one faultkit.Figures per scenario, printed as a table when the module ends
 DELIVERY_TIMEOUT_S = 30  # for the outbox to drain once a broker is back (backoff <= 8 s + resends)

@@ -1,7 +1,7 @@
 """Shared by the fault-injection suites (test_faults.py, test_soak.py): brokers and subscribers
 that keep sessions across outages, and what a node run took, delivered, lost and lagged.
 
-    from faultkit import pbroker_factory, psub_factory  # noqa: F401  (fixtures)
+    from tests.e2e.faultkit import pbroker_factory, psub_factory  # noqa: F401  (fixtures)
 
 - `pbroker_factory(port=None)`: a Mosquitto keeping sessions across stop/start and SIGKILL.
 - `psub_factory(broker, client_id)`: a persistent-session subscriber (infra.subscribe_persistent);
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from infra import (
+from tests.e2e.infra import (
     TAKEN_RX,
     data_payloads,
     managed_brokers,

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
-from infra import broker, broker_factory, certs  # noqa: F401
+from tests.conftest import REPO
+from tests.e2e.infra import broker, broker_factory, certs  # noqa: F401
 from tools import plot
 
 PLOT = [sys.executable, "-m", "tools.plot"]  # from the repo root, as `make plot` runs it

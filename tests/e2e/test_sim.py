@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 SIM = REPO / "sim" / "board"
 START = SIM / "start.py"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tools.hosttools import REPO
+
 FLASH_SH = REPO / "tools" / "flash.sh"
 TABLE = json.loads((REPO / "firmware" / "images.json").read_text())
 REAL_ESPTOOL = REPO / ".venv" / "bin" / "esptool"

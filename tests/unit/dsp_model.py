@@ -11,7 +11,7 @@ constants are read from dsp.py itself, so the two cannot drift apart.
 import re
 from pathlib import Path
 
-DSP_SRC = Path(__file__).resolve().parent.parent / "lib" / "node" / "dsp.py"
+DSP_SRC = Path(__file__).resolve().parents[2] / "lib" / "node" / "dsp.py"
 K = {
     name: int(value, 0)
     for name, value in re.findall(r"^(_\w+) = const\(([^)]+)\)", DSP_SRC.read_text(), re.M)

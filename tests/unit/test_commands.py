@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 # The project's config.json, with the values the expectations below are written against.
 RAW = json.loads((REPO / "config.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import micropython_path, run_mpy
+from tests.conftest import micropython_path, run_mpy
 from tools import bundle
 from tools.hosttools import REPO
 

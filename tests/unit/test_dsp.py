@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from scipy import signal
 
-import dsp_model as model
-from conftest import REPO
+from tests.conftest import REPO
+from tests.unit import dsp_model as model
 
-RUN = REPO / "tests" / "dsp_run.py"
+RUN = REPO / "tests" / "unit" / "dsp_run.py"
 SENS = -26.0  # INMP441
 SINE_DB = 20 * math.log10(math.sqrt(2))  # datasheet dBFS put a full-scale sine at 0 dBFS
 F1, F2, F3, F4 = 20.598997, 107.65265, 737.86223, 12194.217  # IEC 61672-1 Annex E

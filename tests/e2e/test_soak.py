@@ -2,7 +2,7 @@
 
 Skipped unless SOAK=1 (it runs for minutes):
 
-    SOAK=1 .venv/bin/python -m pytest tests/test_soak.py -s
+    SOAK=1 .venv/bin/python -m pytest tests/e2e/test_soak.py -s
 
 SOAK_S sets the outage in seconds (default 600). SOAK_HEAP sets the node's heap (`-X heapsize`,
 default 256k: the board's ~110 KB for the app once the sources are compiled and the simulator's
@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from faultkit import (  # noqa: F401  (fixtures are found by pytest in this namespace)
+from sim.host.simnode import merge, write_json
+from tests.e2e.faultkit import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     ANY_TAKEN_RX,
     LAG_SANITY_MAX_MS,
     arrivals,
@@ -35,13 +36,12 @@ from faultkit import (  # noqa: F401  (fixtures are found by pytest in this name
     telemetry_log,
     wait_delivered,
 )
-from infra import (  # noqa: F401
+from tests.e2e.infra import (  # noqa: F401
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
     certs,
     node_factory,
 )
-from sim.host.simnode import merge, write_json
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SOAK") != "1",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 GOOD = json.loads((REPO / "config.json").read_text())
 GOOD_SECRETS = {"wifi_ssid": "lab", "wifi_password": "pw", "mqtt_user": None,

@@ -1,9 +1,9 @@
-"""MicroPython side of tests/test_dsp.py: feed a raw PCM file to a LevelMeter, print JSON.
+"""MicroPython side of tests/unit/test_dsp.py: feed a raw PCM file to a LevelMeter, print JSON.
 
 Usage: micropython dsp_run.py PCM BITS RATE SENS FRAME_BYTES READ_EVERY [STATES]
 SENS is the mic sensitivity in dBFS or "none"; every READ_EVERY frames (0: only at the end) a
 read() result is printed as one JSON line; with STATES = 1 the meter's state arrays are printed
-before the first frame and before each read, for comparison with tests/dsp_model.py.
+before the first frame and before each read, for comparison with tests/unit/dsp_model.py.
 """
 
 import json

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
+from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
     assert_no_seq_gap,

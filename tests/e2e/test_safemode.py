@@ -9,7 +9,7 @@ short), SIM_I2S=stall gives a microphone that never delivers a sample (a broken 
 import json
 import re
 
-from infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
+from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
     broker,

@@ -8,7 +8,8 @@ while the sensor tasks go on queueing readings.
 
 import pytest
 
-from infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
+from sim.net.pki import WRONG_HOST
+from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S,
     TAKEN_RX,
     broker_factory,
@@ -16,7 +17,6 @@ from infra import (  # noqa: F401  (fixtures are found by pytest in this namespa
     node_factory,
     subscriber_factory,
 )
-from sim.net.pki import WRONG_HOST
 
 ATTEMPTS = 3  # connection attempts to watch fail (backoff 1, 2, 4 s with jitter)
 # The MQTT task's record of a failed attempt: what failed and that it retries.

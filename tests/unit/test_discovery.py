@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 # HA's rules, from homeassistant/components/sensor/const.py (DEVICE_CLASS_UNITS and
 # DEVICE_CLASS_STATE_CLASSES) for the device classes used here, and the MQTT sensor's options.

@@ -2,7 +2,7 @@
 
 Import the fixtures a test module needs (pytest picks them up from the module namespace):
 
-    from infra import broker, certs, node_factory, subscriber_factory  # noqa: F401
+    from tests.e2e.infra import broker, certs, node_factory, subscriber_factory  # noqa: F401
 
 - `certs` (session): a sim/net/pki.Pki with impostor and wrong-host certificates.
 - `broker`: a Mosquitto with TLS for `localhost`/127.0.0.1, fresh per test.
