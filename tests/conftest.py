@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sim.net.fakentp import FakeNtp
 from tools.hosttools import REPO, find_tool
 
 
@@ -48,3 +49,18 @@ def run_mpy(script, *args, heap=None, cwd=None, path=(), timeout=120, check=True
 def mpy():
     """The run_mpy function, for tests that drive MicroPython scripts."""
     return run_mpy
+
+
+@pytest.fixture
+def ntp_server():
+    """ntp_server(answer): a started sim/net/fakentp.FakeNtp; closed at teardown."""
+    servers = []
+
+    def make(answer):
+        s = FakeNtp(answer)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()

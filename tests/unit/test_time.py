@@ -1,80 +1,13 @@
-"""Time: the SNTP client against a loopback server, and the node setting its clock with it.
+"""Time: the SNTP client against a loopback server (sim/net/fakentp.py); tests/e2e/test_time.py
+has the node setting its clock with it.
 
 The server here answers like an NTP server (or like a broken one): the node's client must take
 only a trustworthy answer, never wait with the event loop stopped, and give up in bounded time.
 """
 
-import socket
-import struct
-import threading
-import time
-
 import pytest
 
-from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
-    CONNECTED_RX,
-    broker,
-    broker_factory,
-    certs,
-    node_factory,
-    subscriber_factory,
-)
-
-NTP_TO_UNIX_S = 2208988800
-
-
-class FakeNtp:
-    """A UDP server on loopback answering every request with `make(request) -> bytes | None`."""
-
-    def __init__(self, make):
-        self.make = make
-        self.requests = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop:
-            try:
-                data, addr = self.sock.recvfrom(512)
-            except TimeoutError:
-                continue
-            self.requests += 1
-            answer = self.make(data)
-            if answer is not None:
-                self.sock.sendto(answer, addr)
-
-    def close(self):
-        self._stop = True
-        self._thread.join()
-        self.sock.close()
-
-
-def server_answer(unix_s, mode=4, stratum=2, leap=0, size=48):
-    packet = bytearray(48)
-    packet[0] = leap << 6 | 4 << 3 | mode
-    packet[1] = stratum
-    struct.pack_into("!II", packet, 40, (unix_s + NTP_TO_UNIX_S) & 0xFFFFFFFF, 0)
-    return bytes(packet[:size])
-
-
-@pytest.fixture
-def ntp_server():
-    servers = []
-
-    def make(answer):
-        s = FakeNtp(answer)
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.close()
-
+from sim.net.fakentp import server_answer
 
 QUERY = """
 import asyncio, time
@@ -133,16 +66,3 @@ def test_sntp_refuses_what_is_not_a_trustworthy_time(mpy, ntp_server, answer, er
 def test_sntp_reads_era_1_after_2036(mpy, ntp_server):
     server = ntp_server(lambda req: server_answer(2200000000))  # 2039: NTP seconds wrapped
     assert query(mpy, server.port)[0] == "2200000000"
-
-
-def test_the_node_sets_its_clock_by_ntp(broker, subscriber_factory, node_factory, ntp_server):
-    now = int(time.time())
-    server = ntp_server(lambda req: server_answer(now - 3600))
-    sub = subscriber_factory(broker)
-    node = node_factory(broker, ntp={"server": "127.0.0.1", "port": server.port})
-    node.wait_for_line(r"time: clock set by NTP \(off by 36\d\d s\)", 20)
-    # The simulator keeps the host's clock, and says so.
-    node.wait_for_line(r"RTC set to .* ignored", 5)
-    tele = sub.wait_for(r"/telemetry$", timeout=15)
-    assert tele.json()["ntp_syncs"] >= 1
-    node.wait_for_line(CONNECTED_RX, 10)
