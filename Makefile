@@ -29,7 +29,7 @@ FIRMWARE ?=
 BAUD ?=
 DRY_RUN ?=
 
-.PHONY: deps lib sim plot test lint soak bench bundle deploy flash fakeboard repl monitor clean
+.PHONY: deps lib sim plot test check lint soak bench bundle deploy flash fakeboard repl monitor clean
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -60,6 +60,18 @@ plot: deps
 
 test: deps lint
 	$(PY) -m pytest tests
+
+# Lint, then every test not marked e2e (tests/unit and tests/tools), in under a minute. Most of
+# them wait on the simulated board's real-time clock (DHT intervals, LED patterns) rather than
+# the CPU, so CHECK_JOBS pytest processes share out the test files (--shard, tests/conftest.py);
+# -O prints each one's output in one piece.
+CHECK_JOBS ?= 3
+check: deps lint
+	@$(MAKE) --no-print-directory -j$(CHECK_JOBS) -O \
+		$(addprefix check-shard-,$(shell seq 0 $$(($(CHECK_JOBS) - 1))))
+
+check-shard-%:
+	$(PY) -m pytest -m "not e2e" --shard $*/$(CHECK_JOBS)
 
 # ruff on everything; pyright on the code that runs on the board, against the ESP32 stubs.
 lint: deps

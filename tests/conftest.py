@@ -10,6 +10,32 @@ from sim.net.fakentp import FakeNtp
 from tools.hosttools import REPO, find_tool
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--shard", default="", metavar="K/N",
+        help="run only the test files whose place in the sorted list is K modulo N (0 <= K < N): "
+             "`make check` runs N such pytest processes side by side",
+    )  # fmt: skip
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected, so the shares are of what runs
+def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if not shard:
+        return
+    try:
+        k, n = (int(x) for x in shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"--shard: expected K/N with 0 <= K < N, got {shard!r}") from None
+    # Whole files, so a module's fixtures are set up once and its tests run in their order.
+    files = sorted({item.path for item in items})
+    mine = set(files[k::n])
+    config.hook.pytest_deselected(items=[item for item in items if item.path not in mine])
+    items[:] = [item for item in items if item.path in mine]
+
+
 def micropython_path():
     found = find_tool("micropython", "MICROPYTHON")
     if not found:
