@@ -29,7 +29,7 @@ FIRMWARE ?=
 BAUD ?=
 DRY_RUN ?=
 
-.PHONY: deps lib sim plot test lint soak bench bundle deploy flash fakeboard repl monitor clean
+.PHONY: deps lib sim plot test check lint soak bench bundle deploy flash fakeboard repl monitor clean
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -50,16 +50,28 @@ deps: $(STAMP) lib
 	@tools/apt-install.sh mosquitto openssl
 
 sim: deps
-	$(PY) tools/sim.py --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
+	$(PY) -m sim.host.run --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
 		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)" --app "$(APP)" --record "$(RECORD)"
 
 # Temperature, humidity and sound level over time: a recording, a live broker, or a sim run.
 plot: deps
-	$(PY) tools/plot.py --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
+	$(PY) -m tools.plot --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
 		--ca "$(CA)" --out "$(OUT)" --audio "$(AUDIO)" --dht "$(DHT)"
 
 test: deps lint
 	$(PY) -m pytest tests
+
+# Lint, then every test not marked e2e (tests/unit and tests/tools), in under a minute. Most of
+# them wait on the simulated board's real-time clock (DHT intervals, LED patterns) rather than
+# the CPU, so CHECK_JOBS pytest processes share out the test files (--shard, tests/conftest.py);
+# -O prints each one's output in one piece.
+CHECK_JOBS ?= 3
+check: deps lint
+	@$(MAKE) --no-print-directory -j$(CHECK_JOBS) -O \
+		$(addprefix check-shard-,$(shell seq 0 $$(($(CHECK_JOBS) - 1))))
+
+check-shard-%:
+	$(PY) -m pytest -m "not e2e" --shard $*/$(CHECK_JOBS)
 
 # ruff on everything; pyright on the code that runs on the board, against the ESP32 stubs.
 lint: deps
@@ -70,18 +82,18 @@ lint: deps
 # Not part of make test (it runs for over 10 minutes); SOAK_S= shortens the outage.
 SOAK_S ?= 600
 soak: deps
-	SOAK=1 SOAK_S=$(SOAK_S) $(PY) -m pytest tests/test_soak.py -s
+	SOAK=1 SOAK_S=$(SOAK_S) $(PY) -m pytest tests/e2e/test_soak.py -s
 
 bench: deps
 	@tools/apt-install.sh gcc binutils-xtensa-lx106
 	$(PY) tools/bench.py
 
 bundle: deps
-	$(PY) tools/bundle.py --arch $(ARCH) --out build/$(ARCH)
+	$(PY) -m tools.bundle --arch $(ARCH) --out build/$(ARCH)
 
 # A deploy always ships a fresh bundle; deploy.py refuses a stale one.
 deploy: bundle
-	$(PY) tools/deploy.py --port "$(PORT)" --bundle build/$(ARCH)
+	$(PY) -m tools.deploy --port "$(PORT)" --bundle build/$(ARCH)
 
 flash: deps
 	PATH="$(abspath $(VENV))/bin:$$PATH" tools/flash.sh --port "$(PORT)" \
@@ -90,7 +102,7 @@ flash: deps
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: deps
-	$(PY) tools/fakeboard.py --baud 115200
+	$(PY) -m sim.host.fakeboard --baud 115200
 
 repl: deps
 	$(VENV)/bin/mpremote connect "$(PORT)" repl

@@ -2,15 +2,38 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
+from sim.net.fakentp import FakeNtp
+from tools.hosttools import REPO, find_tool
 
-from hosttools import find_tool  # noqa: E402
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--shard", default="", metavar="K/N",
+        help="run only the test files whose place in the sorted list is K modulo N (0 <= K < N): "
+             "`make check` runs N such pytest processes side by side",
+    )  # fmt: skip
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected, so the shares are of what runs
+def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if not shard:
+        return
+    try:
+        k, n = (int(x) for x in shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"--shard: expected K/N with 0 <= K < N, got {shard!r}") from None
+    # Whole files, so a module's fixtures are set up once and its tests run in their order.
+    files = sorted({item.path for item in items})
+    mine = set(files[k::n])
+    config.hook.pytest_deselected(items=[item for item in items if item.path not in mine])
+    items[:] = [item for item in items if item.path in mine]
 
 
 def micropython_path():
@@ -52,3 +75,18 @@ def run_mpy(script, *args, heap=None, cwd=None, path=(), timeout=120, check=True
 def mpy():
     """The run_mpy function, for tests that drive MicroPython scripts."""
     return run_mpy
+
+
+@pytest.fixture
+def ntp_server():
+    """ntp_server(answer): a started sim/net/fakentp.FakeNtp; closed at teardown."""
+    servers = []
+
+    def make(answer):
+        s = FakeNtp(answer)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()

@@ -1,6 +1,6 @@
 """Build the tree that goes on the board: boot.py, main.py, config.json, and lib/ as .mpy.
 
-    tools/bundle.py --arch xtensawin|x64 --out build/<arch> [--src REPO]
+    python -m tools.bundle --arch xtensawin|x64 --out build/<arch> [--src REPO]
 
 lib/**.py is compiled with mpy-cross for the target (`-march`), so @micropython.viper and
 @micropython.native functions arrive as machine code and the board compiles nothing at import.
@@ -21,14 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hosttools import REPO, find_tool
+from tools.hosttools import REPO, find_tool
 
 MANIFEST = ".bundle.json"
 # The targets we build for: the arch name mpy-cross takes and the number the .mpy header and
 # sys.implementation._mpy carry for it (py/persistentcode.h, MP_NATIVE_ARCH_*).
 ARCHES = {
     "xtensawin": (10, "ESP32 and ESP32-S3"),
-    "x64": (2, "the unix port on a 64-bit PC: tests, tools/fakeboard.py"),
+    "x64": (2, "the unix port on a 64-bit PC: tests, sim/host/fakeboard.py"),
 }
 TOP_FILES = ("boot.py", "main.py", "config.json")  # copied as they are, in this order
 SKIP_DIRS = {"__pycache__"}

@@ -1,7 +1,7 @@
 """Copy a bundle onto a board over its serial port: changed files only, atomically, then reset.
 
-    tools/deploy.py --port PORT [--bundle build/xtensawin] [--secrets FILE] [--ca FILE]
-                    [--dry-run] [--follow SECONDS] [--no-reset]
+    python -m tools.deploy --port PORT [--bundle build/xtensawin] [--secrets FILE] [--ca FILE]
+                           [--dry-run] [--follow SECONDS] [--no-reset]
 
 What goes on the board: the bundle (tools/bundle.py), secrets.json from the project root if it
 exists, and the CA certificate that config.json names in mqtt.ca (at the same relative path).
@@ -42,10 +42,9 @@ from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 from serial import SerialException
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bundle as bundles
+from tools import bundle as bundles
+from tools.hosttools import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 MARKER = "/deploying"  # boot.py: present -> safe mode (see docs/HARDWARE.md)
 LAST = ("/boot.py", "/main.py")  # committed last, main.py the very last
 CLEAR_BOOT_LOOP = """

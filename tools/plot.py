@@ -1,13 +1,13 @@
 """`make plot`: temperature, humidity and sound level over time, as a CSV table and a PNG chart.
 
-    python tools/plot.py [--recording FILE | --broker HOST:PORT --ca FILE [--server-hostname N]
-                          [--user U --password P] [--topic nodes/#]] [--duration S] [--out DIR]
+    python -m tools.plot [--recording FILE | --broker HOST:PORT --ca FILE [--server-hostname N]
+                         [--user U --password P] [--topic nodes/#]] [--duration S] [--out DIR]
 
 Where the readings come from (one of):
 - --recording FILE: JSON lines, one message each, {"t": receive time, "topic": ...,
   "payload": parsed JSON or text, "retain": bool}, as `make sim RECORD=FILE` writes them;
 - --broker HOST:PORT --ca FILE: subscribe (TLS, server verified) for --duration seconds;
-- neither: run the simulated node against a local Mosquitto as `make sim` does (tools/sim.py),
+- neither: run the simulated node against a local Mosquitto as `make sim` does (sim/host/run.py),
   for --duration seconds (default 60), in its own folder (.sim/plot/, unless --work).
 A live run is kept as DIR/recording.jsonl, so it can be plotted again with --recording.
 
@@ -31,9 +31,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hosttools import REPO
+from tools.hosttools import REPO
 
 DATA_KINDS = ("climate", "sound")
 CSV_COLUMNS = ("node", "boot", "seq", "ts", "iso_time", "kind", "temperature_c",
@@ -358,8 +356,8 @@ def _host_port(value):
 
 def record_broker(args, path):
     """Subscribe to args.topic for args.duration seconds, recording into path."""
-    from broker import Subscriber
-    from sim import Recorder
+    from sim.host.run import Recorder
+    from sim.net.broker import Subscriber
 
     host, port = _host_port(args.broker)
     if not args.ca:
@@ -395,7 +393,7 @@ def record_sim(args, path):
 
     Returns the simulator's exit code. Only its notes and summary are shown unless --verbose.
     """
-    import sim
+    from sim.host import run as sim
 
     class Console(sim.Console):
         def node(self, line):

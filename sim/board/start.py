@@ -1,0 +1,130 @@
+"""The simulated board's firmware: boot the flash folder (the working directory) like an ESP32.
+
+Usage: cd FLASH && micropython -X heapsize=HEAP <repo>/sim/board/start.py
+
+Runs boot.py then main.py as the ESP32 port does: in one `__main__` namespace, boot.py's errors
+printed and passed over, main.py's ending the run. Exit codes (from _simenv): 0 main.py
+returned, 1 main.py raised (traceback, then the reason as the last line), 2 a SIM_* variable is
+wrong, 3 the watchdog fired, 4 machine.reset(), 5 machine.soft_reset(), 130 Ctrl-C.
+"""
+
+import gc
+import sys
+import time
+
+gc.collect()
+_heap_at_start = gc.mem_alloc()
+
+# The board's module search path, with the simulated hardware modules in front of the unix
+# port's own machine module.
+_SIM_DIR = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+sys.path[:] = [_SIM_DIR, "", ".frozen", "lib"]
+sys.argv[:] = []
+
+import _simenv  # noqa: E402  (needs the path above)
+
+
+def _import_board():
+    """Import the simulated hardware modules; return the heap they take, in KB.
+
+    On the board these are built in or frozen and cost no heap; here they are ordinary
+    modules, and the banner says how much HEAP to add to leave the app the same room.
+    """
+    import _audio  # noqa: F401
+    import dht  # noqa: F401
+    import machine  # noqa: F401
+    import network  # noqa: F401
+
+    gc.collect()
+    return (gc.mem_alloc() - _heap_at_start + 1023) // 1024
+
+
+def _check_config():
+    """Read every SIM_* input now, so a wrong one stops the run before the app starts."""
+    import _audio
+    import dht
+    import machine
+    import network
+
+    _audio.spec()
+    dht.check()
+    machine.unique_id()
+    network._sim_rssi()
+    network._wifi_up()
+
+
+def _run(name, namespace):
+    try:
+        with open(name) as f:
+            source = f.read()
+    except OSError:
+        return False
+    namespace["__file__"] = name
+    exec(compile(source, name, "exec"), namespace)
+    return True
+
+
+def _watchdog_armed():
+    import machine
+
+    return machine._wdt[1] > 0
+
+
+def _exit_code(exc):
+    code = exc.args[0] if exc.args else None
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    _simenv.say(str(code))
+    return 1
+
+
+def main():
+    ver = ".".join(str(v) for v in sys.implementation.version[:3])
+    cause = _simenv.reset_cause()
+    _simenv.say("MicroPython %s simulated ESP32, flash=%s, reset cause %s; simulator modules use "
+                "%d KB of the heap" % (ver, _simenv.FLASH, _simenv.cause_name(cause),
+                                       _import_board()))
+    namespace = {"__name__": "__main__"}
+    try:
+        _check_config()
+        try:
+            _run("boot.py", namespace)
+        except Exception as e:  # noqa: BLE001
+            # The board prints boot.py's error and still runs main.py.
+            sys.print_exception(e, sys.stderr)
+        if not _run("main.py", namespace):
+            _simenv.say("no main.py in %s: the board would sit at the REPL" % _simenv.FLASH)
+            return _simenv.EXIT_EXCEPTION
+    except KeyboardInterrupt:
+        # The watchdog's interrupt, or Ctrl-C (quietly, as a shell user expects).
+        return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _simenv.EXIT_INTERRUPT
+    except SystemExit as e:
+        return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _exit_code(e)
+    except Exception as e:  # noqa: BLE001 - whatever main.py raised is reported below
+        if _simenv.wdt_fired[0]:
+            return _simenv.EXIT_WDT
+        sys.print_exception(e, sys.stderr)
+        if _watchdog_armed():
+            # At the REPL nothing feeds it: the board's next boot follows a watchdog reset.
+            _simenv.record_cause(_simenv.WDT_RESET)
+            _simenv.say("the armed watchdog would then reset the board: next reset cause "
+                        "WDT_RESET")
+        _simenv.say("main.py stopped: %s: %s" % (type(e).__name__, e))
+        return _simenv.EXIT_EXCEPTION
+    if _simenv.wdt_fired[0]:
+        return _simenv.EXIT_WDT
+    if _watchdog_armed():
+        _simenv.say("main.py returned with the watchdog running: waiting for it, as the board "
+                    "would at the REPL")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _simenv.EXIT_INTERRUPT
+    _simenv.say("main.py returned: the board would now sit at the REPL")
+    return 0
+
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""Throwaway TLS certificates for the simulator and the tests, made with the openssl CLI.
+
+Everything is EC P-256 with a short validity: a CA (PEM + DER, the DER is what MicroPython's ssl
+loads), a server certificate for `localhost` + 127.0.0.1 signed by it, and on request the two
+certificates a node must refuse: one from an impostor CA with the same names, and one from the
+right CA for the wrong host name.
+
+    python -m sim.net.pki DEST [--impostor] [--wrong-host] [--days N]
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOSTS = ("localhost",)
+DEFAULT_IPS = ("127.0.0.1",)
+WRONG_HOST = "wrong.invalid"
+DEFAULT_DAYS = 2
+
+
+class PkiError(RuntimeError):
+    """openssl is missing or one of its commands failed (the message carries its stderr)."""
+
+
+@dataclass
+class ServerCert:
+    cert: Path  # PEM, the leaf certificate
+    key: Path  # PEM, unencrypted
+    ca: Path  # PEM of the CA that signed it (what the broker's `cafile` names)
+
+
+@dataclass
+class Pki:
+    folder: Path
+    ca_pem: Path
+    ca_der: Path
+    ca_key: Path
+    server: ServerCert
+    impostor: ServerCert | None = None  # same names, signed by another CA
+    impostor_ca_der: Path | None = None
+    wrong_host: ServerCert | None = None  # right CA, name WRONG_HOST only
+
+
+def openssl_path():
+    found = shutil.which("openssl")
+    if not found:
+        raise PkiError("openssl not found in PATH: run `make deps` (installs it)")
+    return found
+
+
+def _run(*args, cwd=None):
+    cmd = [openssl_path(), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PkiError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _ec_key(path):
+    _run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path)
+    os.chmod(path, 0o600)
+
+
+def make_ca(folder, name="ca", cn="sim-node test CA", days=DEFAULT_DAYS):
+    """A self-signed CA: returns (pem, der, key) paths under folder."""
+    folder = Path(folder)
+    key, pem, der = folder / f"{name}.key", folder / f"{name}.pem", folder / f"{name}.der"
+    _ec_key(key)
+    _run(
+        "req", "-x509", "-new", "-key", key, "-out", pem, "-days", days, "-sha256",
+        "-subj", f"/CN={cn}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash",
+    )  # fmt: skip
+    _run("x509", "-in", pem, "-outform", "DER", "-out", der)
+    return pem, der, key
+
+
+def make_server_cert(folder, name, ca_pem, ca_key, hosts=DEFAULT_HOSTS, ips=DEFAULT_IPS,
+                     days=DEFAULT_DAYS):
+    """A server certificate for `hosts` and `ips` signed by the CA: returns a ServerCert."""
+    folder = Path(folder)
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    _ec_key(key)
+    san = ",".join([f"DNS:{h}" for h in hosts] + [f"IP:{i}" for i in ips])
+    cn = hosts[0] if hosts else ips[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        csr, ext = Path(tmp) / "server.csr", Path(tmp) / "ext.cnf"
+        ext.write_text(
+            f"subjectAltName={san}\n"
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n"
+            "authorityKeyIdentifier=keyid\n"
+        )
+        _run("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={cn}")
+        _run(
+            "x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-set_serial",
+            "0x" + os.urandom(8).hex(), "-days", days, "-sha256", "-extfile", ext,
+            "-out", cert,
+        )  # fmt: skip
+    return ServerCert(cert=cert, key=key, ca=Path(ca_pem))
+
+
+def make_pki(folder, impostor=False, wrong_host=False, hosts=DEFAULT_HOSTS, ips=DEFAULT_IPS,
+             days=DEFAULT_DAYS):
+    """Generate a fresh set into folder (created if needed; files of the same name replaced)."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_pem, ca_der, ca_key = make_ca(folder, "ca", days=days)
+    pki = Pki(
+        folder=folder, ca_pem=ca_pem, ca_der=ca_der, ca_key=ca_key,
+        server=make_server_cert(folder, "server", ca_pem, ca_key, hosts, ips, days),
+    )  # fmt: skip
+    if impostor:
+        i_pem, i_der, i_key = make_ca(folder, "impostor-ca", cn="sim-node test CA", days=days)
+        pki.impostor = make_server_cert(folder, "impostor-server", i_pem, i_key, hosts, ips, days)
+        pki.impostor_ca_der = i_der
+    if wrong_host:
+        pki.wrong_host = make_server_cert(
+            folder, "wrong-host-server", ca_pem, ca_key, (WRONG_HOST,), (), days
+        )
+    return pki
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dest", help="folder for the files (created)")
+    ap.add_argument("--impostor", action="store_true", help="also a server cert from another CA")
+    ap.add_argument("--wrong-host", action="store_true", help=f"also a cert for {WRONG_HOST}")
+    ap.add_argument("--days", type=int, default=DEFAULT_DAYS,
+                    help="validity in days (default %(default)s)")
+    args = ap.parse_args(argv)
+    try:
+        pki = make_pki(args.dest, impostor=args.impostor, wrong_host=args.wrong_host,
+                       days=args.days)
+    except PkiError as e:
+        print(f"pki: {e}", file=sys.stderr)
+        return 1
+    for p in sorted(pki.folder.iterdir()):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

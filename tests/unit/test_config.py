@@ -1,0 +1,201 @@
+"""config.json / secrets.json validation under the unix port: every bad value is named."""
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+GOOD = json.loads((REPO / "config.json").read_text())
+GOOD_SECRETS = {"wifi_ssid": "lab", "wifi_password": "pw", "mqtt_user": None,
+                "mqtt_password": None}
+
+# Run each case through the real module under MicroPython; print the error or "ok".
+_CHECK = """
+import json, sys
+from node import config
+cases = json.load(open(sys.argv[1]))
+for kind, raw in cases:
+    try:
+        (config.validate if kind == "config" else config.validate_secrets)(raw)
+        print(json.dumps("ok"))
+    except config.ConfigError as e:
+        print(json.dumps(str(e)))
+"""
+
+
+def with_change(path, value, base=GOOD):
+    cfg = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return cfg
+
+
+# (case, the key the message must name, words that must appear)
+BAD_CONFIG = [
+    (with_change("mqtt.port", "8883"), "mqtt.port", "an integer"),
+    (with_change("mqtt.port", 0), "mqtt.port", "1..65535"),
+    (with_change("mqtt.port", 70000), "mqtt.port", "1..65535"),
+    (with_change("mqtt.port", True), "mqtt.port", "an integer"),
+    (with_change("mqtt.host", KeyError), "mqtt.host", "missing"),
+    (with_change("mqtt.host", ""), "mqtt.host", "non-empty string"),
+    (with_change("mqtt.ca", 5), "mqtt.ca", "string"),
+    (with_change("mqtt.keepalive_s", 1), "mqtt.keepalive_s", "5..3600"),
+    (with_change("mqtt.colour", "red"), "mqtt.colour", "no such key"),
+    (with_change("mqtt", "broker"), "mqtt", "an object"),
+    (with_change("mqtt", KeyError), "mqtt", "an object"),
+    (with_change("dht.model", "DHT33"), "dht.model", '"DHT11", "DHT22"'),
+    (with_change("dht.pin", -1), "dht.pin", "0..48"),
+    (with_change("dht.interval_s", 0), "dht.interval_s", "1..3600"),
+    # DHT22 may not be read more than every 2 s
+    (with_change("dht.interval_s", 1, with_change("dht.model", "DHT22")), "dht.interval_s",
+     "2..3600"),
+    (with_change("dht.window", 0), "dht.window", "1..120"),
+    (with_change("dht.window", 2.5), "dht.window", "an integer"),
+    (with_change("audio.bits", 24), "audio.bits", "16, 32"),
+    (with_change("audio.rate_hz", 44100), "audio.rate_hz", "16000, 48000"),
+    (with_change("audio.frame_samples", 10), "audio.frame_samples", "64..4096"),
+    (with_change("audio.publish_interval_s", None), "audio.publish_interval_s", "an integer"),
+    (with_change("audio.mic_sensitivity_dbfs", "loud"), "audio.mic_sensitivity_dbfs",
+     "a number"),
+    (with_change("audio.sd", KeyError), "audio.sd", "missing"),
+    (with_change("node_id", "a/b"), "node_id", "letters, digits"),
+    (with_change("node_id", "#"), "node_id", "letters, digits"),
+    (with_change("node_id", "x" * 65), "node_id", "at most 64"),
+    (with_change("topic_prefix", "a/+/b"), "topic_prefix", "letters, digits"),
+    (with_change("topic_prefix", "a//b"), "topic_prefix", "non-empty"),
+    (with_change("watchdog_s", 1), "watchdog_s", "5..3600"),
+    (with_change("outbox_size", 1), "outbox_size", "4..2000"),
+    (with_change("wifi", "x"), "wifi", "no such key"),
+    ([1, 2], "(top level)", "an object"),
+    ("config", "(top level)", "an object"),
+]
+
+BAD_SECRETS = [
+    ({"wifi_password": "x"}, "wifi_ssid", "missing"),
+    ({"wifi_ssid": "lab"}, "wifi_password", "missing"),
+    ({**GOOD_SECRETS, "wifi_ssid": 5}, "wifi_ssid", "a string"),
+    ({**GOOD_SECRETS, "wifi_ssid": "s" * 33}, "wifi_ssid", "at most 32"),
+    ({**GOOD_SECRETS, "mqtt_user": "u"}, "mqtt_user/mqtt_password", "both"),
+    ({**GOOD_SECRETS, "mqtt_password": ["secret-value"]}, "mqtt_password", "a string"),
+    ({**GOOD_SECRETS, "token": "x"}, "token", "no such key"),
+    ("secrets", "(top level)", "an object"),
+]
+
+
+def run_cases(mpy, tmp_path, cases):
+    f = tmp_path / "cases.json"
+    f.write_text(json.dumps(cases))
+    out = mpy(_CHECK, f).stdout.splitlines()
+    return [json.loads(line) for line in out]
+
+
+def test_good_config_and_defaults(mpy, tmp_path):
+    minimal = copy.deepcopy(GOOD)
+    for key in ("watchdog_s", "telemetry_interval_s", "node_id", "topic_prefix"):
+        minimal.pop(key)
+    assert run_cases(mpy, tmp_path, [["config", GOOD], ["config", minimal],
+                                     ["secrets", GOOD_SECRETS]]) == ["ok", "ok", "ok"]
+
+
+@pytest.mark.parametrize("raw,key,words", BAD_CONFIG, ids=[c[1] for c in BAD_CONFIG])
+def test_bad_config_names_key(mpy, tmp_path, raw, key, words):
+    (msg,) = run_cases(mpy, tmp_path, [["config", raw]])
+    assert msg.startswith("config.json: %s: " % key), msg
+    assert words in msg, msg
+
+
+@pytest.mark.parametrize("raw,key,words", BAD_SECRETS, ids=[c[1] for c in BAD_SECRETS])
+def test_bad_secrets_name_key_not_value(mpy, tmp_path, raw, key, words):
+    (msg,) = run_cases(mpy, tmp_path, [["secrets", raw]])
+    assert msg.startswith("secrets.json: %s: " % key), msg
+    assert words in msg, msg
+    assert "secret-value" not in msg and '"pw"' not in msg
+
+
+_LOAD = """
+import sys
+from node import config
+try:
+    path = sys.argv[1]
+    cfg = config.resolve_paths(config.validate(config.read_json(path), path), path)
+    config.validate_secrets(config.read_json(sys.argv[2]), sys.argv[2])
+    print("ca", len(config.load_ca(cfg["mqtt"]["ca_path"])), cfg["mqtt"]["ca_path"])
+except config.ConfigError as e:
+    print("error", e)
+"""
+
+
+def _ca_der(tmp_path):
+    key = tmp_path / "k.pem"
+    pem = tmp_path / "ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", pem, "-days", "2", "-subj", "/CN=t"],
+        check=True, capture_output=True,
+    )
+    der = subprocess.run(["openssl", "x509", "-in", pem, "-outform", "DER"], check=True,
+                         capture_output=True).stdout
+    return pem, der
+
+
+@pytest.fixture
+def files(tmp_path):
+    d = tmp_path / "flash"
+    d.mkdir()
+    pem, der = _ca_der(tmp_path)
+    (d / "ca.der").write_bytes(der)
+    (d / "ca.pem").write_bytes(pem.read_bytes())
+    (d / "config.json").write_text(json.dumps(GOOD))
+    (d / "secrets.json").write_text(json.dumps(GOOD_SECRETS))
+    return d, der
+
+
+def load(mpy, d, config="config.json", secrets="secrets.json"):
+    return mpy(_LOAD, d / config, d / secrets).stdout.strip()
+
+
+def test_ca_relative_to_config_folder_der_and_pem(mpy, files):
+    d, der = files
+    assert load(mpy, d) == "ca %d %s/ca.der" % (len(der), d)
+    (d / "config.json").write_text(json.dumps(with_change("mqtt.ca", "ca.pem")))
+    assert load(mpy, d) == "ca %d %s/ca.pem" % (len(der), d)  # PEM decoded to the same DER
+
+
+@pytest.mark.parametrize("breakage,expected", [
+    (lambda d: (d / "config.json").unlink(), "config.json: cannot read the file"),
+    (lambda d: (d / "secrets.json").unlink(), "secrets.json: cannot read the file"),
+    (lambda d: (d / "config.json").write_text('{"mqtt": '), "config.json: not valid JSON"),
+    (lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00"), "config.json: not valid JSON"),
+    (lambda d: (d / "secrets.json").write_text(""), "secrets.json: not valid JSON"),
+    (lambda d: (d / "ca.der").unlink(), "mqtt.ca: cannot read the CA file"),
+    (lambda d: (d / "ca.der").write_text("hello"), "mqtt.ca: " ),
+    (lambda d: (d / "ca.der").write_text("-----BEGIN CERTIFICATE-----\n!!\n"
+                                         "-----END CERTIFICATE-----\n"), "mqtt.ca: "),
+])
+def test_bad_files_give_clear_errors(mpy, files, breakage, expected):
+    d, _ = files
+    breakage(d)
+    out = load(mpy, d)
+    assert out.startswith("error "), out
+    assert expected in out, out
+
+
+def test_config_module_is_pure_python(tmp_path):
+    """The same validator runs on CPython (differential check of the good config)."""
+    from node import config  # lib/ is on pytest's pythonpath (pyproject.toml)
+
+    cfg = config.validate(GOOD)
+    assert cfg["mqtt"]["server_hostname"] == GOOD["mqtt"]["host"]
+    with pytest.raises(config.ConfigError, match=r"mqtt\.port"):
+        config.validate(with_change("mqtt.port", "x"))
+    assert Path(config.__file__).parent.name == "node"

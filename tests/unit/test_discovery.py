@@ -1,0 +1,295 @@
+"""Home Assistant MQTT discovery (lib/node/discovery.py): every config message, made under the unix
+port, checked against HA's rules and against the payloads the node really publishes; CPython
+must make the same messages."""
+
+import ast
+import json
+import re
+
+import pytest
+
+from tests.conftest import REPO
+
+# HA's rules, from homeassistant/components/sensor/const.py (DEVICE_CLASS_UNITS and
+# DEVICE_CLASS_STATE_CLASSES) for the device classes used here, and the MQTT sensor's options.
+UNITS = {
+    "temperature": {"°C", "°F", "K"},
+    "humidity": {"%"},
+    "sound_pressure": {"dB", "dBA"},
+    "signal_strength": {"dB", "dBm"},
+    "duration": {"d", "h", "min", "s", "ms"},
+}
+STATE_CLASSES_OF = {
+    "temperature": {"measurement"},
+    "humidity": {"measurement"},
+    "sound_pressure": {"measurement"},
+    "signal_strength": {"measurement"},
+    "duration": {"measurement", "total", "total_increasing"},
+}
+STATE_CLASSES = {"measurement", "total", "total_increasing"}
+REQUIRED = {
+    "name", "unique_id", "default_entity_id", "state_topic", "value_template",
+    "unit_of_measurement", "state_class", "expire_after", "availability_topic",
+    "payload_available", "payload_not_available", "device",
+}
+KNOWN = REQUIRED | {"device_class", "entity_category"}
+DEVICE_KEYS = {"identifiers", "name", "model", "manufacturer", "sw_version"}
+ID = "[a-zA-Z0-9_-]+"
+TEMPLATE = re.compile(r"^\{\{ value_json\.([a-z_]+) \}\}$")
+
+VARIANTS = {
+    # name: (discovery prefix, topic prefix, node id, dba)
+    "default": ("homeassistant", "nodes", "240ac45e1a70", True),
+    "no_dba": ("homeassistant", "nodes", "240ac45e1a70", False),
+    "custom": ("ha-test", "home/lab", "Kitchen_node-2", True),
+}
+EXPIRE_S = {"climate": 31, "sound": 32, "telemetry": 183}
+MODEL, MAKER, VERSION = "ESP32 DHT22 \"INMP441\"", "DIY", "0.1.0"
+
+_MAKE = """
+import json, sys
+from node.discovery import messages
+from node.payload import Topics
+
+with open(sys.argv[1]) as f:
+    variants, expire, model, maker, version = json.load(f)
+out = {}
+for name, (prefix, topic_prefix, node, dba) in variants.items():
+    out[name] = [
+        [topic, payload.decode()]
+        for topic, payload in messages(prefix, node, Topics(topic_prefix, node), version, model,
+                                       maker, dba, expire["climate"], expire["sound"],
+                                       expire["telemetry"])
+    ]
+print(json.dumps(out))
+"""
+
+# What the tasks really publish: the sound task with a calibrated and an uncalibrated meter, the
+# climate task with a sensor that answers, both into an outbox stand-in that keeps the fields.
+_REAL = """
+import asyncio, json
+from node import payload
+from node.climate import Climate
+from node.dsp import LevelMeter
+from node.sound import Sound
+
+class Box:
+    def add(self, topic, fields):
+        self.body = payload.reading(3, 1, 1700000000, payload.fields(fields)).decode()
+        return 1
+
+class Dht:
+    def measure(self):
+        pass
+    def temperature(self):
+        return 21.5
+    def humidity(self):
+        return 40.2
+
+def sound(sensitivity):
+    box = Box()
+    audio = {"bits": 16, "rate_hz": 16000, "frame_samples": 256, "publish_interval_s": 10}
+    s = Sound(i2s=None, meter=LevelMeter(16, 16000, sensitivity), settings=audio, outbox=box,
+              topic=b"t", beat=lambda: None, ring_samples=4000)
+    frame = bytearray(512)
+    for i in range(0, 512, 4):
+        frame[i + 1] = 0x20  # a square wave
+    s._meter.add(frame, 512)
+    s._publish()
+    return box.body
+
+async def climate():
+    box = Box()
+    c = Climate(sensor=Dht(), settings={"model": "DHT22", "interval_s": 5, "window": 5},
+                outbox=box, topic=b"t", beat=lambda: None)
+    try:
+        await asyncio.wait_for_ms(c.run(), 300)
+    except asyncio.TimeoutError:
+        pass
+    return box.body
+
+print(json.dumps({"climate": asyncio.run(climate()), "sound": sound(-26),
+                  "sound_uncalibrated": sound(None)}))
+"""
+
+
+def telemetry_keys():
+    """The keys of the telemetry body node.telemetry builds (its tuple of (key, value) pairs
+    with uptime_s)."""
+    tree = ast.parse((REPO / "lib" / "node" / "telemetry.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Tuple):
+            keys = {pair.elts[0].value for pair in node.elts
+                    if isinstance(pair, ast.Tuple) and isinstance(pair.elts[0], ast.Constant)}
+            if "uptime_s" in keys:
+                return keys
+    raise AssertionError("node/telemetry.py builds no telemetry pairs with uptime_s")
+
+
+@pytest.fixture(scope="module")
+def made(mpy, tmp_path_factory):
+    # In a file: this unix port dies ("FATAL: uncaught NLR") on a command-line argument of 256
+    # characters or more.
+    args = tmp_path_factory.mktemp("discovery") / "args.json"
+    args.write_text(json.dumps([VARIANTS, EXPIRE_S, MODEL, MAKER, VERSION]))
+    return json.loads(mpy(_MAKE, args).stdout)
+
+
+@pytest.fixture(scope="module")
+def real(mpy):
+    out = json.loads(mpy(_REAL).stdout.splitlines()[-1])  # after the tasks' log lines
+    return {
+        "climate": json.loads(out["climate"]),
+        "sound": json.loads(out["sound"]),
+        "sound_uncalibrated": json.loads(out["sound_uncalibrated"]),
+    }
+
+
+def configs(made, variant):
+    return [(t, json.loads(p)) for t, p in made[variant] if p]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_each_config_follows_home_assistant_rules(made, variant):
+    prefix, topic_prefix, node, dba = VARIANTS[variant]
+    topic_re = re.compile("^%s/sensor/(%s)/(%s)/config$" % (re.escape(prefix), ID, ID))
+    base = topic_prefix + "/" + node + "/"
+    unique_ids = set()
+    for topic, cfg in configs(made, variant):
+        m = topic_re.match(topic)
+        assert m and m.group(1) == node, topic
+        object_id = m.group(2)
+        assert REQUIRED <= cfg.keys() <= KNOWN, (topic, cfg.keys())
+        assert cfg["unique_id"] == node + "_" + object_id
+        assert re.fullmatch(ID, object_id) and re.fullmatch(ID, cfg["unique_id"])
+        assert cfg["default_entity_id"] == "sensor." + cfg["unique_id"]
+        unique_ids.add(cfg["unique_id"])
+
+        device_class = cfg.get("device_class")
+        unit = cfg.get("unit_of_measurement")
+        assert cfg["state_class"] in STATE_CLASSES  # all numeric: HA keeps statistics
+        if device_class is not None:
+            assert unit in UNITS[device_class], (device_class, unit)
+            assert cfg["state_class"] in STATE_CLASSES_OF[device_class]
+        assert cfg.get("entity_category", "diagnostic") == "diagnostic"  # sensors: never config
+
+        assert cfg["availability_topic"] == base + "status"
+        assert (cfg["payload_available"], cfg["payload_not_available"]) == ("online", "offline")
+        kind = cfg["state_topic"][len(base):]
+        assert cfg["state_topic"].startswith(base) and kind in EXPIRE_S, cfg["state_topic"]
+        assert cfg["expire_after"] == EXPIRE_S[kind]
+        assert TEMPLATE.match(cfg["value_template"]), cfg["value_template"]
+
+        dev = cfg["device"]
+        assert dev.keys() == DEVICE_KEYS
+        assert dev == {"identifiers": [node], "name": node, "model": MODEL,
+                       "manufacturer": MAKER, "sw_version": VERSION}
+    assert len(unique_ids) == len(configs(made, variant)) == (6 if dba else 5)
+
+
+def test_the_sensors_and_what_they_read(made):
+    by_object = {t.split("/")[-2]: c for t, c in configs(made, "default")}
+    want = {
+        # object id: (state topic kind, field, device_class, unit, state_class, diagnostic)
+        "temperature": ("climate", "temperature", "temperature", "°C", "measurement", False),
+        "humidity": ("climate", "humidity", "humidity", "%", "measurement", False),
+        "sound_rms": ("sound", "rms_dbfs", None, "dBFS", "measurement", False),
+        "sound_laeq": ("sound", "laeq_dba", "sound_pressure", "dBA", "measurement", False),
+        "rssi": ("telemetry", "rssi", "signal_strength", "dBm", "measurement", True),
+        "uptime": ("telemetry", "uptime_s", "duration", "s", "total_increasing", True),
+    }
+    assert by_object.keys() == want.keys()
+    for object_id, (kind, field, device_class, unit, state_class, diagnostic) in want.items():
+        cfg = by_object[object_id]
+        assert cfg["state_topic"].endswith("/" + kind)
+        assert TEMPLATE.match(cfg["value_template"]).group(1) == field
+        assert cfg.get("device_class") == device_class
+        assert cfg["unit_of_measurement"] == unit
+        assert cfg["state_class"] == state_class
+        assert ("entity_category" in cfg) == diagnostic
+
+
+def test_templates_read_fields_the_node_publishes(made, real):
+    published = {
+        "climate": real["climate"],
+        "sound": real["sound"],
+        "telemetry": dict.fromkeys(telemetry_keys(), 0),
+    }
+    assert real["climate"]["temperature"] == 21.5 and real["climate"]["humidity"] == 40.2
+    for variant in VARIANTS:
+        base = "/".join(VARIANTS[variant][1:3]) + "/"
+        for topic, cfg in configs(made, variant):
+            body = published[cfg["state_topic"][len(base):]]
+            field = TEMPLATE.match(cfg["value_template"]).group(1)
+            assert field in body, (topic, field, sorted(body))
+            assert isinstance(body[field], (int, float)), (field, body[field])
+
+
+def test_without_dba_the_dba_sensor_is_deleted(made, real):
+    # The uncalibrated microphone's payload has no laeq_dba; its config topic gets an empty
+    # retained payload, which deletes an old config (HA drops the entity) and is harmless when
+    # there was none.
+    assert "laeq_dba" not in real["sound_uncalibrated"] and "laeq_dba" in real["sound"]
+    with_dba = [t for t, _ in made["default"]]
+    without = made["no_dba"]
+    assert [t for t, _ in without] == with_dba  # the same topics, always
+    empty = [t for t, p in without if not p]
+    assert empty == ["homeassistant/sensor/240ac45e1a70/sound_laeq/config"]
+
+
+def test_compact_and_small(made):
+    for topic, payload in made["default"] + made["custom"]:
+        if payload:
+            assert ", " not in payload and '": ' not in payload, payload
+            # a 12-character node id (the default, the chip id in hex) keeps each one small
+            assert len(payload.encode()) < 600, (topic, len(payload.encode()))
+
+
+def test_cpython_makes_the_same_messages(made):
+    from node.discovery import messages  # lib/ is on pytest's pythonpath (pyproject.toml)
+    from node.payload import Topics
+
+    for name, (prefix, topic_prefix, node, dba) in VARIANTS.items():
+        ours = [
+            (t, json.loads(p) if p else None)
+            for t, p in messages(prefix, node, Topics(topic_prefix, node), VERSION, MODEL, MAKER,
+                                 dba, EXPIRE_S["climate"], EXPIRE_S["sound"],
+                                 EXPIRE_S["telemetry"])
+        ]
+        theirs = [(t, json.loads(p) if p else None) for t, p in made[name]]
+        assert ours == theirs, name
+
+
+def test_one_message_at_a_time_keeps_the_heap_low(mpy):
+    # Live heap while the messages are published one after the other (a generator), against
+    # holding them all (a list). Sizes are the unix port's (64-bit): the ESP32's are smaller.
+    out = mpy("""
+import gc
+from node.discovery import messages
+from node.payload import Topics
+
+topics = Topics("nodes", "240ac45e1a70")
+def make():
+    return messages("homeassistant", "240ac45e1a70", topics, "0.1.0", "ESP32", "DIY", True,
+                    30, 30, 180)
+
+def one_at_a_time():
+    gc.collect()
+    base = gc.mem_alloc()
+    peak = 0
+    for topic, payload in make():
+        gc.collect()
+        peak = max(peak, gc.mem_alloc() - base)
+    return peak
+
+def all_at_once():
+    gc.collect()
+    base = gc.mem_alloc()
+    held = list(make())
+    gc.collect()
+    return gc.mem_alloc() - base
+
+print(one_at_a_time(), all_at_once())
+""").stdout.split()
+    peak, held = map(int, out)
+    assert peak < 2500 and peak < held * 0.6, (peak, held)

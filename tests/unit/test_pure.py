@@ -1,0 +1,235 @@
+"""Pure modules (filters, outbox, payload) under the unix port, checked against CPython/numpy."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+_MOVING_AVERAGE = """
+import json, sys
+from node.filters import MovingAverage
+window, samples = json.load(open(sys.argv[1]))
+f = MovingAverage(window)
+out = []
+for s in samples:
+    f.push(s)
+    out.append(f.mean())
+print(json.dumps(out))
+"""
+
+
+def test_moving_average_matches_numpy(mpy, tmp_path):
+    rng = random.Random(7)
+    for window in (1, 5, 60):
+        samples = [rng.randint(-400, 800) for _ in range(500)]
+        f = tmp_path / "in.json"
+        f.write_text(json.dumps([window, samples]))
+        got = json.loads(mpy(_MOVING_AVERAGE, f).stdout)
+        x = np.array(samples, dtype=np.float64)
+        for i, value in enumerate(got):
+            ref = x[max(0, i - window + 1) : i + 1].mean()
+            assert abs(value - ref) < 1e-9, (window, i, value, ref)
+
+
+def test_moving_average_empty_and_bad_window(mpy):
+    out = mpy("""
+from node.filters import MovingAverage
+f = MovingAverage(3)
+try:
+    f.mean()
+except ValueError as e:
+    print("empty:", e)
+try:
+    MovingAverage(0)
+except ValueError as e:
+    print("window:", e)
+""").stdout
+    assert "empty: no samples" in out and "window: window must be >= 1" in out
+
+
+def test_moving_average_allocates_nothing_per_sample(mpy):
+    out = mpy("""
+import micropython
+from node.filters import MovingAverage
+f = MovingAverage(8)
+for s in range(16):
+    f.push(s)
+micropython.heap_lock()
+for s in range(1000):
+    f.push(s % 500)
+micropython.heap_unlock()
+print("ok", len(f))
+""").stdout
+    assert out.strip() == "ok 8"
+
+
+_OUTBOX = """
+import json
+from node.outbox import Outbox
+now = [0]
+box = Outbox(4, 7, lambda: now[0], lambda: 0)
+for i in range(6):
+    now[0] = 1700000000 + i                   # the outbox stamps each reading as it is added
+    box.add(b"t/climate", (("temperature", 20 + i),))
+now[0] = 1800000000
+print(json.dumps([box.taken, box.dropped, len(box)]))
+seq, topic, body = box.send_next()
+print(json.dumps([seq, topic.decode(), json.loads(body)]))
+box.pop(seq)
+box.pop(seq)          # a repeated acknowledgement pops nothing more
+box.pop(999)          # nor does one for a reading that is not the oldest
+print(json.dumps([box.delivered, len(box), box.send_next()[0]]))
+"""
+
+
+def test_outbox_drops_oldest_and_numbers_readings(mpy):
+    lines = mpy(_OUTBOX).stdout.splitlines()
+    assert json.loads(lines[0]) == [6, 2, 4]
+    seq, topic, body = json.loads(lines[1])
+    assert (seq, topic) == (3, "t/climate")
+    assert body == {"boot": 7, "seq": 3, "ts": 1700000002, "temperature": 22}
+    assert json.loads(lines[2]) == [1, 3, 4]
+
+
+def test_outbox_same_on_cpython():
+    from node.outbox import Outbox  # lib/ is on pytest's pythonpath (pyproject.toml)
+
+    box = Outbox(4, 7, lambda: 1800000000, lambda: 0)
+    for i in range(6):
+        box.add(b"t/climate", (("temperature", 20 + i),))
+    seq, _, body = box.send_next()
+    assert (box.taken, box.dropped, len(box), seq) == (6, 2, 4, 3)
+    assert json.loads(body) == {"boot": 7, "seq": 3, "ts": 1800000000, "temperature": 22}
+
+
+def test_a_full_outbox_never_evicts_the_reading_in_flight(mpy):
+    """It will reach the broker: dropping it would count a delivered reading as lost."""
+    out = mpy("""
+from node.outbox import Outbox
+box = Outbox(4, 1, lambda: 1800000000, lambda: 0)
+for i in range(4):
+    box.add(b"t", (("n", i),))
+seq = box.send_next()[0]                 # seq 1 goes out...
+for i in range(3):
+    box.add(b"t", (("n", i),))           # ...while 3 more arrive: 2, 3, 4 are dropped
+box.pop(seq)                             # 1's PUBACK
+order = []
+while len(box):
+    s = box.send_next()[0]
+    order.append(s)
+    box.pop(s)
+print(box.dropped, box.delivered, order)
+""").stdout.strip()
+    assert out == "3 4 [5, 6, 7]"  # taken 7 = delivered 4 (1, 5, 6, 7) + dropped 3
+
+
+def test_readings_taken_before_the_clock_is_set_are_corrected_or_marked(mpy):
+    out = mpy("""
+from node.outbox import Outbox
+now = [None]   # Unix time: unknown until "NTP" answers
+up = [5000]    # uptime in ms
+box = Outbox(8, 1, lambda: now[0], lambda: up[0])
+box.add(b"t", (("temperature", 20.5),))           # taken at uptime 5 s, time unknown
+up[0] = 65000
+print(box.send_next()[2].decode())                  # still unknown when sent: marked null
+box.add(b"t", (("temperature", 21.0),))           # taken at uptime 65 s
+now[0] = 1800000000                                 # the clock is set at uptime 95 s...
+up[0] = 95000
+seq, _, body = box.send_next()
+print(body.decode())                                # ...so the first was taken 90 s before
+now[0] = 1800000100                                 # a resend 100 s later...
+up[0] = 195000
+print(box.send_next()[2].decode())                  # ...keeps the ts worked back first
+box.pop(seq)
+print(box.send_next()[2].decode())                  # and the second was taken 30 s before
+now[0] = 1800000001
+box.add(b"t", (("temperature", 21.5),))
+now[0] = 1800000500
+box.pop(2)
+print(box.send_next()[2].decode())                  # a reading stamped when taken keeps it
+""").stdout.splitlines()
+    assert out == [
+        '{"boot":1,"seq":1,"ts":null,"temperature":20.50}',
+        '{"boot":1,"seq":1,"ts":1799999910,"temperature":20.50}',
+        '{"boot":1,"seq":1,"ts":1799999910,"temperature":20.50}',
+        '{"boot":1,"seq":2,"ts":1799999970,"temperature":21.00}',
+
+        '{"boot":1,"seq":3,"ts":1800000001,"temperature":21.50}',
+    ]
+
+
+def test_lag_probe_percentiles(mpy):
+    out = mpy("""
+import json
+from node.lagprobe import LagProbe
+p = LagProbe()
+for lag in [0] * 90 + [3] * 8 + [40, 730]:
+    p.record(lag)
+print(json.dumps(p.summary()))
+print(json.dumps(p.summary()))
+""").stdout.splitlines()
+    assert json.loads(out[0]) == {"p50_ms": 0, "p99_ms": 40, "max_ms": 730}
+    assert json.loads(out[1]) == {"p50_ms": 0, "p99_ms": 0, "max_ms": 0}
+
+
+def test_reading_payload_exact_bytes(mpy):
+    out = mpy("""
+from node import payload
+print(payload.reading(3, 41, 1795440000, payload.fields((
+    ("rms_dbfs", -9.03), ("peak_dbfs", -6.0205), ("bad", float("nan")), ("inf", float("-inf")),
+    ("n", 7), ("s", 'a"b')))).decode())
+""").stdout.strip()
+    assert out == ('{"boot":3,"seq":41,"ts":1795440000,"rms_dbfs":-9.03,"peak_dbfs":-6.02,'
+                   '"bad":null,"inf":null,"n":7,"s":"a\\"b"}')
+    assert json.loads(out)["rms_dbfs"] == -9.03
+
+
+def test_boot_counter_survives_a_damaged_file(mpy, tmp_path):
+    """boot.json is read at every boot: damage restarts the count, it never stops the boot."""
+    out = mpy("""
+from node import bootcount
+print(bootcount.read("boot.json"), bootcount.increment("boot.json"),
+      bootcount.increment("boot.json"))
+for junk in ('{"boot": -4}', '{"boot": "7", "unstable": true}', '[1]', '{', '\\xff\\xfe', '',
+             '{"boot": 1e999}'):
+    open("boot.json", "w").write(junk)
+    print(bootcount.read("boot.json"), bootcount.increment("boot.json"))
+open("boot.json", "wb").write(b"\\xff\\xfe{")
+print(bootcount.read("boot.json"), bootcount.increment("boot.json"))
+""", cwd=tmp_path).stdout.split("\n")
+    assert out[0] == "0 (1, 1) (2, 2)"
+    assert out[1:9] == ["0 (1, 1)"] * 8
+
+
+def test_boot_loop_count_is_cleared_by_a_stable_run(mpy, tmp_path):
+    out = mpy("""
+import json
+from node import bootcount
+for _ in range(3):
+    bootcount.increment("boot.json")
+state = json.load(open("boot.json"))
+print(bootcount.read("boot.json"), state["unstable"])
+bootcount.mark_stable("boot.json")
+state = json.load(open("boot.json"))
+print(bootcount.read("boot.json"), state["unstable"])
+print(bootcount.increment("boot.json"))
+""", cwd=tmp_path).stdout.split()
+    assert out == ["3", "3", "3", "0", "(4,", "1)"]
+
+
+@pytest.mark.parametrize("config, expected", [
+    (None, 5),  # no config.json: the protection stays on
+    ('{"safe_mode_boots": 3}', 3),
+    ('{"safe_mode_boots": 1}', 5),  # one crash is not a loop: below the minimum, the default
+    ('{"safe_mode_boots": true}', 5),
+    ('{"safe_mode_boots": "9"}', 5),
+    ('[3]', 5),
+    ('{"safe_mode_boots": 3', 5),  # an invalid config must not switch the protection off
+])
+def test_safe_mode_limit_comes_from_config_or_the_default(mpy, tmp_path, config, expected):
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    out = mpy("from node import bootcount\nprint(bootcount.safe_mode_boots('config.json'))",
+              cwd=tmp_path).stdout.strip()
+    assert out == str(expected)
