@@ -34,6 +34,7 @@ _BACKOFF_UNREACHABLE_MAX_MS = const(4000)
 # make the node reconnect, and flap its status online/offline, once a second.
 _STABLE_SESSION_MS = const(30000)
 _CLOCK_POLL_MS = const(500)
+_PACKETS_PER_PASS = const(4)
 # Topics whose oversized messages were logged: each is named once, and a flood of new topics
 # cannot grow the set without bound.
 _OVERSIZED_TOPICS_LOGGED = const(8)
@@ -197,7 +198,13 @@ class Publisher:
         while True:
             self._beat()
             now = ticks_ms()
-            while client.readable():
+            # A bounded number of packets per pass: a flood from the broker (a thousand
+            # commands) must not hold the loop; the rest wait for the next pass, at once.
+            backlog = False
+            for _ in range(_PACKETS_PER_PASS):
+                backlog = client.readable()
+                if not backlog:
+                    break
                 if client.check_msg() is not None and self._answered_ms is None:
                     self._answered_ms = now  # a well-formed packet: the broker is healthy
                 last_rx_ms = now = ticks_ms()
@@ -231,7 +238,7 @@ class Publisher:
                   or time.ticks_diff(now, last_rx_ms) >= half_keepalive_ms):
                 client.ping()
                 ping_ms = last_tx_ms = now
-            await self._clock.sleep_ms(_POLL_MS)
+            await self._clock.sleep_ms(0 if backlog else _POLL_MS)
 
     def publish_now(self, topic, body, retain=False):
         """Best-effort QoS 0 (telemetry): dropped when offline, never queued ahead of readings."""

@@ -382,7 +382,9 @@ def seq_report(payloads):
     """Per boot, whether `seq` ran without a gap over the data messages (climate + sound).
 
     payloads: parsed JSON dicts with "boot" and "seq", in arrival order. Returns
-    {boot: {"count", "first", "last", "missing": [...], "duplicates": [...], "out_of_order"}}.
+    {boot: {"count", "first", "last", "missing": [...], "duplicates": [...], "copies",
+    "out_of_order"}}: `duplicates` are the seqs that arrived more than once, `copies` how many
+    messages were such extra copies (one reading resent 43 times is 1 seq, 43 copies).
     A gap before the first seq seen is not counted (the subscriber may have joined late).
     """
     report = {}
@@ -398,6 +400,7 @@ def seq_report(payloads):
             count=len(seqs), first=uniq[0], last=uniq[-1],
             missing=sorted(set(range(uniq[0], uniq[-1] + 1)) - set(uniq)),
             duplicates=sorted(s for s, n in Counter(seqs).items() if n > 1),
+            copies=len(seqs) - len(uniq),
         )  # fmt: skip
     return report
 
@@ -406,7 +409,8 @@ def format_seq_report(report):
     lines = []
     for boot, r in sorted(report.items()):
         state = "no gap" if not r["missing"] else f"MISSING {_ranges(r['missing'])}"
-        extra = f", duplicates {_ranges(r['duplicates'])}" if r["duplicates"] else ""
+        extra = (f", {r['copies']} duplicate copies (of seq {_ranges(r['duplicates'])})"
+                 if r["duplicates"] else "")
         extra += f", {r['out_of_order']} out of order" if r["out_of_order"] else ""
         lines.append(f"boot {boot}: {r['count']} data messages, seq {r['first']}..{r['last']}, "
                      f"{state}{extra}")
