@@ -41,10 +41,10 @@ $(STAMP): requirements.txt
 	touch $@
 
 # Third-party MicroPython code comes from PyPI at build time, checked against pinned hashes.
-lib/umqtt/simple.py lib/umqtt/robust.py &: tools/fetch_umqtt.py | $(STAMP)
+lib/umqtt/simple.py: tools/fetch_umqtt.py | $(STAMP)
 	$(PY) tools/fetch_umqtt.py lib/umqtt
 
-lib: lib/umqtt/simple.py lib/umqtt/robust.py
+lib: lib/umqtt/simple.py
 
 deps: $(STAMP) lib
 	@tools/apt-install.sh mosquitto openssl

@@ -16,6 +16,7 @@
 include("$(PORT_DIR)/boards/manifest.py")
 
 # The app's package and the MQTT client, from the same sources `make bundle` compiles. Run
-# `make lib` first: lib/umqtt comes from PyPI and is not in git.
+# `make lib` first: lib/umqtt comes from PyPI and is not in git. Only umqtt.simple: the node
+# does not use umqtt.robust (docs/ARCHITECTURE.md), so it is not frozen either.
 package("node", base_path="../lib")
-package("umqtt", base_path="../lib")
+package("umqtt", files=["__init__.py", "simple.py"], base_path="../lib")

@@ -1,7 +1,9 @@
-"""Install umqtt.simple and umqtt.robust into lib/umqtt from their PyPI sdists.
+"""Install umqtt.simple into lib/umqtt from its PyPI sdist.
 
-The sdists have no setup.py that pip could build (simple 1.3.4 ships bare sources), so we fetch the
-pinned files from PyPI's JSON API, check their SHA-256 and copy the modules out unchanged.
+The sdist has no setup.py that pip could build (simple 1.3.4 ships bare sources), so we fetch the
+pinned file from PyPI's JSON API, check its SHA-256 and copy the module out unchanged. umqtt.robust
+is not installed: the node does its own reconnecting (docs/ARCHITECTURE.md), and a module left in
+lib/umqtt from an earlier install is removed, so it is neither bundled nor frozen.
 """
 
 import hashlib
@@ -18,11 +20,6 @@ PACKAGES = {
         "1.3.4",
         "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f",
         "umqtt/simple.py",
-    ),
-    "micropython-umqtt.robust": (
-        "1.0",
-        "22a1b8c8e1128281efb13b3020927d07e33c5b747869da2cd77d37983a9ea002",
-        "umqtt/robust.py",
     ),
 }
 PYPI_JSON = "https://pypi.org/pypi/{name}/json"
@@ -45,6 +42,11 @@ def fetch_sdist(name, version, sha256):
 def main(dest):
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    installed = {"__init__.py"} | {Path(member).name for _, _, member in PACKAGES.values()}
+    for old in sorted(dest.glob("*.py")):
+        if old.name not in installed:
+            old.unlink()
+            print(f"lib: removed {old} (no longer installed)")
     for name, (version, sha256, member) in PACKAGES.items():
         data = fetch_sdist(name, version, sha256)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:

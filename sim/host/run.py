@@ -4,7 +4,9 @@
                            [--dht CSV] [--heap 64k] [--app DIR] [--record FILE]
 
 Without --config a local Mosquitto is started on loopback with freshly generated certificates
-(everything under .sim/), and the node gets a config derived from config.json that points at it.
+(everything under .sim/), on port 8883 unless that is taken, and the node gets a config derived
+from config.json that points at it; the host, port and CA file to watch it with (MQTT Explorer,
+mosquitto_sub) are printed first.
 With --config the node uses exactly that file (its broker, CA and credentials) and no broker is
 started; the subscriber then tries the same broker and is skipped if it cannot connect.
 Runs until Ctrl-C or --duration seconds, then stops everything and prints a summary. Exits
@@ -19,8 +21,10 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -39,10 +43,13 @@ from sim.host.simnode import (
     sim_secrets,
     write_json,
 )
-from sim.net.broker import BrokerError, Mosquitto, Subscriber
+from sim.net.broker import HOST, BrokerError, Mosquitto, Subscriber
 from sim.net.pki import PkiError, make_pki
 
 WORK = REPO / ".sim"
+# The local broker's port when it is free: MQTT over TLS's own, so a client's default works and a
+# person can keep one connection set up in MQTT Explorer across runs.
+SIM_PORT = 8883
 # Exit codes of the simulated board that stand for a reboot (docs/ARCHITECTURE.md): the runner
 # starts the node again, as the chip would, unless it keeps doing so.
 REBOOT_CODES = {3: "the watchdog fired", 4: "machine.reset()", 5: "machine.soft_reset()"}
@@ -208,18 +215,13 @@ class Run:
             pki = make_pki(self.work / "pki")
         except PkiError as e:
             raise Fatal(f"cannot make certificates: {e}") from None
-        self.broker = Mosquitto(self.work / "broker", certfile=pki.server.cert,
-                                keyfile=pki.server.key, cafile=pki.ca_pem)
-        try:
-            self.broker.start()
-        except BrokerError as e:
-            raise Fatal(str(e)) from None
-        self.console.note(f"mosquitto with TLS on {self.broker.host}:{self.broker.port} "
-                          f"(log: {_shown(self.broker.log_path)})")
+        self.broker = self._start_broker(pki)
         cfg_dir = self.work / "config"
         cfg_dir.mkdir(exist_ok=True)
         shutil.copy2(pki.ca_der, cfg_dir / "ca.der")
-        config_path = write_json(cfg_dir / "config.json", sim_config(self.broker.port, "ca.der"))
+        cfg = sim_config(self.broker.port, "ca.der")
+        config_path = write_json(cfg_dir / "config.json", cfg)
+        self._how_to_watch(pki.ca_pem, f"{cfg.get('topic_prefix') or 'nodes'}/#")
         if self.args.secrets:
             secrets_path = Path(self.args.secrets).resolve()
             if not secrets_path.is_file():
@@ -227,6 +229,37 @@ class Run:
         else:
             secrets_path = write_json(cfg_dir / "secrets.json", sim_secrets())
         return config_path, secrets_path
+
+    def _start_broker(self, pki):
+        """Mosquitto on SIM_PORT if that is free, else on a random free port (and says so)."""
+        port = SIM_PORT if _port_free(HOST, SIM_PORT) else None
+        for attempt in (port, None) if port else (None,):
+            broker = Mosquitto(self.work / "broker", certfile=pki.server.cert,
+                               keyfile=pki.server.key, cafile=pki.ca_pem, port=attempt)
+            try:
+                broker.start()
+                break
+            except BrokerError as e:
+                if attempt is None:
+                    raise Fatal(str(e)) from None
+        if broker.port != SIM_PORT:
+            self.console.note(f"port {SIM_PORT} is taken: the broker listens on {broker.port} "
+                              "instead (this run only)")
+        self.console.note(f"mosquitto with TLS on {broker.host}:{broker.port} "
+                          f"(log: {_shown(broker.log_path)})")
+        return broker
+
+    def _how_to_watch(self, ca_pem, topic):
+        """Tell the person at the console how to connect their own MQTT client to the broker."""
+        b = self.broker
+        ca = Path(ca_pem).resolve()
+        note = self.console.note
+        note("to watch with MQTT Explorer or mosquitto_sub, connect to:")
+        note(f"  host {b.host}  port {b.port}  TLS with CA file {ca}")
+        note("  (no user name or password; the certificates, for localhost and 127.0.0.1, are new "
+             "every run)")
+        note(f"  mosquitto_sub -h {b.host} -p {b.port} --cafile {shlex.quote(str(ca))} "
+             f"-t {shlex.quote(topic)} -v")
 
     def _subscribe(self):
         mqtt = self.cfg.get("mqtt")
@@ -418,6 +451,17 @@ def parse_args(argv):
     if args.heap and not re.fullmatch(r"\d+[kKmM]?", args.heap):
         ap.error(f"--heap: expected a size like 64k or 2m, got {args.heap!r}")
     return args
+
+
+def _port_free(host, port):
+    """Whether nothing listens on port (SO_REUSEADDR as Mosquitto: old connections don't count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _shown(path):
