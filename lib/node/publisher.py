@@ -104,7 +104,7 @@ class Publisher:
         handler = self._handlers.get(topic)
         if handler is None:
             # Not subscribed: a broker that sends anyway is noted, not obeyed.
-            log("mqtt", "ignored a message on %s (%d bytes)" % (topic, len(msg)))
+            log("mqtt", "ignored a message on %s (%d bytes)" % (_topic_name(topic), len(msg)))
             return
         self._guard("handler for %s" % topic.decode(), handler, msg, retained)
 
@@ -114,12 +114,9 @@ class Publisher:
             return
         if len(seen) < _OVERSIZED_TOPICS_LOGGED:
             seen.append(topic)
-        try:
-            name = topic.decode() or "(a topic over 256 bytes)"
-        except UnicodeError:  # whatever a peer sends must not stop the session
-            name = "(a topic that is not UTF-8)"
         log("mqtt", "skipped a message of %d bytes on %s (limit %d): too large to take; "
-            "logged once per topic" % (size, name, MAX_INCOMING_BYTES))
+            "logged once per topic" % (size, _topic_name(topic) or "(a topic over 256 bytes)",
+                                       MAX_INCOMING_BYTES))
 
     def _guard(self, what, fn, *args):
         try:
@@ -182,6 +179,7 @@ class Publisher:
         await connect(client, self._beat, self._clock)
         client.publish(self._topics.status.encode(), b"online", retain=True)
         self.connected = True
+        self.refused = False
         self._unacked_subs = [client.send_subscribe(topic) for topic in self._handlers]
         log("mqtt", "connected; %d readings waiting" % len(self._outbox))
         self._guard("on_connect", self.on_connect)
@@ -255,6 +253,14 @@ class Publisher:
 
 def _nothing():
     pass
+
+
+def _topic_name(topic):
+    """A topic from the broker as text for the log: whatever a peer sends must not raise."""
+    try:
+        return topic.decode()
+    except UnicodeError:
+        return "(a topic that is not UTF-8)"
 
 
 def _describe(e):

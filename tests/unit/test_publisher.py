@@ -551,6 +551,16 @@ def test_each_kind_of_failure_is_classified_and_described(mpy, failing, refused,
     assert r["last_error"] == "OSError: [Errno 111] ECONNREFUSED"
 
 
+def test_a_connect_after_a_refusal_is_no_longer_refused(mpy):
+    """The LED shows ERROR for `refused`: a broker that lets the node in again clears it."""
+    r = run(mpy, """
+        setup(plan(connack=Refused(5)), plan())
+        go(lambda: PUB.connected)
+    """)
+    assert [a[0] for a in r["at_open"]] == [False, True]
+    assert r["connected"] is True and r["refused"] is False
+
+
 def test_reconnects_counts_only_lost_sessions_that_had_connected(mpy):
     r = run(mpy, """
         lost = plan(events=[(1000, "error", OSError(errno.ECONNRESET))])
