@@ -31,6 +31,7 @@ CONFIG_PATH = "config.json"
 SECRETS_PATH = "secrets.json"
 SETTINGS_PATH = "settings.json"
 BOOT_PATH = "boot.json"
+CLOCK_PATH = "clock.json"  # the last time seen: the clock's floor after a power-on
 # tools/deploy.py creates this before copying and removes it when every file is in place.
 DEPLOY_MARKER = "deploying"
 # Longest a read or write may block once a session is up (the rest of a packet, a full socket
@@ -78,6 +79,12 @@ def make_client(cfg, secrets, ctx, node_id):
     )
 
 
+def make_clock(cfg, wifi):
+    clock = Clock(cfg["ntp"], wifi.isconnected, board.rtc_time, board.set_time, CLOCK_PATH)
+    clock.start()
+    return clock
+
+
 def node_id_of(cfg):
     return cfg["node_id"] or board.unique_id_hex()
 
@@ -97,9 +104,10 @@ class Node:
         log("main", "node %s version %s boot %d reset cause %s"
             % (self.node_id, VERSION, self.boot, self.cause))
         self.topics = topics = Topics(cfg["topic_prefix"], self.node_id)
-        self.clock_now = board.unix_time
+        self.wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
+        self.clock = make_clock(cfg, self.wifi)
         self.led = StatusLed(board.status_led(cfg["led"]["pin"], cfg["led"]["inverted"]))
-        self.outbox = Outbox(cfg["outbox_size"], self.boot, board.unix_time, uptime_ms)
+        self.outbox = Outbox(cfg["outbox_size"], self.boot, self.clock.now, uptime_ms)
         self.supervisor = supervisor = Supervisor(board.watchdog(cfg["watchdog_s"]))
         self.lag = LagProbe()
         self.climate = Climate(
@@ -114,12 +122,10 @@ class Node:
             supervisor.register("sound", SOUND_SILENCE_MS),
             board.mic_ring_samples(audio["rate_hz"]),
         )
-        self.wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
-        self.clock = Clock(cfg["ntp"], self.wifi.isconnected, board.unix_time, board.set_time)
         self.publisher = Publisher(
             make_client(cfg, secrets, ctx, self.node_id), self.outbox, topics,
             cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
-            self.wifi.up, _clock_set,
+            self.wifi.up, self.clock.can_verify,
         )
         self.telemetry = Telemetry(self)
         self.commands = Commands(raw_cfg, saved, SETTINGS_PATH, cfg, self._reboot,
@@ -215,15 +221,17 @@ class Node:
         asyncio.create_task(later())
 
 
-def _clock_set():
-    return board.unix_time() is not None
-
-
 async def announce_safe_mode(cfg, secrets, ctx, reason):
     """Best effort: say `safe-mode` (retained) on the status topic, then disconnect cleanly."""
     topics = Topics(cfg["topic_prefix"], node_id_of(cfg))
     wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
+    clock = make_clock(cfg, wifi)
     await wifi.up(_nothing)
+    # TLS checks certificate dates: not with a clock that reads 2000.
+    if not clock.can_verify() and cfg["ntp"]["server"] is not None:
+        await clock.sync()
+    if not clock.can_verify():
+        raise OSError("the clock is not set: the broker's certificate cannot be verified")
     client = make_client(cfg, secrets, ctx, node_id_of(cfg))
     await connect(client, _nothing)
     client.publish(topics.status.encode(), b"safe-mode", retain=True)

@@ -25,9 +25,6 @@ _MIC_BUFFER_MS = const(250)
 _I2S_IBUF_MAX = const(40000)
 # MicroPython's epoch is 2000-01-01 on the ESP32 and 1970 on the unix port; payloads want Unix.
 _EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
-# The ESP32's RTC starts at 2000-01-01 on power-on: any earlier time than this build's year
-# means nobody has set the clock yet (NTP, or a previous boot before a soft reset).
-_CLOCK_VALID_FROM_S = 1767225600  # 2026-01-01
 _RESET_CAUSES = {
     getattr(machine, name): name
     for name in ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET")
@@ -82,10 +79,9 @@ def timer():
     return machine.Timer(0)
 
 
-def unix_time():
-    """Unix seconds, or None while the clock has not been set (readings are then marked)."""
-    now = int(time.time()) + _EPOCH_OFFSET_S
-    return now if now >= _CLOCK_VALID_FROM_S else None
+def rtc_time():
+    """Unix seconds as the RTC has them: 2000-01-01 after a power-on (node.sntp.Clock judges)."""
+    return int(time.time()) + _EPOCH_OFFSET_S
 
 
 def set_time(unix_s):

@@ -7,6 +7,7 @@ checking are pure, so they are tested on the host.
 
 import asyncio
 import errno
+import json
 import socket
 import time
 
@@ -26,6 +27,11 @@ _TIMEOUT_MS = const(2000)
 _RETRY_MIN_S = const(2)
 _RETRY_MAX_S = const(60)
 _LINK_POLL_S = const(1)
+# The RTC starts at 2000-01-01 on power-on: any time before this build's year means nobody set
+# the clock (NTP, the floor, or a previous boot before a soft reset).
+_VALID_FROM_S = 1767225600  # 2026-01-01
+_FROM_NTP = "ntp"
+_FROM_FLOOR = "floor"
 
 
 class SntpError(ValueError):
@@ -56,9 +62,17 @@ def parse(packet):
     return seconds - _NTP_TO_UNIX_S
 
 
-async def query(server, port, timeout_ms, beat=None):
-    """Ask `server` for the time; Unix seconds, OSError on no answer, SntpError on a bad one."""
-    addr = socket.getaddrinfo(server, port)[0][-1]
+def resolve(server, port):
+    """The server's address: blocking on the board (getaddrinfo), so done once and kept."""
+    try:
+        return socket.getaddrinfo(server, port, 0, socket.SOCK_DGRAM)[0][-1]
+    except (OSError, IndexError) as e:  # lwIP raises OSError; an empty answer, IndexError
+        raise OSError("DNS lookup of %s failed (%s)" % (server, e))
+
+
+async def query(server, addr, timeout_ms):
+    """Ask `server` (at `addr`, from resolve()) for the time; Unix seconds, OSError on no
+    answer, SntpError on a bad one."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
@@ -72,45 +86,114 @@ async def query(server, port, timeout_ms, beat=None):
                     raise
             if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
                 raise OSError("no answer from %s within %d ms" % (server, timeout_ms))
-            if beat is not None:
-                beat()
             await asyncio.sleep_ms(_POLL_MS)
     finally:
         sock.close()
 
 
 class Clock:
-    """The task that sets the clock from `settings` (the config's "ntp" section) once the
-    network is up (`link_up()`), then every `resync_s`. `now()` and `set_time(unix_s)` are the
-    board's clock (node.board)."""
+    """The board's clock: what it can be trusted for, and the task that sets it by SNTP.
 
-    def __init__(self, settings, link_up, now, set_time):
+    After a power-on the RTC reads 2000-01-01, and TLS (which checks certificate dates) fails.
+    Two levels, then:
+    - can_verify(): the RTC is past this build's year, so certificate dates can be checked.
+      At boot (start()) an RTC still at 2000 is set to the *floor*, the last time this board
+      saw (kept in `floor_path`, saved rarely), so a warm boot connects at once;
+    - now(): the time for readings, or None while it is only the floor (off by however long the
+      board was off) or unset. Readings taken then get their ts worked back later (Outbox).
+    `settings` is the config's "ntp" section; `link_up()` tells when the network is up;
+    `rtc()` and `set_rtc(unix_s)` are the board's RTC in Unix seconds (node.board).
+    """
+
+    def __init__(self, settings, link_up, rtc, set_rtc, floor_path):
         self._settings = settings
         self._link_up = link_up
-        self._now = now
-        self._set_time = set_time
+        self._rtc = rtc
+        self._set_rtc = set_rtc
+        self._floor_path = floor_path
+        self._trusted = True  # until start() finds the RTC set from the floor only
+        self._addr = None
         self.syncs = 0
 
-    async def run(self):
+    def can_verify(self):
+        return self._rtc() >= _VALID_FROM_S
+
+    def now(self):
+        now = self._rtc()
+        return now if self._trusted and now >= _VALID_FROM_S else None
+
+    def start(self):
+        """At boot: the floor for an RTC that power-on reset; say what the clock is."""
+        floor, source = _load_floor(self._floor_path)
+        if self._rtc() >= _VALID_FROM_S:
+            # Kept across a soft or watchdog reset; untrusted if only the floor set it.
+            self._trusted = source != _FROM_FLOOR
+            log("time", "clock %s" % ("set" if self._trusted
+                                      else "at the floor from before the reset, until NTP"))
+        elif floor >= _VALID_FROM_S:
+            self._set_rtc(floor)
+            self._trusted = False
+            _save_floor(self._floor_path, floor, _FROM_FLOOR)
+            log("time", "clock unset after power-on: set to the last time seen, %d, so TLS can"
+                " check certificates; readings are dated once NTP answers" % floor)
+        else:
+            self._trusted = False
+            log("time", "clock unset (the RTC reads 2000) and no time seen before: no TLS until"
+                " NTP sets it%s" % ("" if self._settings["server"] else
+                                    "; ntp.server is null, so the broker's certificate cannot"
+                                    " be verified: set ntp.server"))
+
+    async def sync(self, timeout_ms=_TIMEOUT_MS):
+        """Ask the server once; True when the clock was set. Errors are logged."""
         server, port = self._settings["server"], self._settings["port"]
-        if server is None:
-            log("time", "NTP off: the clock is %s" % ("set" if self._now() else "unset"))
+        try:
+            if self._addr is None:
+                self._addr = resolve(server, port)
+            now = await query(server, self._addr, timeout_ms)
+        except (OSError, SntpError) as e:
+            self._addr = None  # moved, or never answered: look it up again next time
+            log("time", "NTP from %s failed: %s" % (server, e))
+            return False
+        before = self.now()
+        self._set_rtc(now)
+        self._trusted = True
+        self.syncs += 1
+        _save_floor(self._floor_path, now, _FROM_NTP)
+        log("time", "clock set by NTP (%s)" % (
+            "was unset" if before is None else "off by %d s" % (before - now)))
+        return True
+
+    async def run(self):
+        if self._settings["server"] is None:
+            log("time", "NTP off: the clock is %s" % ("set" if self.now() else "unset"))
             return
         retry_s = _RETRY_MIN_S
         while True:
             while not self._link_up():  # the publisher brings the link up
                 await asyncio.sleep(_LINK_POLL_S)
-            try:
-                now = await query(server, port, _TIMEOUT_MS)
-            except (OSError, SntpError) as e:
-                log("time", "NTP from %s failed: %s; asking again in %d s" % (server, e, retry_s))
+            if await self.sync():
+                retry_s = _RETRY_MIN_S
+                # Each answer moves the floor on: saved once a resync_s (flash wear).
+                await asyncio.sleep(self._settings["resync_s"])
+            else:
+                log("time", "asking again in %d s" % retry_s)
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, _RETRY_MAX_S)
-                continue
-            retry_s = _RETRY_MIN_S
-            before = self._now()
-            self._set_time(now)
-            self.syncs += 1
-            log("time", "clock set by NTP (%s)" % (
-                "was unset" if before is None else "off by %d s" % (before - now)))
-            await asyncio.sleep(self._settings["resync_s"])
+
+
+def _load_floor(path):
+    """(Unix seconds, source) saved last; (0, None) when missing or damaged."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        return int(state["t"]), state["source"]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeError):
+        return 0, None
+
+
+def _save_floor(path, unix_s, source):
+    try:
+        with open(path, "w") as f:
+            json.dump({"t": unix_s, "source": source}, f)
+    except OSError as e:  # a full or read-only flash costs the floor, not the node
+        log("time", "cannot save %s (%s)" % (path, e))

@@ -34,7 +34,7 @@ class Telemetry:
             % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap, lag))
         return (
             ("boot", node.boot),
-            ("ts", node.clock_now()),
+            ("ts", node.clock.now()),
             ("uptime_s", uptime_ms() // 1000),
             ("version", VERSION),
             ("heap_free", heap),

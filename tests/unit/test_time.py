@@ -23,7 +23,7 @@ async def main():
     asyncio.create_task(ticker(n))
     t0 = time.ticks_ms()
     try:
-        result = await sntp.query("127.0.0.1", PORT, 500)
+        result = await sntp.query("127.0.0.1", sntp.resolve("127.0.0.1", PORT), 500)
     except (OSError, sntp.SntpError) as e:
         result = "%s: %s" % (type(e).__name__, e)
     # the loop ran meanwhile: the query never blocked it

@@ -1,0 +1,103 @@
+"""node.sntp.Clock: what the board's clock can be trusted for after each kind of reset.
+
+After a power-on the ESP32's RTC reads 2000-01-01 and TLS (which checks certificate dates)
+fails. The clock's floor (the last time seen, in clock.json) lets a warm boot verify the broker
+at once, while readings stay undated until NTP answers.
+"""
+
+import json
+
+from sim.net.fakentp import server_answer
+
+_CLOCK = """
+import asyncio, json, sys
+from node import sntp
+
+rtc = [%(rtc)d]
+sets = []
+
+def set_rtc(t):
+    sets.append(t)
+    rtc[0] = t
+
+settings = {"server": %(server)s, "port": %(port)d, "resync_s": 3600}
+clock = sntp.Clock(settings, lambda: True, lambda: rtc[0], set_rtc, "clock.json")
+clock.start()
+out = {"before": [clock.can_verify(), clock.now()], "sets": list(sets)}
+if %(sync)s:
+    out["synced"] = asyncio.run(clock.sync(300))
+    out["after"] = [clock.can_verify(), clock.now(), clock.syncs]
+try:
+    out["file"] = json.load(open("clock.json"))
+except (OSError, ValueError):  # none, or the damaged one a test wrote
+    out["file"] = None
+print("RESULT " + json.dumps(out))
+"""
+
+POWER_ON = 946684800  # 2000-01-01: what the RTC reads after a power-on
+FLOOR = 1800000000
+NOW = 1800003600
+
+
+def run(mpy, tmp_path, rtc, floor=None, server=None, port=123, sync=False):
+    if floor is not None:
+        (tmp_path / "clock.json").write_text(floor if isinstance(floor, str) else json.dumps(floor))
+    script = _CLOCK % {"rtc": rtc, "server": json.dumps(server) if server else "None",
+                       "port": port, "sync": sync}
+    proc = mpy(script, cwd=tmp_path)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[7:]), proc.stdout
+
+
+def test_power_on_with_a_floor_verifies_but_does_not_date(mpy, tmp_path):
+    r, log = run(mpy, tmp_path, POWER_ON, {"t": FLOOR, "source": "ntp"})
+    assert r["sets"] == [FLOOR]  # the RTC is moved to the floor...
+    assert r["before"] == [True, None]  # ...so TLS can check dates; readings stay undated
+    assert r["file"] == {"t": FLOOR, "source": "floor"}
+    assert "set to the last time seen, 1800000000" in log
+
+
+def test_a_soft_reset_after_a_floor_only_boot_is_still_undated(mpy, tmp_path):
+    r, _ = run(mpy, tmp_path, FLOOR + 30, {"t": FLOOR, "source": "floor"})
+    assert r["sets"] == [] and r["before"] == [True, None]
+
+
+def test_a_clock_set_by_ntp_survives_a_soft_reset(mpy, tmp_path):
+    r, _ = run(mpy, tmp_path, NOW, {"t": FLOOR, "source": "ntp"})
+    assert r["sets"] == [] and r["before"] == [True, NOW]
+
+
+def test_an_rtc_set_by_other_means_is_trusted(mpy, tmp_path):
+    """The simulator on the host's clock, or `mpremote rtc --set`: no floor file at all."""
+    r, _ = run(mpy, tmp_path, NOW)
+    assert r["before"] == [True, NOW] and r["file"] is None
+
+
+def test_power_on_without_floor_or_ntp_says_why_tls_cannot_work(mpy, tmp_path):
+    r, log = run(mpy, tmp_path, POWER_ON)
+    assert r["before"] == [False, None] and r["sets"] == []
+    assert "no time seen before: no TLS until NTP sets it" in log
+    assert "ntp.server is null" in log
+
+
+def test_a_damaged_floor_is_no_floor(mpy, tmp_path):
+    for junk in ('{"t": "soon"}', "{", "[1]", '{"t": 1800000000}', "\xff"):
+        r, _ = run(mpy, tmp_path, POWER_ON, junk)
+        assert r["before"] == [False, None] and r["sets"] == [], junk
+
+
+def test_ntp_sets_and_dates_and_moves_the_floor(mpy, tmp_path, ntp_server):
+    server = ntp_server(lambda req: server_answer(NOW))
+    r, log = run(mpy, tmp_path, POWER_ON, {"t": FLOOR, "source": "ntp"}, server="127.0.0.1",
+                 port=server.port, sync=True)
+    assert r["synced"] is True and r["after"] == [True, NOW, 1]
+    assert r["sets"] == [FLOOR]  # sets made by start(); sync's comes after the snapshot
+    assert r["file"] == {"t": NOW, "source": "ntp"}
+    assert "clock set by NTP (was unset)" in log
+
+
+def test_a_lost_answer_is_logged_and_leaves_the_clock_as_it_was(mpy, tmp_path, ntp_server):
+    server = ntp_server(lambda req: None)
+    r, log = run(mpy, tmp_path, POWER_ON, server="127.0.0.1", port=server.port, sync=True)
+    assert r["synced"] is False and r["after"] == [False, None, 0]
+    assert "NTP from 127.0.0.1 failed: no answer from 127.0.0.1 within 300 ms" in log
