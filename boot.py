@@ -12,3 +12,18 @@ try:
         print("boot.py: safe mode: " + bootcount.safe_mode)
 except (ImportError, OSError) as e:  # lib/ missing mid-deploy, or flash full: main.py decides
     print("boot.py: cannot count boots:", e)
+try:
+    import machine
+
+    if machine.reset_cause() == machine.SOFT_RESET:
+        # A watchdog the app armed survives a soft reset (mpremote, make deploy, Ctrl-D):
+        # fed from a timer here until the app's supervisor takes over, or for as long as the
+        # REPL is in use.
+        from node import bootcount, wdtfeed
+
+        _wdt_s = bootcount.watchdog_s("config.json")
+        wdtfeed.start(machine.WDT(timeout=_wdt_s * 1000), machine.Timer(wdtfeed.TIMER_ID),
+                      _wdt_s * 250)
+        print("boot.py: watchdog fed from a timer until the app runs")
+except (ImportError, OSError) as e:
+    print("boot.py: cannot feed the watchdog:", e)

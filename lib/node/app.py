@@ -11,7 +11,7 @@ import ssl
 import sys
 import time
 
-from node import VERSION, board, bootcount, config, discovery, settings
+from node import VERSION, board, bootcount, config, discovery, settings, wdtfeed
 from node.climate import Climate
 from node.commands import Commands, RateLimit
 from node.dsp import LevelMeter
@@ -49,6 +49,7 @@ SAFE_MODE_ANNOUNCE_MS = 30000
 REBOOT_DELAY_MS = 1000  # lets the command's reply reach the broker first
 # Discovery is announced again at most this often however many "online" arrive.
 ANNOUNCE_QUIET_MS = 1000
+LED_TIMER_ID = 0  # node.wdtfeed has timer 1
 MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
 
@@ -108,7 +109,10 @@ class Node:
         self.clock = make_clock(cfg, self.wifi)
         self.led = StatusLed(board.status_led(cfg["led"]["pin"], cfg["led"]["inverted"]))
         self.outbox = Outbox(cfg["outbox_size"], self.boot, self.clock.now, uptime_ms)
-        self.supervisor = supervisor = Supervisor(board.watchdog(cfg["watchdog_s"]))
+        # The app's supervisor feeds the watchdog from here on, only while every task is alive.
+        wdtfeed.stop()
+        self.watchdog = board.watchdog(cfg["watchdog_s"])
+        self.supervisor = supervisor = Supervisor(self.watchdog)
         self.lag = LagProbe()
         self.climate = Climate(
             board.dht_sensor(cfg["dht"]["model"], cfg["dht"]["pin"]), cfg["dht"], self.outbox,
@@ -249,7 +253,8 @@ def safe_mode(reason, cfg=None, secrets=None, ctx=None):
     log("main", "safe mode: %s" % reason)
     led_cfg = cfg["led"] if cfg else None
     if led_cfg:
-        StatusLed(board.status_led(led_cfg["pin"], led_cfg["inverted"])).safe_mode(board.timer())
+        StatusLed(board.status_led(led_cfg["pin"], led_cfg["inverted"])).safe_mode(
+            board.timer(LED_TIMER_ID))
     if cfg is None:
         return
     try:
@@ -298,8 +303,13 @@ def start():
         asyncio.run(node.run())
     except KeyboardInterrupt:
         # Stopped at the console (mpremote, Ctrl-C) while every task was alive: not a crash.
-        if node is not None and not node.supervisor.stale():
-            bootcount.mark_stable(BOOT_PATH)
+        if node is not None:
+            if not node.supervisor.stale():
+                bootcount.mark_stable(BOOT_PATH)
+            # The watchdog cannot be stopped: fed from a timer, the REPL is free for as long as
+            # it takes (boot.py takes over after the soft reset mpremote makes).
+            wdtfeed.start(node.watchdog, board.timer(wdtfeed.TIMER_ID), cfg["watchdog_s"] * 250)
+            log("main", "stopped at the console: the watchdog is fed from a timer")
         raise
     except Exception as e:  # noqa: BLE001 - anything at all: a node must not sit at the REPL
         sys.print_exception(e)

@@ -74,9 +74,10 @@ def reset():
     machine.reset()
 
 
-def timer():
-    """A hardware timer for work that must go on without asyncio (the safe-mode blink)."""
-    return machine.Timer(0)
+def timer(timer_id):
+    """A hardware timer for work that must go on without asyncio (the safe-mode blink, feeding
+    the watchdog at the REPL)."""
+    return machine.Timer(timer_id)
 
 
 def rtc_time():

@@ -10,6 +10,7 @@ Kept small and free of node.config: boot.py runs it on every boot, before anythi
 import json
 
 DEFAULT_SAFE_MODE_BOOTS = 5
+DEFAULT_WATCHDOG_S = 30  # node.config's default
 # Set by boot.py when the app must not start; main.py reads it (the module stays imported).
 safe_mode = None
 
@@ -78,11 +79,20 @@ def safe_mode_boots(config_path):
     Read directly rather than through node.config: a config that fails validation must not
     switch the protection off, and boot.py has to stay cheap.
     """
+    return _config_int(config_path, "safe_mode_boots", DEFAULT_SAFE_MODE_BOOTS, 2)
+
+
+def watchdog_s(config_path):
+    """`watchdog_s` from config.json (what the app armed the watchdog with), or its default."""
+    return _config_int(config_path, "watchdog_s", DEFAULT_WATCHDOG_S, 5)
+
+
+def _config_int(config_path, key, default, lo):
     try:
         with open(config_path) as f:
-            value = json.load(f).get("safe_mode_boots")
+            value = json.load(f).get(key)
     except (OSError, ValueError, UnicodeError, AttributeError):
-        return DEFAULT_SAFE_MODE_BOOTS
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= lo:
         return value
-    return DEFAULT_SAFE_MODE_BOOTS
+    return default
