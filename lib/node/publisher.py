@@ -84,6 +84,7 @@ class Publisher:
         self.refused = False  # the broker (TLS or CONNACK) turned the last attempt away
         self.reconnects = 0
         self.handler_errors = 0
+        self.connect_ms = None  # how long the last successful connect took
         self.last_error = None
         self._oversized_topics = []
         client.set_last_will(topics.status.encode(), b"offline", retain=True, qos=1)
@@ -176,7 +177,10 @@ class Publisher:
         await self._link(self._beat)
         await self._wait_for_clock()
         log("mqtt", "connecting to %s:%d" % (client.server, client.port))
+        start = self._clock.ticks_ms()
         await connect(client, self._beat, self._clock)
+        # TCP, TLS (on the ESP32 about 1 s of CPU in one blocking call) and CONNACK.
+        self.connect_ms = time.ticks_diff(self._clock.ticks_ms(), start)
         client.publish(self._topics.status.encode(), b"online", retain=True)
         self.connected = True
         self.refused = False

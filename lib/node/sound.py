@@ -37,10 +37,14 @@ class Sound:
         self._interval_samples = 0
         self._deficit = 0
 
+    def _lost_samples(self):
+        # What the DMA ring can still hold is not lost.
+        return max(0, self._deficit - self._slack_samples)
+
     @property
     def frames_missed(self):
-        """Whole frames lost to overruns so far (what the DMA ring can still hold is not lost)."""
-        return max(0, self._deficit - self._slack_samples) // self._frame_samples
+        """Whole frames lost to overruns so far."""
+        return self._lost_samples() // self._frame_samples
 
     async def run(self):
         reader = asyncio.StreamReader(self._i2s)
@@ -62,15 +66,19 @@ class Sound:
             if time.ticks_diff(now, due_ms) >= 0:
                 due_ms = time.ticks_add(due_ms, self._interval_ms())
                 expected = time.ticks_diff(now, started_ms) * self._rate_hz // 1000
+                lost_before = self._lost_samples()
                 self._deficit += expected - self._interval_samples
                 self._interval_samples = 0
                 started_ms = now
-                self._publish()
+                lost = self._lost_samples() - lost_before
+                self._publish(100 - 100 * max(0, lost) / expected if expected > 0 else 0.0)
 
     def _interval_ms(self):
         return self._settings["publish_interval_s"] * 1000
 
-    def _publish(self):
+    def _publish(self, measured_pct):
+        """Queue the interval's levels; `measured_pct` is the share of its samples measured
+        (less than 100 when the loop was so late that the DMA ring overflowed)."""
         levels = self._meter.read()
         if levels is None:
             log("sound", "no audio frames this interval")
@@ -80,6 +88,7 @@ class Sound:
         for key in _WEIGHTED:
             if key in levels:
                 fields.append((key, levels[key]))
+        fields.append(("measured_pct", measured_pct))
         seq = self._outbox.add(self._topic, fields)
         log("sound", "reading %d: %.2f dBFS rms, %.2f dBFS peak, %d frames"
             % (seq, levels["rms_dbfs"], levels["peak_dbfs"], levels["frames"]))

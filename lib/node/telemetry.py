@@ -6,6 +6,8 @@ import gc
 from node import VERSION, payload
 from node.log import log, uptime_ms
 
+_HEAP_SAMPLE_S = 5
+
 
 class Telemetry:
     """Collects what the other parts count; publishes it best effort (QoS 0, never queued).
@@ -21,12 +23,16 @@ class Telemetry:
         gc.collect()
         self.heap_min_free = gc.mem_free()
 
-    def pairs(self):
-        """The message's (key, value) pairs, in the contract's order."""
-        node = self._node
+    def _sample_heap(self):
         gc.collect()  # free after a collection: what the app could still get
         heap = gc.mem_free()
         self.heap_min_free = min(self.heap_min_free, heap)
+        return heap
+
+    def pairs(self):
+        """The message's (key, value) pairs, in the contract's order."""
+        node = self._node
+        heap = self._sample_heap()
         outbox = node.outbox
         publisher = node.publisher
         lag = node.lag.summary()
@@ -51,6 +57,7 @@ class Telemetry:
             ("audio_frames", node.sound.frames),
             ("audio_frames_missed", node.sound.frames_missed),
             ("ntp_syncs", node.clock.syncs),
+            ("connect_ms", publisher.connect_ms),
             ("handler_errors", publisher.handler_errors),
             ("oversized_skipped", publisher.oversized),
             ("commands_dropped", node.command_rate.dropped),
@@ -59,6 +66,14 @@ class Telemetry:
 
     async def run(self):
         node = self._node
+        waited_s = 0
         while True:
-            await asyncio.sleep(node.cfg["telemetry_interval_s"])
+            # The minimum is sampled between messages too: a peak (an outage's outbox, a
+            # reconnect) that is over by the next message still counts.
+            await asyncio.sleep(_HEAP_SAMPLE_S)
+            waited_s += _HEAP_SAMPLE_S
+            if waited_s < node.cfg["telemetry_interval_s"]:
+                self._sample_heap()
+                continue
+            waited_s = 0
             node.publisher.publish_now(self._topic, payload.telemetry(self.pairs()))

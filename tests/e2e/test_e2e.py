@@ -111,16 +111,20 @@ def test_sound_level_of_a_sine(run):
     node, sub, _ = run
     msgs = sub.select(_topic_rx(node.topics.sound))
     assert len(msgs) >= 4
-    rms, peak = [], []
+    rms, peak, measured = [], [], []
     for m in msgs:
         p = m.json()
         assert {"boot", "seq", "ts", "rms_dbfs", "peak_dbfs"} <= set(p), p
         assert _is_num(p["rms_dbfs"]) and _is_num(p["peak_dbfs"]), p
+        # The share of the interval's samples measured: all of them, when the loop keeps up.
+        assert 0 <= p["measured_pct"] <= 100, p
         assert m.wall - TS_MAX_AGE_S <= p["ts"] <= m.wall + TS_MAX_AHEAD_S, (p, m.wall)
         rms.append(p["rms_dbfs"])
+        measured.append(p["measured_pct"])
         peak.append(p["peak_dbfs"])
     print(f"\nsound (SIM_AUDIO=sine:1000:-20): {len(msgs)} levels, rms_dbfs {rms}, "
-          f"peak_dbfs {peak}; extra fields {sorted(set(msgs[0].json()) - {'boot', 'seq', 'ts'})}")
+          f"peak_dbfs {peak}, measured_pct {measured}; "
+          f"extra fields {sorted(set(msgs[0].json()) - {'boot', 'seq', 'ts'})}")
     for r, pk in zip(rms, peak):
         assert abs(r - SINE_RMS_DBFS) <= LEVEL_TOLERANCE_DB, f"rms_dbfs {r}, expected -20.0"
         assert abs(pk - SINE_PEAK_DBFS) <= LEVEL_TOLERANCE_DB, f"peak_dbfs {pk}, expected -16.99"

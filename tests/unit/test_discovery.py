@@ -95,7 +95,7 @@ def sound(sensitivity):
     for i in range(0, 512, 4):
         frame[i + 1] = 0x20  # a square wave
     s._meter.add(frame, 512)
-    s._publish()
+    s._publish(100.0)
     return box.body
 
 async def climate():
