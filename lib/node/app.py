@@ -108,7 +108,8 @@ class Node:
         self.wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
         self.clock = make_clock(cfg, self.wifi)
         self.led = StatusLed(board.status_led(cfg["led"]["pin"], cfg["led"]["inverted"]))
-        self.outbox = Outbox(cfg["outbox_size"], self.boot, self.clock.now, uptime_ms)
+        self.outbox = Outbox(cfg["outbox_size"], self.boot, self.clock.now, uptime_ms,
+                             cfg["outbox_bytes"])
         # The app's supervisor feeds the watchdog from here on, only while every task is alive.
         wdtfeed.stop()
         self.watchdog = board.watchdog(cfg["watchdog_s"])

@@ -5,6 +5,8 @@ Pure: runs on CPython, the unix port and the board. Returns plain dicts with def
 
 import json
 
+from node.outbox import INDEX_BYTES_PER_READING, MAX_BODY_BYTES
+
 _NODE_ID_MAX_LEN = 64
 _TOPIC_PREFIX_MAX_LEN = 64
 # The fastest each sensor may be read (datasheets): reading faster returns stale data or fails.
@@ -12,6 +14,9 @@ DHT_MIN_INTERVAL_S = {"DHT11": 1, "DHT22": 2}
 # The longest `identify` flicker a user may ask for (node.commands checks it, node.led plays it).
 IDENTIFY_MAX_S = 60
 _REQUIRED = object()
+# The most RAM the outbox may take on the board: its heap starts at 56 KB and grows into the
+# internal RAM that Wi-Fi (40-50 KB), mbedTLS (35-40 KB) and I2S DMA (30-40 KB) also need.
+_OUTBOX_RAM_BYTES = 32768
 
 
 class ConfigError(ValueError):
@@ -96,7 +101,7 @@ def validate(raw, where="config.json"):
         raw,
         ("node_id", "topic_prefix", "mqtt", "dht", "audio", "watchdog_s", "telemetry_interval_s",
          "outbox_size", "safe_mode_boots", "stable_after_s", "led", "ntp", "discovery",
-         "commands_per_s"),
+         "commands_per_s", "outbox_bytes"),
         where,
     )
     cfg = {}
@@ -111,6 +116,13 @@ def validate(raw, where="config.json"):
         raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
     )
     cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int", 100, lo=4, hi=2000)
+    cfg["outbox_bytes"] = _take(raw, "outbox_bytes", where, "", "int", 16384, lo=2048,
+                                hi=_OUTBOX_RAM_BYTES)
+    need = outbox_ram(cfg["outbox_size"], cfg["outbox_bytes"])
+    if need > _OUTBOX_RAM_BYTES:
+        _fail(where, "outbox_size/outbox_bytes", "at most %d bytes of the board's RAM for the "
+              "outbox (Wi-Fi, TLS and the I2S DMA need the rest); %d readings and %d bytes of "
+              "them take %d" % (_OUTBOX_RAM_BYTES, cfg["outbox_size"], cfg["outbox_bytes"], need))
     # Commands carried out per second on average (node.commands.RateLimit): a flood on `cmd`
     # is dropped and counted instead of starving the sampling tasks and the publisher.
     cfg["commands_per_s"] = _take(raw, "commands_per_s", where, "", "int", 5, lo=1, hi=100)
@@ -186,6 +198,11 @@ def validate(raw, where="config.json"):
         src, "mic_sensitivity_dbfs", where, "audio.", "num", None, lo=-80, hi=0
     )
     return cfg
+
+
+def outbox_ram(readings, body_bytes):
+    """What an outbox of `readings` with `body_bytes` for their bodies takes (node.outbox)."""
+    return readings * INDEX_BYTES_PER_READING + body_bytes + MAX_BODY_BYTES
 
 
 def validate_secrets(raw, where="secrets.json"):

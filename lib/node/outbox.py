@@ -1,6 +1,19 @@
 """Bounded store-and-forward queue of readings: stamped, numbered, drop-oldest, counted; pure."""
 
+from array import array
+
 from node import payload
+
+# What each queued reading costs besides its body: seq, ts, taken_s (4 bytes each), the body's
+# offset and length (2 each) and its topic's index (1). node.config bounds the outbox with it.
+# (Plain ints, not const(): this module also runs on CPython as the tests' reference.)
+INDEX_BYTES_PER_READING = 17
+# The largest body one reading may have (a sound reading with every level is about 120 bytes).
+MAX_BODY_BYTES = 512
+
+
+def _zeros(kind, n):
+    return array(kind, (0 for _ in range(n)))
 
 
 class Outbox:
@@ -14,19 +27,33 @@ class Outbox:
     it was taken at instead; when it goes out and the time is known by then, its ts is worked
     back from its age. If the time is still unknown it goes out with "ts":null, never with a
     wrong date.
+
+    Memory is taken once, at construction: `capacity` readings and `body_bytes` of their bodies
+    (payload.fields()) in one ring, so an outage fills it without fragmenting the heap. The
+    oldest reading goes when either is full; the reading in flight (handed out by send_next(),
+    not yet popped) is never dropped: it moves to a buffer of its own when its room is needed.
     """
 
-    def __init__(self, capacity, boot, clock, uptime_ms):
+    def __init__(self, capacity, boot, clock, uptime_ms, body_bytes):
         self._clock = clock  # () -> Unix seconds, or None while the time is unknown
         self._uptime_ms = uptime_ms  # () -> ms since start; never wraps, unlike ticks_ms
-        self._seqs = [0] * capacity
-        self._topics = [None] * capacity
-        self._bodies = [None] * capacity  # type: list  # payload.fields() of each reading
-        self._ts = [None] * capacity  # type: list  # Unix seconds, None while unknown
-        self._taken_ms = [0] * capacity  # uptime when taken, for a ts worked back later
+        self._cap = capacity
+        self._seqs = _zeros("I", capacity)
+        self._ts = _zeros("I", capacity)  # Unix seconds; 0 while unknown
+        self._taken_s = _zeros("I", capacity)  # uptime when taken, for a ts worked back later
+        self._offs = _zeros("H", capacity)
+        self._lens = _zeros("H", capacity)
+        self._kinds = bytearray(capacity)  # index into _topics
+        self._topics = []  # the few distinct topics, each stored once
+        self._ring = bytearray(body_bytes)
         self._head = 0
         self._len = 0
-        self._in_flight = 0  # seq handed out by send_next() and not yet popped: never evicted
+        self._write = 0  # where the next body goes in _ring
+        # The reading in flight, once its room in the ring was needed: seq 0 when there is none.
+        self._flight = bytearray(MAX_BODY_BYTES)
+        self._flight_seq = 0
+        self._flight_meta = [0, 0, 0, 0]  # ts, taken_s, len, kind
+        self._in_flight = 0  # seq handed out by send_next() and not yet popped
         self.boot = boot
         self.seq = 0  # the last seq handed out
         self.taken = 0
@@ -34,70 +61,118 @@ class Outbox:
         self.dropped = 0
 
     def __len__(self):
-        return self._len
-
-    def _move(self, src, dst):
-        self._seqs[dst] = self._seqs[src]
-        self._topics[dst] = self._topics[src]
-        self._bodies[dst] = self._bodies[src]
-        self._ts[dst] = self._ts[src]
-        self._taken_ms[dst] = self._taken_ms[src]
-
-    def _clear(self, slot):
-        self._topics[slot] = self._bodies[slot] = self._ts[slot] = None
+        return self._len + (1 if self._flight_seq else 0)
 
     def add(self, topic, pairs):
         """Queue a reading of (key, value) pairs, stamped now; when full the oldest goes.
 
         Returns its seq.
         """
-        cap = len(self._topics)
-        if self._len == cap:
-            head = self._head
-            nxt = (head + 1) % cap
-            if self._seqs[head] == self._in_flight:
-                # The oldest is on its way to the broker and will arrive: the next oldest
-                # goes instead, and the one in flight moves into its slot.
-                self._move(head, nxt)
-            self._clear(head)
-            self._head = nxt
-            self._len -= 1
-            self.dropped += 1
+        body = payload.fields(pairs)
+        n = len(body)
         self.seq += 1
         self.taken += 1
-        tail = (self._head + self._len) % cap
-        self._seqs[tail] = self.seq
-        self._topics[tail] = topic
-        self._bodies[tail] = payload.fields(pairs)
-        self._ts[tail] = self._clock()
-        self._taken_ms[tail] = self._uptime_ms()
+        if n > MAX_BODY_BYTES or n > len(self._ring):
+            # Cannot happen with the node's own readings; counted, never a crash.
+            self.dropped += 1
+            return self.seq
+        while len(self) >= self._cap:
+            self._drop_oldest()
+        at = self._room(n)
+        while at < 0:
+            self._drop_oldest()
+            at = self._room(n)
+        slot = (self._head + self._len) % self._cap
+        self._ring[at:at + n] = body
+        self._write = at + n
+        self._seqs[slot] = self.seq
+        ts = self._clock()
+        self._ts[slot] = 0 if ts is None else ts
+        self._taken_s[slot] = self._uptime_ms() // 1000
+        self._offs[slot] = at
+        self._lens[slot] = n
+        self._kinds[slot] = self._kind(topic)
         self._len += 1
         return self.seq
+
+    def _kind(self, topic):
+        topics = self._topics
+        for i in range(len(topics)):
+            if topics[i] == topic:
+                return i
+        topics.append(topic)
+        return len(topics) - 1
+
+    def _room(self, n):
+        """Where n contiguous bytes fit in the ring after the newest body, or -1."""
+        if not self._len:
+            self._write = 0
+            return 0
+        start = self._offs[self._head]
+        end = self._write
+        if end > start:  # in use: [start, end); free: the rest of the ring, then its start
+            if len(self._ring) - end >= n:
+                return end
+            return 0 if start >= n else -1
+        return end if start - end >= n else -1  # wrapped: free only [end, start)
+
+    def _drop_oldest(self):
+        head = self._head
+        if self._seqs[head] == self._in_flight and not self._flight_seq:
+            # On its way to the broker and will arrive: it moves out of the ring instead.
+            n = self._lens[head]
+            at = self._offs[head]
+            self._flight[:n] = self._ring[at:at + n]
+            self._flight_seq = self._seqs[head]
+            meta = self._flight_meta
+            meta[0], meta[1], meta[2], meta[3] = (self._ts[head], self._taken_s[head], n,
+                                                  self._kinds[head])
+        else:
+            self.dropped += 1
+        self._head = (head + 1) % self._cap
+        self._len -= 1
 
     def send_next(self):
         """(seq, topic, payload) of the oldest reading, which is now in flight.
 
         A ts worked back here is kept, so a resend carries the same one. IndexError when empty.
         """
-        if not self._len:
+        if self._flight_seq:
+            meta = self._flight_meta
+            meta[0] = self._stamp(meta[0], meta[1])
+            body = memoryview(self._flight)[:meta[2]]
+            seq, ts, kind = self._flight_seq, meta[0], meta[3]
+        elif self._len:
+            head = self._head
+            ts = self._ts[head] = self._stamp(self._ts[head], self._taken_s[head])
+            at = self._offs[head]
+            body = memoryview(self._ring)[at:at + self._lens[head]]
+            seq, kind = self._seqs[head], self._kinds[head]
+        else:
             raise IndexError("outbox empty")
-        head = self._head
-        ts = self._ts[head]
-        if ts is None:
-            now = self._clock()
-            if now is not None:
-                ts = self._ts[head] = now - (self._uptime_ms() - self._taken_ms[head]) // 1000
-        seq = self._in_flight = self._seqs[head]
-        return seq, self._topics[head], payload.reading(self.boot, seq, ts, self._bodies[head])
+        self._in_flight = seq
+        return seq, self._topics[kind], payload.reading(self.boot, seq, ts or None, body)
+
+    def _stamp(self, ts, taken_s):
+        if ts:
+            return ts
+        now = self._clock()
+        if now is None:
+            return 0
+        return now - (self._uptime_ms() // 1000 - taken_s)
 
     def pop(self, seq):
         """Reading `seq` (the one in flight, so the oldest) was delivered: forget it.
 
         A repeated acknowledgement, or one for another seq, pops nothing.
         """
+        if self._flight_seq:
+            if seq == self._flight_seq:
+                self._flight_seq = 0
+                self.delivered += 1
+            return
         if not self._len or self._seqs[self._head] != seq:
             return
-        self._clear(self._head)
-        self._head = (self._head + 1) % len(self._topics)
+        self._head = (self._head + 1) % self._cap
         self._len -= 1
         self.delivered += 1

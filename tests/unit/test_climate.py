@@ -31,7 +31,7 @@ class FakeDHT:
 
 model, interval_s, window, rows, run_ms = json.load(open(sys.argv[1]))
 dht = FakeDHT(rows)
-box = Outbox(50, 1, lambda: 1800000000, lambda: 0)
+box = Outbox(50, 1, lambda: 1800000000, lambda: 0, 4096)
 beats = []
 c = Climate(dht, {"model": model, "interval_s": interval_s, "window": window}, box, b"t",
             lambda: beats.append(1))

@@ -75,6 +75,14 @@ BAD_CONFIG = [
     (with_change("topic_prefix", "a//b"), "topic_prefix", "non-empty"),
     (with_change("watchdog_s", 1), "watchdog_s", "5..3600"),
     (with_change("outbox_size", 1), "outbox_size", "4..2000"),
+    (with_change("outbox_bytes", 1024), "outbox_bytes", "2048..32768"),
+    # 2000 readings were accepted before the outbox was counted in bytes: 250 KB on a heap of
+    # about 110 KB. Now it is a clear error, naming what it would take.
+    (with_change("outbox_size", 2000), "outbox_size/outbox_bytes",
+     "at most 32768 bytes of the board's RAM for the outbox (Wi-Fi, TLS and the I2S DMA need "
+     "the rest); 2000 readings and 16384 bytes of them take 50896"),
+    (with_change("outbox_size", 934), "outbox_size/outbox_bytes", "take 32774"),
+    (with_change("commands_per_s", 0), "commands_per_s", "1..100"),
     (with_change("wifi", "x"), "wifi", "no such key"),
     ([1, 2], "(top level)", "an object"),
     ("config", "(top level)", "an object"),
@@ -105,6 +113,14 @@ def test_good_config_and_defaults(mpy, tmp_path):
         minimal.pop(key)
     assert run_cases(mpy, tmp_path, [["config", GOOD], ["config", minimal],
                                      ["secrets", GOOD_SECRETS]]) == ["ok", "ok", "ok"]
+
+
+def test_the_largest_outbox_the_board_takes(mpy, tmp_path):
+    """933 readings at the default 16 KB of bodies is the most the config accepts."""
+    results = run_cases(mpy, tmp_path, [["config", with_change("outbox_size", 933)],
+                                        ["config", with_change("outbox_bytes", 32768)]])
+    assert results[0] == "ok", results
+    assert "take 34980" in results[1], results  # 100 readings + 32 KB: over, by their index
 
 
 @pytest.mark.parametrize("raw,key,words", BAD_CONFIG, ids=[c[1] for c in BAD_CONFIG])

@@ -256,7 +256,7 @@ def setup(*plans, keepalive_s=60, clock_set_at=0, origin=0, bits=0, seed=None):
     else:
         random.seed(seed)
     CLIENT = FakeClient(plans or [plan()])
-    OUTBOX = Outbox(20, 7, lambda: 1700000000, lambda: CLOCK.t)
+    OUTBOX = Outbox(20, 7, lambda: 1700000000, lambda: CLOCK.t, 4096)
     PUB = P.Publisher(CLIENT, OUTBOX, TOPICS, keepalive_s, beat, link, clock_set, CLOCK)
     return PUB
 
