@@ -28,7 +28,7 @@ _JITTER_US = const(3)
 
 _edges = array("i", bytes(4 * _MAX_EDGES))  # level changes, us after the release; first falls
 _frame = [-1, 0, 0, 0, 0]  # [gpio or -1, edge count, release ticks_us, cursor us, rng state]
-_fall_us = {}  # gpio -> ticks_us when the node pulled it low (start pulse in progress)
+_fall_us = {}  # gpio -> (ticks_us, ticks_ms) when the node pulled it low: a start pulse
 _data = bytearray(5)
 
 
@@ -51,7 +51,7 @@ def driven(gpio, mode, level):
         return
     if level == 0:
         if gpio not in _fall_us:
-            _fall_us[gpio] = time.ticks_us()
+            _fall_us[gpio] = (time.ticks_us(), time.ticks_ms())
         if _frame[0] == gpio:
             _frame[0] = -1  # the node pulled the line down mid-frame: the sensor stops
         return
@@ -60,14 +60,14 @@ def driven(gpio, mode, level):
         return  # already high, or a push-pull 1 that no sensor answer could pull down
     now = time.ticks_us()
     _frame[0] = -1
-    low_us = time.ticks_diff(now, fall)
+    low_us = time.ticks_diff(now, fall[0])
     kind = cls._KIND
     if low_us < _MIN_START_US[kind]:
         _simenv.say("%s start pulse too short (%d us, needs %d)"
                     % (cls._NAME, low_us, _MIN_START_US[kind]))
         return
     # The interval counts from the start of the start pulse, as the stock model's from measure().
-    if dht.too_soon(gpio, cls._NAME, cls._MIN_INTERVAL_MS):
+    if dht.too_soon(gpio, cls._NAME, cls._MIN_INTERVAL_MS, fall[1]):
         return
     row = dht.next_row()
     if row[0] == 1:  # timeout: the sensor never answers

@@ -108,10 +108,11 @@ def next_row():
     return _script[i]
 
 
-def too_soon(gpio, name, min_interval_ms):
-    """True (and a `sim:` line) if a read now comes sooner than the sensor allows; otherwise
-    the read counts from now."""
-    now = time.ticks_ms()
+def too_soon(gpio, name, min_interval_ms, now=None):
+    """True (and a `sim:` line) if a read at ticks_ms `now` (default: now) comes sooner than
+    the sensor allows; otherwise the read counts from then."""
+    if now is None:
+        now = time.ticks_ms()
     last = _last_read.get(gpio)
     if last is not None:
         since = time.ticks_diff(now, last)
