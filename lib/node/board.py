@@ -12,6 +12,7 @@ import machine
 import network
 from micropython import const
 
+from node import dhtwire
 from node.log import log
 
 _WIFI_POLL_MS = const(250)
@@ -42,8 +43,10 @@ def reset_cause():
 
 
 def dht_sensor(model, pin):
+    """The DHT on `pin`, with both drivers (node.dhtwire.Sensor): `await read()`, the fast path,
+    and the firmware's blocking `measure()`; the climate task uses the one dht.driver names."""
     sensor_class = dht.DHT22 if model == "DHT22" else dht.DHT11
-    return sensor_class(machine.Pin(pin))
+    return dhtwire.Sensor(sensor_class(machine.Pin(pin)), model)
 
 
 def mic_ring_samples(rate_hz):

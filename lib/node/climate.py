@@ -13,14 +13,18 @@ from node.supervisor import sleep_beating
 _RETRIES = const(2)
 # What each sensor can measure (datasheets); anything outside is a failed read, not weather.
 # A DHT11 that lost its data line reads 0 °C / 0 %, or 255 in every byte.
-_RANGE = {"DHT11": (0, 50, 20, 95), "DHT22": (-40, 80, 0, 100)}
+# In tenths, as readings are kept.
+_RANGE = {"DHT11": (0, 500, 200, 950), "DHT22": (-400, 800, 0, 1000)}
 
 
 class Climate:
     """Owns the DHT sensor; one filtered reading per interval goes to the outbox.
 
     `settings` is the config's "dht" section as in force: `interval_s` is read at every
-    reading, so a `set` command takes effect after the current wait.
+    reading, so a `set` command takes effect after the current wait. With `driver` "async"
+    the sensor is read by `await sensor.read()` (node.dhtwire: tenths, the loop runs meanwhile);
+    otherwise by the firmware driver's blocking `measure()`, which every sensor has (a
+    settings dict without `driver`, as in tests, means that one).
     """
 
     def __init__(self, sensor, settings, outbox, topic, beat):
@@ -28,6 +32,7 @@ class Climate:
         self._sensor = sensor
         self._model = model
         self._settings = settings
+        self._fast = settings.get("driver") == "async"
         self._min_interval_ms = DHT_MIN_INTERVAL_S[model] * 1000
         self._range = _RANGE[model]
         self._temperature = MovingAverage(settings["window"])  # tenths of a degree
@@ -47,12 +52,16 @@ class Climate:
         self._beat()  # retries of a failing sensor can take several seconds
         self._last_read_ms = time.ticks_ms()
 
-    def _measure(self):
+    async def _measure(self):
         """(temperature, humidity) in tenths, or None after logging why the read failed."""
+        sensor = self._sensor
         try:
-            self._sensor.measure()
-            t = self._sensor.temperature()
-            h = self._sensor.humidity()
+            if self._fast:
+                t, h = await sensor.read()
+            else:
+                sensor.measure()
+                t = round(sensor.temperature() * 10)
+                h = round(sensor.humidity() * 10)
         except OSError as e:
             return self._failed("no answer (%s)" % e)
         except Exception as e:  # the dht driver raises a bare Exception for a bad checksum
@@ -61,8 +70,8 @@ class Climate:
             return self._failed("checksum error")
         t_lo, t_hi, h_lo, h_hi = self._range
         if not (t_lo <= t <= t_hi and h_lo <= h <= h_hi) or (t == 0 and h == 0):
-            return self._failed("implausible %s C %s %%" % (t, h))
-        return round(t * 10), round(h * 10)
+            return self._failed("implausible %s C %s %%" % (t / 10, h / 10))
+        return t, h
 
     def _failed(self, why):
         self.errors += 1
@@ -76,7 +85,7 @@ class Climate:
             sample = None
             for _ in range(1 + _RETRIES):
                 await self._wait_for_sensor()
-                sample = self._measure()
+                sample = await self._measure()
                 if sample is not None:
                     self._temperature.push(sample[0])
                     self._humidity.push(sample[1])

@@ -166,7 +166,7 @@ def validate(raw, where="config.json"):
     mqtt["keepalive_s"] = _take(src, "keepalive_s", where, "mqtt.", "int", 30, lo=5, hi=3600)
 
     src = _section(raw, "dht", where)
-    _no_unknown(src, ("model", "pin", "interval_s", "window"), where, "dht.")
+    _no_unknown(src, ("model", "pin", "interval_s", "window", "driver"), where, "dht.")
     dht = cfg["dht"] = {}
     dht["model"] = _take(src, "model", where, "dht.", "str", choices=("DHT11", "DHT22"))
     dht["pin"] = _take(src, "pin", where, "dht.", "int", lo=0, hi=48)
@@ -174,6 +174,9 @@ def validate(raw, where="config.json"):
         src, "interval_s", where, "dht.", "int", 5, lo=DHT_MIN_INTERVAL_S[dht["model"]], hi=3600
     )
     dht["window"] = _take(src, "window", where, "dht.", "int", 5, lo=1, hi=120)
+    # "async": node.dhtwire, which leaves the loop free during the start pulse; "stock": the
+    # firmware's dht module, which blocks it for about 270 ms per read.
+    dht["driver"] = _take(src, "driver", where, "dht.", "str", "async", choices=("async", "stock"))
 
     src = _section(raw, "audio", where)
     _no_unknown(

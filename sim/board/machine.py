@@ -13,6 +13,7 @@ import os
 import time
 
 import _audio
+import _dhtwire
 import _simenv
 import micropython
 from _simenv import (  # noqa: F401  (re-exported, as the board's machine has them)
@@ -129,6 +130,12 @@ def _set_level(gpio, st, level):
     if level != st[2] and _pin_log is not None:
         _pin_log.write("%d %d %d\n" % (time.ticks_ms(), gpio, level))
     st[2] = level
+    _dhtwire.driven(gpio, st[0], level)  # a DHT on the line answers a start pulse
+
+
+def time_pulse_us(pin, pulse_level, timeout_us=1_000_000):
+    """The DHT line's pulses (_dhtwire); a line without a DHT frame stays high."""
+    return _dhtwire.time_pulse_us(pin._id, pulse_level, timeout_us)
 
 
 class Pin:

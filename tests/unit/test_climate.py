@@ -3,6 +3,8 @@ published."""
 
 import json
 
+import pytest
+
 _RUN = """
 import asyncio, json, sys, time
 from node.climate import Climate
@@ -28,13 +30,20 @@ class FakeDHT:
         return self.value[0]
     def humidity(self):
         return self.value[1]
+    async def read(self):
+        # node.dhtwire.Sensor's fast path: the start pulse lets other tasks run; tenths.
+        await asyncio.sleep_ms(20)
+        self.measure()
+        return round(self.value[0] * 10), round(self.value[1] * 10)
 
-model, interval_s, window, rows, run_ms = json.load(open(sys.argv[1]))
+model, interval_s, window, rows, run_ms, driver = json.load(open(sys.argv[1]))
 dht = FakeDHT(rows)
 box = Outbox(50, 1, lambda: 1800000000, lambda: 0, 4096)
 beats = []
-c = Climate(dht, {"model": model, "interval_s": interval_s, "window": window}, box, b"t",
-            lambda: beats.append(1))
+settings = {"model": model, "interval_s": interval_s, "window": window}
+if driver:
+    settings["driver"] = driver
+c = Climate(dht, settings, box, b"t", lambda: beats.append(1))
 
 async def main():
     try:
@@ -58,16 +67,17 @@ print(json.dumps({"readings": readings, "errors": c.errors, "gaps": gaps, "outco
 """
 
 
-def run(mpy, tmp_path, model, interval_s, window, rows, run_ms):
+def run(mpy, tmp_path, model, interval_s, window, rows, run_ms, driver=None):
     f = tmp_path / "case.json"
-    f.write_text(json.dumps([model, interval_s, window, rows, run_ms]))
+    f.write_text(json.dumps([model, interval_s, window, rows, run_ms, driver]))
     proc = mpy(_RUN, f, path=[])
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def test_filtered_readings_one_per_interval(mpy, tmp_path):
+@pytest.mark.parametrize("driver", [None, "stock", "async"])
+def test_filtered_readings_one_per_interval(mpy, tmp_path, driver):
     rows = [[20, 40], [22, 42], [24, 44], [26, 46]]
-    out = run(mpy, tmp_path, "DHT11", 1, 2, rows, 3500)
+    out = run(mpy, tmp_path, "DHT11", 1, 2, rows, 3500, driver)
     temps = [r["temperature"] for r in out["readings"]]
     hums = [r["humidity"] for r in out["readings"]]
     assert temps == [20.0, 21.0, 23.0, 25.0]  # window of 2
@@ -76,10 +86,11 @@ def test_filtered_readings_one_per_interval(mpy, tmp_path):
     assert out["errors"] == 0
 
 
-def test_failures_retried_counted_never_published(mpy, tmp_path):
+@pytest.mark.parametrize("driver", ["stock", "async"])
+def test_failures_retried_counted_never_published(mpy, tmp_path, driver):
     # timeout, checksum and an implausible DHT11 frame (0 C / 0 %, 255) before a good read
     rows = ["timeout", "checksum", [21, 50], [0, 0], [255, 255], "timeout", [23, 52]]
-    out = run(mpy, tmp_path, "DHT11", 2, 1, rows, 7500)
+    out = run(mpy, tmp_path, "DHT11", 2, 1, rows, 7500, driver)
     assert out["outcome"] == "ok"
     assert out["errors"] == 5
     values = [(r["temperature"], r["humidity"]) for r in out["readings"]]
@@ -98,6 +109,7 @@ def test_never_reads_faster_than_the_sensor_allows(mpy, tmp_path):
         assert out["beats"] >= 3  # still reporting to the supervisor while failing
 
 
-def test_unexpected_driver_error_is_not_swallowed(mpy, tmp_path):
-    out = run(mpy, tmp_path, "DHT22", 2, 3, ["boom"], 500)
+@pytest.mark.parametrize("driver", ["stock", "async"])
+def test_unexpected_driver_error_is_not_swallowed(mpy, tmp_path, driver):
+    out = run(mpy, tmp_path, "DHT22", 2, 3, ["boom"], 500, driver)
     assert out["outcome"] == "raised driver bug"

@@ -61,6 +61,8 @@ BAD_CONFIG = [
      "2..3600"),
     (with_change("dht.window", 0), "dht.window", "1..120"),
     (with_change("dht.window", 2.5), "dht.window", "an integer"),
+    (with_change("dht.driver", "fast"), "dht.driver", '"async", "stock"'),
+    (with_change("dht.driver", 1), "dht.driver", "a non-empty string"),
     (with_change("audio.bits", 24), "audio.bits", "16, 32"),
     (with_change("audio.rate_hz", 44100), "audio.rate_hz", "16000, 48000"),
     (with_change("audio.frame_samples", 10), "audio.frame_samples", "64..4096"),
@@ -215,3 +217,18 @@ def test_config_module_is_pure_python(tmp_path):
     with pytest.raises(config.ConfigError, match=r"mqtt\.port"):
         config.validate(with_change("mqtt.port", "x"))
     assert Path(config.__file__).parent.name == "node"
+
+
+_DRIVER = """
+import json, sys
+from node import config
+for raw in json.load(open(sys.argv[1])):
+    print(config.validate(raw)["dht"]["driver"])
+"""
+
+
+def test_dht_driver_defaults_to_the_async_fast_path(mpy, tmp_path):
+    f = tmp_path / "cases.json"
+    f.write_text(json.dumps([GOOD,  # config.json sets no driver
+                             with_change("dht.driver", "stock")]))
+    assert mpy(_DRIVER, f).stdout.split() == ["async", "stock"]
