@@ -58,10 +58,10 @@ def _is_ip_literal(host):
 
 def _wifi_connected():
     network = sys.modules.get("network")
-    if network is None:
-        return True  # a script that never touched network: the host's link
-    wlan = network.WLAN._ifaces.get(network.STA_IF)
-    return wlan is not None and wlan.isconnected()
+    wlan = network.WLAN._ifaces.get(network.STA_IF) if network is not None else None
+    if wlan is None:
+        return True  # a script that never made a WLAN: the host's own link
+    return wlan.isconnected()
 
 
 def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
