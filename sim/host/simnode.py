@@ -194,9 +194,11 @@ def clock_env(flash, clock, micropython):
     lib = libfaketime_for(micropython)
     if lib is None:
         bits = {1: "32", 2: "64"}.get(_elf_class(micropython), "?")
+        fix = "libfaketime:i386, a foreign architecture" if bits == "32" else \
+            "apt-get install faketime"
         return {"SIM_CLOCK": "host",
                 "SIM_CLOCK_NOTE": f"no {bits}-bit libfaketime for {micropython}: the board's "
-                                  "RTC is not simulated (apt-get install faketime)"}
+                                  f"RTC is not simulated ({fix})"}
     preload = os.environ.get("LD_PRELOAD")
     return {
         "SIM_CLOCK": "board",
