@@ -31,6 +31,7 @@ import select  # noqa: E402
 from micropython import const  # noqa: E402
 
 _MP_STREAM_POLL = const(3)
+_MP_STREAM_GET_FILENO = const(10)
 _EINVAL = const(22)
 _cost = []
 
@@ -61,8 +62,9 @@ def _spend(why):
 class _Handshaking(io.IOBase):
     """The TLS socket until its handshake is over: the call that completes it blocks."""
 
-    def __init__(self, tls):
+    def __init__(self, tls, sock):
         self._tls = tls
+        self._fd = sock.fileno() if hasattr(sock, "fileno") else -1
         self._done = False
         self._poller = None
 
@@ -98,8 +100,11 @@ class _Handshaking(io.IOBase):
         return self._tls.close()
 
     def ioctl(self, req, arg):
-        # Only poll is answered, from the real TLS socket. Anything else (GET_FILENO) must
-        # fail: a 0 would make the unix port's poll watch stdin.
+        # The unix port's poll asks for the file descriptor first, as it does of the real TLS
+        # socket (which hands over its socket's): then it polls that, as without this wrapper.
+        # Otherwise only poll is answered, from the real TLS socket.
+        if req == _MP_STREAM_GET_FILENO and self._fd >= 0:
+            return self._fd
         if req != _MP_STREAM_POLL:
             return -_EINVAL
         if self._poller is None:
@@ -130,7 +135,7 @@ class SSLContext(_real.SSLContext):
         if do_handshake_on_connect:
             _spend("done")
             return tls
-        return _Handshaking(tls)
+        return _Handshaking(tls, sock)
 
 
 def wrap_socket(sock, server_side=False, key=None, cert=None, cert_reqs=CERT_NONE,  # noqa: F405
