@@ -4,7 +4,9 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-MICROPYTHON := $(VENV)/bin/micropython
+# The MicroPython binary everything runs (make sim, tests, fakeboard): any unix port, e.g. the
+# 32-bit ../shared/mp32/micropython32 (MicroPython 1.27, as the firmware).
+MICROPYTHON ?= $(abspath $(VENV))/bin/micropython
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
 # make sim options (DESIGN.md "Contracts")
@@ -16,12 +18,13 @@ DHT ?=
 HEAP ?=
 APP ?=
 RECORD ?=
+CLOCK ?=
 # make plot options (also DURATION, AUDIO, DHT)
 RECORDING ?=
 BROKER ?=
 CA ?=
 OUT ?=
-# make bundle / deploy / flash options
+# make bundle / deploy / flash options (ARCH: xtensawin, x64, or x86 for a 32-bit unix port)
 ARCH ?= xtensawin
 PORT ?=
 CHIP ?=
@@ -46,12 +49,17 @@ lib/umqtt/simple.py: tools/fetch_umqtt.py | $(STAMP)
 
 lib: lib/umqtt/simple.py
 
+# faketime: the simulated board's RTC (2000-01-01 at power-on). libc6-i386 only where
+# MICROPYTHON is a 32-bit program (a machine without i386 packages never needs it).
 deps: $(STAMP) lib
-	@tools/apt-install.sh mosquitto openssl
+	@tools/apt-install.sh mosquitto openssl faketime
+	@if [ -f "$(MICROPYTHON)" ] && [ "$$(od -An -tx1 -j4 -N1 "$(MICROPYTHON)" | tr -d ' ')" = 01 ] \
+		&& head -c4 "$(MICROPYTHON)" | grep -q ELF; then tools/apt-install.sh libc6-i386; fi
 
 sim: deps
 	$(PY) -m sim.host.run --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
-		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)" --app "$(APP)" --record "$(RECORD)"
+		--audio "$(AUDIO)" --dht "$(DHT)" --heap "$(HEAP)" --app "$(APP)" --record "$(RECORD)" \
+		--micropython "$(MICROPYTHON)" --clock "$(CLOCK)"
 
 # Temperature, humidity and sound level over time: a recording, a live broker, or a sim run.
 plot: deps
@@ -102,7 +110,7 @@ flash: deps
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: deps
-	$(PY) -m sim.host.fakeboard --baud 115200
+	MICROPYTHON="$(MICROPYTHON)" $(PY) -m sim.host.fakeboard --baud 115200
 
 repl: deps
 	$(VENV)/bin/mpremote connect "$(PORT)" repl

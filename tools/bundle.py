@@ -1,6 +1,6 @@
 """Build the tree that goes on the board: boot.py, main.py, config.json, and lib/ as .mpy.
 
-    python -m tools.bundle --arch xtensawin|x64 --out build/<arch> [--src REPO]
+    python -m tools.bundle --arch xtensawin|x64|x86 --out build/<arch> [--src REPO]
 
 lib/**.py is compiled with mpy-cross for the target (`-march`), so @micropython.viper and
 @micropython.native functions arrive as machine code and the board compiles nothing at import.
@@ -29,6 +29,7 @@ MANIFEST = ".bundle.json"
 ARCHES = {
     "xtensawin": (10, "ESP32 and ESP32-S3"),
     "x64": (2, "the unix port on a 64-bit PC: tests, sim/host/fakeboard.py"),
+    "x86": (1, "the unix port built 32-bit: ../shared/mp32/micropython32"),
 }
 TOP_FILES = ("boot.py", "main.py", "config.json")  # copied as they are, in this order
 SKIP_DIRS = {"__pycache__"}

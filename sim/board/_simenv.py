@@ -1,11 +1,13 @@
-"""Shared state of the simulated board: its environment, its exits and its reset cause.
+"""Shared state of the simulated board: its environment, its exits, its reset cause, its clock
+and the watchdog state that outlives a soft reset.
 
-Private to sim/board/: the fake hardware modules (machine, dht, network) and start.py meet here, so
-that a configuration error or a reset looks the same whichever module notices it.
+Private to sim/board/: the fake hardware modules (machine, dht, network, socket, ssl) and start.py
+meet here, so that a configuration error or a reset looks the same whichever module notices it.
 """
 
 import os
 import sys
+import time
 
 # Exit codes of the simulated board (docs/ARCHITECTURE.md lists them for the tools).
 EXIT_EXCEPTION = 1  # main.py raised: the board would drop to the REPL
@@ -28,6 +30,10 @@ _CAUSE_NAMES = {1: "PWRON_RESET", 2: "HARD_RESET", 3: "WDT_RESET", 4: "DEEPSLEEP
 # its cause there if the app changes directory.
 FLASH = os.getcwd()
 _CAUSE_FILE = FLASH + "/.sim_reset_cause"
+# The armed watchdog, "<timeout ms> <last feed ticks_ms>": the task watchdog of the ESP32 cannot
+# be stopped and runs on across a soft reset; only a hard reset or a power-on clears it (they
+# delete this file: machine.reset(), the watchdog firing, the host powering the board on).
+WDT_FILE = FLASH + "/.sim_wdt"
 
 # Set (once, never cleared) by the watchdog thread; start.py reads it to turn the interrupt
 # it delivers into exit code 3.
@@ -35,10 +41,29 @@ wdt_fired = [False]
 
 _cause = None
 
+# start.py holds back notes made while the board's modules load, so that its banner stays the
+# first line; flush_notes() prints them after it.
+defer = [False]
+_notes = []
+
 
 def say(msg):
     """One line on stderr, prefixed so it never mixes with the node's own log on stdout."""
     sys.stderr.write("sim: " + msg + "\n")
+
+
+def note(msg):
+    if defer[0]:
+        _notes.append(msg)
+    else:
+        say(msg)
+
+
+def flush_notes():
+    defer[0] = False
+    for msg in _notes:
+        say(msg)
+    _notes.clear()
 
 
 def die(code, msg):
@@ -86,9 +111,89 @@ def reset_cause():
 
 
 def record_cause(cause):
-    """Leave the cause of this exit for the next start's machine.reset_cause()."""
+    """Leave the cause of this exit for the next start's machine.reset_cause().
+
+    Every reset but a soft one restarts the chip, and with it the watchdog.
+    """
+    if cause != SOFT_RESET:
+        clear_wdt()
     try:
         with open(_CAUSE_FILE, "w") as f:
             f.write("%d %s\n" % (cause, cause_name(cause)))
     except OSError as e:
         say("cannot record the reset cause in %s: %s" % (_CAUSE_FILE, e))
+
+
+# ---- the watchdog across soft resets ------------------------------------------------------
+
+
+def save_wdt(timeout_ms, last_feed_ms):
+    # Written on every feed: a soft reset can end the process at any moment (the fake serial
+    # board kills it), and the next run must find the last feed. ticks_ms is the host's
+    # CLOCK_MONOTONIC, shared by every process of one binary.
+    try:
+        with open(WDT_FILE, "w") as f:
+            f.write("%d %d\n" % (timeout_ms, last_feed_ms))
+    except OSError as e:
+        say("cannot record the watchdog in %s: %s" % (WDT_FILE, e))
+
+
+def load_wdt():
+    """(timeout ms, last feed ticks_ms) of a watchdog armed before a soft reset, or None."""
+    try:
+        with open(WDT_FILE) as f:
+            timeout_ms, last_ms = (int(x) for x in f.read().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return (timeout_ms, last_ms) if timeout_ms > 0 else None
+
+
+def clear_wdt():
+    try:
+        os.remove(WDT_FILE)
+    except OSError:
+        pass
+
+
+# ---- the clock ----------------------------------------------------------------------------
+# SIM_CLOCK=board: the host runs the board under libfaketime, its offset from the host's clock
+# in FAKETIME_TIMESTAMP_FILE (re-read on every call: FAKETIME_NO_CACHE=1). The host writes
+# "2000-01-01 now" there at power-on; RTC().datetime(...) rewrites it. SIM_CLOCK=host (or
+# unset): the host's own clock, and setting the RTC is only noted.
+
+def clock_mode():
+    return "board" if env("SIM_CLOCK") == "board" and env("FAKETIME_TIMESTAMP_FILE") else "host"
+
+
+def _clock_offset():
+    try:
+        with open(env("FAKETIME_TIMESTAMP_FILE")) as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def set_clock(unix_s):
+    """Move the board's clock to unix_s (libfaketime sees the new offset at its next call)."""
+    path = env("FAKETIME_TIMESTAMP_FILE")
+    offset = _clock_offset() + unix_s - time.time()
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%+.3f\n" % offset)
+    os.rename(tmp, path)  # atomic: libfaketime never reads half a line
+
+
+def epoch_s(year, month, day, hours=0, minutes=0, seconds=0):
+    """Unix seconds of a UTC date (time.mktime would apply the host's time zone)."""
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def iso_now():
+    t = time.gmtime()
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]

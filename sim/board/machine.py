@@ -465,14 +465,25 @@ def _alarm(timer, st, gen, period_ms, mode):
 
 
 class RTC:
-    """The chip's clock. The simulator runs on the host's clock: setting it is only noted."""
+    """The chip's clock: time.time()/gmtime() and the TLS certificate checks read it.
+
+    Under SIM_CLOCK=board (the default of sim/host) it starts at 2000-01-01 on power-on and
+    keeps running across resets, as the ESP32's RTC does, and setting it moves the process's
+    clock (libfaketime). Under SIM_CLOCK=host it is the host's clock and a set is only noted.
+    """
 
     def datetime(self, dt=None):
         if dt is None:
             t = time.gmtime()
             return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
-        _simenv.say("RTC set to %04d-%02d-%02d %02d:%02d:%02d: ignored, the simulator keeps "
-                    "the host's clock" % (dt[0], dt[1], dt[2], dt[4], dt[5], dt[6]))
+        when = "%04d-%02d-%02dT%02d:%02d:%02dZ" % (dt[0], dt[1], dt[2], dt[4], dt[5], dt[6])
+        if _simenv.clock_mode() != "board":
+            _simenv.say("RTC set to %s: ignored, the simulator keeps the host's clock" % when)
+            return None
+        sub_us = dt[7] if len(dt) > 7 else 0
+        _simenv.set_clock(_simenv.epoch_s(dt[0], dt[1], dt[2], dt[4], dt[5], dt[6])
+                          + sub_us / 1_000_000)
+        _simenv.say("RTC set to %s" % when)
         return None
 
 
@@ -488,7 +499,8 @@ _WDT_INTERRUPTS = const(3)  # then the process is killed
 
 class WDT:
     """The task watchdog. A thread watches the feed time, so it fires even when the app's
-    event loop is stuck in a blocking call, as the board's hardware timer would."""
+    event loop is stuck in a blocking call, as the board's hardware timer would. As on the
+    ESP32 it cannot be stopped, and a soft reset leaves it running (_simenv.save_wdt)."""
 
     def __init__(self, id=0, timeout=5000):
         if id != 0:
@@ -496,15 +508,32 @@ class WDT:
         if timeout <= 0:
             raise ValueError("WDT timeout too short")
         # A second WDT re-arms the one watchdog with the new timeout, as on the ESP32.
-        _wdt[0] = time.ticks_ms()
-        _wdt[1] = timeout
-        if not _wdt_thread:
-            import _thread
-
-            _wdt_thread.append(_thread.start_new_thread(_watch, ()))
+        _arm(timeout, time.ticks_ms())
 
     def feed(self):
         _wdt[0] = time.ticks_ms()
+        _simenv.save_wdt(_wdt[1], _wdt[0])
+
+
+def _arm(timeout, last_feed):
+    _wdt[0] = last_feed
+    _wdt[1] = timeout
+    _simenv.save_wdt(timeout, last_feed)
+    if not _wdt_thread:
+        import _thread
+
+        _wdt_thread.append(_thread.start_new_thread(_watch, ()))
+
+
+def _resume_wdt():
+    """A watchdog armed before a soft reset goes on from its last feed."""
+    state = _simenv.load_wdt()
+    if state is None:
+        return
+    timeout, last_feed = state
+    _simenv.note("WDT still running after the soft reset: timeout %d ms, last fed %d ms ago"
+                % (timeout, time.ticks_diff(time.ticks_ms(), last_feed)))
+    _arm(timeout, last_feed)
 
 
 def _watch():
@@ -515,7 +544,7 @@ def _watch():
         if late >= timeout:
             break
     _simenv.wdt_fired[0] = True
-    _simenv.record_cause(WDT_RESET)
+    _simenv.record_cause(WDT_RESET)  # and clears the saved watchdog: the chip restarts
     _simenv.say("WDT fired: not fed for %d ms (timeout %d ms)" % (late, timeout))
     # This port has no _exit() for a thread to end the process, so the main thread is
     # interrupted with SIGINT: that ends whatever blocking call it is stuck in, and start.py,
@@ -526,3 +555,6 @@ def _watch():
         time.sleep_ms(_WDT_RESEND_MS)
     _simenv.say("the app did not stop on the WDT interrupt: killing the process")
     os.system("kill -KILL $PPID")
+
+
+_resume_wdt()

@@ -3,7 +3,11 @@
 Sockets are the host's, so "connected" is a state this module keeps: connect() succeeds
 _CONNECT_MS later, as association and DHCP would. SIM_RSSI sets the signal (default -55 dBm);
 SIM_WIFI=down makes connect() never succeed (status() stays STAT_CONNECTING, as the ESP32
-port's endless retries report an absent access point).
+port's endless retries report an absent access point). SIM_WIFI=drop:<after_s>:<for_s>: the
+access point vanishes <after_s> seconds after the first association, for <for_s> seconds.
+As network_wlan.c does, the driver then reassociates on its own (connect() was requested), and
+a connect() while it does raises OSError("Wifi Internal Error") (esp_wifi_connect() returns
+ESP_ERR_WIFI_CONN); status('rssi') raises while not connected.
 """
 
 import time
@@ -31,6 +35,8 @@ AUTH_WPA2_PSK = 3
 AUTH_WPA_WPA2_PSK = 4
 
 _CONNECT_MS = const(300)
+# After the access point is back: the driver's next retry, then association and DHCP.
+_RECONNECT_MS = const(1000)
 _SCAN_MS = const(1500)  # a scan blocks the board for a second or two: so it does here
 _NO_ADDR = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 # The node's traffic really leaves through the host's loopback or network, never a radio.
@@ -41,13 +47,63 @@ _rssi = []
 _wifi = []
 
 
-def _wifi_up():
+def _wifi_mode():
+    """SIM_WIFI as ("up"|"down"|"drop", after_ms, for_ms)."""
     if not _wifi:
         text = _simenv.env("SIM_WIFI", "up")
-        if text not in ("up", "down"):
-            _simenv.config_error("SIM_WIFI", "%r is neither 'up' nor 'down'" % text)
-        _wifi.append(text == "up")
+        mode = (text, 0, 0)
+        if text.startswith("drop:"):
+            try:
+                after_s, for_s = (float(x) for x in text[5:].split(":"))
+                if after_s < 0 or for_s <= 0:
+                    raise ValueError
+            except ValueError:
+                _simenv.config_error("SIM_WIFI", "%r is not drop:<after_s>:<for_s>, like "
+                                     "drop:10:5" % text)
+            mode = ("drop", int(after_s * 1000), int(for_s * 1000))
+        elif text not in ("up", "down"):
+            _simenv.config_error("SIM_WIFI", "%r is neither 'up', 'down' nor "
+                                 "'drop:<after_s>:<for_s>'" % text)
+        _wifi.append(mode)
     return _wifi[0]
+
+
+def _wifi_up():
+    return _wifi_mode()[0] != "down"
+
+
+# ticks_ms of the first association: a drop's schedule counts from there.
+_first_up = []
+
+
+def _drop_state(now):
+    """None: no drop; "before", "gone" (the AP is away) or "back" (since when, in ticks_ms)."""
+    mode, after_ms, for_ms = _wifi_mode()
+    if mode != "drop" or not _first_up:
+        return None, 0
+    gone_at = time.ticks_add(_first_up[0], after_ms)
+    back_at = time.ticks_add(gone_at, for_ms)
+    if time.ticks_diff(now, gone_at) < 0:
+        return "before", 0
+    if time.ticks_diff(now, back_at) < 0:
+        return "gone", 0
+    return "back", back_at
+
+
+def _announce_drop():
+    # The log lines come from a thread at the moments themselves, not when the app next asks.
+    _mode, after_ms, for_ms = _wifi_mode()
+    gone_at = time.ticks_add(_first_up[0], after_ms)
+    for at, msg in (
+        (gone_at, "the access point is gone for %d ms (SIM_WIFI); the driver keeps trying to "
+                  "reassociate" % for_ms),
+        (time.ticks_add(gone_at, for_ms), "the access point is back"),
+        (time.ticks_add(gone_at, for_ms + _RECONNECT_MS), "the driver reassociated on its own"),
+    ):
+        wait_ms = time.ticks_diff(at, time.ticks_ms())
+        if wait_ms > 0:
+            time.sleep_ms(wait_ms)
+        _simenv.say("Wi-Fi: " + msg)
 
 
 def hostname(name=None):
@@ -109,6 +165,11 @@ class WLAN:
         self._require_sta()
         if not self._active:
             raise OSError("Wifi Not Started")
+        if self._reassociating():
+            # The driver is in the middle of its own reconnect: esp_wifi_connect() refuses.
+            _simenv.say("Wi-Fi: connect() while the driver reassociates: OSError('Wifi "
+                        "Internal Error')")
+            raise OSError("Wifi Internal Error")
         if ssid is not None:
             self._ssid = ssid
             self._config["key"] = key or ""
@@ -117,12 +178,30 @@ class WLAN:
     def disconnect(self):
         self._requested_at = None
 
+    def _reassociating(self):
+        if self._if != STA_IF or self._requested_at is None or not self._active:
+            return False
+        state, back_at = _drop_state(time.ticks_ms())
+        if state == "gone":
+            return True
+        return state == "back" and time.ticks_diff(time.ticks_ms(), back_at) < _RECONNECT_MS \
+            and time.ticks_diff(self._requested_at, back_at) < 0
+
     def isconnected(self):
         if self._if != STA_IF or self._requested_at is None or not self._active:
             return False
         if not _wifi_up():
             return False
-        return time.ticks_diff(time.ticks_ms(), self._requested_at) >= _CONNECT_MS
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._requested_at) < _CONNECT_MS:
+            return False
+        if not _first_up:
+            _first_up.append(time.ticks_add(self._requested_at, _CONNECT_MS))
+            if _wifi_mode()[0] == "drop":
+                import _thread
+
+                _thread.start_new_thread(_announce_drop, ())
+        return not self._reassociating()
 
     def status(self, param=None):
         if param is None:

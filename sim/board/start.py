@@ -23,6 +23,8 @@ sys.argv[:] = []
 
 import _simenv  # noqa: E402  (needs the path above)
 
+_simenv.defer[0] = True
+
 
 def _import_board():
     """Import the simulated hardware modules; return the heap they take, in KB.
@@ -30,6 +32,9 @@ def _import_board():
     On the board these are built in or frozen and cost no heap; here they are ordinary
     modules, and the banner says how much HEAP to add to leave the app the same room.
     """
+    import socket  # noqa: F401
+    import ssl  # noqa: F401
+
     import _audio  # noqa: F401
     import dht  # noqa: F401
     import machine  # noqa: F401
@@ -41,6 +46,9 @@ def _import_board():
 
 def _check_config():
     """Read every SIM_* input now, so a wrong one stops the run before the app starts."""
+    import socket
+    import ssl
+
     import _audio
     import dht
     import machine
@@ -50,7 +58,18 @@ def _check_config():
     dht.check()
     machine.unique_id()
     network._sim_rssi()
-    network._wifi_up()
+    network._wifi_mode()
+    socket._dns_mode()
+    ssl._cost_ms()
+
+
+def _clock_line():
+    if _simenv.clock_mode() == "board":
+        what = "the board's RTC (2000-01-01 at power-on, kept across resets)"
+    else:
+        what = "the host's clock" + (" (%s)" % _simenv.env("SIM_CLOCK_NOTE")
+                                     if _simenv.env("SIM_CLOCK_NOTE") else "")
+    _simenv.say("clock: %s, now %s" % (what, _simenv.iso_now()))
 
 
 def _run(name, namespace):
@@ -86,6 +105,8 @@ def main():
     _simenv.say("MicroPython %s simulated ESP32, flash=%s, reset cause %s; simulator modules use "
                 "%d KB of the heap" % (ver, _simenv.FLASH, _simenv.cause_name(cause),
                                        _import_board()))
+    _simenv.flush_notes()
+    _clock_line()
     namespace = {"__name__": "__main__"}
     try:
         _check_config()

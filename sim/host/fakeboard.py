@@ -20,6 +20,9 @@ and `make deploy PORT=<pty> ARCH=x64` talk to it as to an ESP32 on a USB serial 
   printed and passed over, as in sim/board/start.py;
 - sys.exit() / machine.soft_reset() soft-reset; machine.reset(), the watchdog and any exit of the
   process are a hard reset: a new process, friendly mode, boot.py and main.py again;
+- as on the ESP32, a watchdog armed before a soft reset (Ctrl-D, mpremote entering the raw REPL)
+  keeps running after it, from its last feed (FLASH/.sim_wdt): a REPL session longer than its
+  timeout ends in a WDT reset. Only a hard reset or the fakeboard's start clears it;
 - while REPL commands run (not boot.py/main.py), absolute paths such as "/lib" mean the flash
   folder, as on the board, and os.statvfs reports the --flash-kb size when one is given.
 
@@ -45,6 +48,7 @@ RAW_PASTE_WINDOW = 128  # the ESP32 port's stdin buffer is 256 bytes; the window
 OUT_CAP = 256 * 1024  # bytes kept for a host that does not read: a UART drops the rest
 HARD_RESET_DELAY_S = 0.3  # a crash loop must not spin a CPU
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
+WDT_FILE = ".sim_wdt"  # sim/board/_simenv.py: a watchdog that outlives a soft reset
 
 # The "firmware" running inside the micropython process: executes what the REPL hands it, in
 # one __main__ namespace, and reports each end on the status pipe. Configuration is prepended.
@@ -148,6 +152,16 @@ def _board_open(p, *a, **k):
 sys.modules["os"] = _OsShim()
 builtins.open = _board_open
 sys.path[:] = _SYSPATH
+try:
+    _os.stat(".sim_wdt")
+    import machine  # resumes the watchdog that was running before the soft reset
+except OSError:
+    pass
+
+
+def _wdt_fired():
+    sim = sys.modules.get("_simenv")
+    return sim is not None and sim.wdt_fired[0]
 
 _g = {"__name__": "__main__"}
 _inp = sys.stdin.buffer
@@ -183,8 +197,7 @@ def _run(kind, src):
         exec(code, _g)
         return "o", ""
     except BaseException as e:  # everything the board would report, SystemExit included
-        sim = sys.modules.get("_simenv")
-        if sim is not None and sim.wdt_fired[0]:
+        if _wdt_fired():
             return "!", "3"
         if isinstance(e, SystemExit):
             code = e.args[0] if e.args else None
@@ -204,6 +217,8 @@ while True:
     try:
         hdr = _inp.readline()
     except KeyboardInterrupt:
+        if _wdt_fired():  # the watchdog fired while the REPL waited for input
+            sys.exit(3)
         continue
     if not hdr:
         break
@@ -214,6 +229,8 @@ while True:
         try:
             chunk = _inp.read(n - len(payload))
         except KeyboardInterrupt:
+            if _wdt_fired():
+                sys.exit(3)
             continue
         if not chunk:
             sys.exit(0)
@@ -411,6 +428,8 @@ class FakeBoard:
 
     # --- resets --------------------------------------------------------------------------------
     def power_on(self):
+        """A power-on or hard reset: the chip, its watchdog with it, starts afresh."""
+        (self.flash / WDT_FILE).unlink(missing_ok=True)
         self.mode = "friendly"
         self.boot()
 

@@ -2,6 +2,7 @@
 
     python -m sim.host.run [--duration S] [--config FILE] [--secrets FILE] [--audio WAV|sine:F:DB]
                            [--dht CSV] [--heap 64k] [--app DIR] [--record FILE]
+                           [--micropython BINARY] [--clock board|host]
 
 Without --config a local Mosquitto is started on loopback with freshly generated certificates
 (everything under .sim/), on port 8883 unless that is taken, and the node gets a config derived
@@ -15,6 +16,13 @@ reason being the last line printed. Empty option values mean "not set" (the Make
 --record FILE also writes every message the subscriber sees to FILE as JSON lines,
 {"t": <unix receive time>, "topic": ..., "payload": <parsed JSON, or the text>, "retain": ...},
 for `make plot RECORDING=FILE`. tools/plot.py runs the simulator through simulate().
+
+The board's clock (--clock board, the default) starts at 2000-01-01 at power-on, as an ESP32's
+RTC does; without --config an SNTP server on loopback (sim/net/fakentp.py, the host's time) is
+started and the node's config points ntp.server/ntp.port at it. --clock host: the host's clock,
+no SNTP server. A node process killed with SIGKILL is a power cut: the board is powered on again
+1 s later (flash kept, clock back to 2000, watchdog cleared, reset cause PWRON_RESET) and the run
+goes on. SIM_PIDFILE (environment): a file that gets the running node's pid at each start.
 """
 
 import argparse
@@ -32,18 +40,21 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from sim.host.simnode import (
+    CLOCKS,
     DATA_KINDS,
     REPO,
     Node,
     format_seq_report,
     load_json,
     make_flash,
+    micropython_path,
     seq_report,
     sim_config,
     sim_secrets,
     write_json,
 )
 from sim.net.broker import HOST, BrokerError, Mosquitto, Subscriber
+from sim.net.fakentp import FakeNtp, server_answer
 from sim.net.pki import PkiError, make_pki
 
 WORK = REPO / ".sim"
@@ -54,6 +65,7 @@ SIM_PORT = 8883
 # starts the node again, as the chip would, unless it keeps doing so.
 REBOOT_CODES = {3: "the watchdog fired", 4: "machine.reset()", 5: "machine.soft_reset()"}
 _MAX_QUICK_REBOOTS = 5
+_POWER_CUT_OFF_S = 1.0  # a killed node (a power cut) is powered on again after this
 _QUICK_REBOOT_S = 10.0
 _PAYLOAD_SHOW = 600
 # A run at least this long must have got the node's status through to the local broker.
@@ -153,6 +165,8 @@ class Run:
         self.sub = None
         self.recorder = None
         self.node = None
+        self.ntp = None
+        self.power_cuts = 0
         self.nodes = []  # every run of the node (a reboot starts a new process)
         self.node_runs = []  # (exit code, last line) per finished run
         self.started = time.monotonic()
@@ -219,7 +233,13 @@ class Run:
         cfg_dir = self.work / "config"
         cfg_dir.mkdir(exist_ok=True)
         shutil.copy2(pki.ca_der, cfg_dir / "ca.der")
-        cfg = sim_config(self.broker.port, "ca.der")
+        ntp = {"server": None}
+        if self.args.clock == "board":
+            # The board starts in 2000, as after a power-on: it must ask for the time.
+            self.ntp = FakeNtp(lambda request: server_answer(int(time.time())))
+            ntp = {"server": HOST, "port": self.ntp.port}
+            self.console.note(f"SNTP server on {HOST}:{self.ntp.port} (the host's time)")
+        cfg = sim_config(self.broker.port, "ca.der", ntp=ntp)
         config_path = write_json(cfg_dir / "config.json", cfg)
         self._how_to_watch(pki.ca_pem, f"{cfg.get('topic_prefix') or 'nodes'}/#")
         if self.args.secrets:
@@ -290,12 +310,16 @@ class Run:
     def run(self, duration):
         deadline = self.started + duration if duration else None
         quick_reboots = 0
+        power_on = True
         while True:
             self.node = Node(self.flash, heap=self.args.heap or None, audio=self.audio,
-                             dht=self.dht, on_line=self.console.node)
+                             dht=self.dht, on_line=self.console.node,
+                             micropython=self.args.micropython, clock=self.args.clock)
             self.nodes.append(self.node)
-            self.console.note(f"node: {' '.join(self.node.argv)} (in {self._rel(self.flash)})")
-            self.node.start()
+            self.console.note(f"node: {' '.join(self.node.argv)} (in {self._rel(self.flash)})"
+                              + (", power-on" if power_on else ""))
+            self.node.start(power_on=power_on)
+            self._write_pidfile(self.node.pid)
             while self.node.running():
                 if deadline and time.monotonic() >= deadline:
                     return
@@ -303,6 +327,19 @@ class Run:
             code = self.node.wait()
             last = self._last_line(self.node, code)
             self.node_runs.append((code, last))
+            if code == -signal.SIGKILL:
+                self.power_cuts += 1
+                self.console.note(f"power cut (the node was killed): powering the board on "
+                                  f"again in {_POWER_CUT_OFF_S:g} s (flash kept, clock reset, "
+                                  "watchdog cleared)")
+                (self.flash / ".sim_reset_cause").unlink(missing_ok=True)  # PWRON_RESET
+                off_until = time.monotonic() + _POWER_CUT_OFF_S
+                while time.monotonic() < off_until:
+                    if deadline and time.monotonic() >= deadline:
+                        return
+                    time.sleep(0.05)
+                power_on = True
+                continue
             if code in REBOOT_CODES:
                 ran = time.monotonic() - self.node.started_at
                 quick_reboots = quick_reboots + 1 if ran < _QUICK_REBOOT_S else 0
@@ -311,8 +348,17 @@ class Run:
                                 f"{_QUICK_REBOOT_S:.0f} s; last: {REBOOT_CODES[code]}: {last}")
                 self.console.note(f"node exited with code {code} ({REBOOT_CODES[code]}): "
                                   "rebooting it, as the board would")
+                power_on = False  # a reset keeps the clock (and a soft one the watchdog)
                 continue
             raise Fatal(f"the node exited with code {code}: {last}")
+
+    def _write_pidfile(self, pid):
+        path = os.environ.get("SIM_PIDFILE")
+        if not path:
+            return
+        tmp = Path(path + ".tmp")
+        tmp.write_text(f"{pid}\n")
+        tmp.replace(path)  # a reader never sees half a pid
 
     @staticmethod
     def _last_line(node, code):
@@ -340,6 +386,8 @@ class Run:
         if self.sub is not None:
             time.sleep(0.5)  # the last acknowledged messages and the will may still be on the way
             self.sub.close()
+        if self.ntp is not None:
+            self.ntp.close()
         if self.recorder is not None:
             self.recorder.close()
         if self.broker is not None:
@@ -400,6 +448,8 @@ class Run:
         for code, _last in self.node_runs:
             if code in REBOOT_CODES:
                 out.append(f"node reboot: code {code} ({REBOOT_CODES[code]})")
+        if self.power_cuts:
+            out.append(f"power cuts: {self.power_cuts} (the node was killed, then powered on)")
         if self.recorder is not None:
             out.append(f"recorded {self.recorder.count} messages to {self.recorder.path}")
         return out
@@ -436,7 +486,26 @@ def parse_args(argv):
     ap.add_argument("--heap", default="", help="MicroPython heap size, e.g. 64k")
     ap.add_argument("--app", default="", help="run this bundle (e.g. build/x64), not the sources")
     ap.add_argument("--record", default="", help="write every message to this JSON-lines file")
+    ap.add_argument("--micropython", default="",
+                    help="the MicroPython binary (default: $MICROPYTHON, then .venv)")
+    ap.add_argument("--clock", default="", help="board (default: 2000-01-01 at power-on, "
+                    "SNTP on loopback) or host (the host's clock)")
     args = ap.parse_args(argv)
+    args.clock = args.clock or "board"
+    if args.clock not in CLOCKS:
+        ap.error(f"--clock: expected one of {', '.join(CLOCKS)}, got {args.clock!r}")
+    # The node runs in its flash folder: a relative path must be made absolute here.
+    binary = args.micropython or os.environ.get("MICROPYTHON") or ""
+    if binary:
+        found = Path(binary) if Path(binary).is_file() else shutil.which(binary)
+        if not found:
+            ap.error(f"--micropython: {binary} not found")
+        args.micropython = str(Path(found).resolve())
+    else:
+        try:
+            args.micropython = str(Path(micropython_path()).resolve())
+        except RuntimeError as e:
+            ap.error(str(e))
     if args.app and not (Path(args.app) / "main.py").is_file():
         ap.error(f"--app: {args.app} holds no main.py (make bundle ARCH=x64 first?)")
     if args.duration:

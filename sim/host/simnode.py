@@ -5,6 +5,11 @@ boot.py, main.py, lib/ (node + umqtt, .py or .mpy), config.json, secrets.json an
 named by config["mqtt"]["ca"]. The node then runs as `cd FLASH && micropython [-X heapsize=H]
 <repo>/sim/board/start.py`, its inputs coming from SIM_AUDIO / SIM_DHT / SIM_UID / SIM_RSSI.
 
+The board's clock (clock="board", the default) is the ESP32's RTC: 2000-01-01 at power-on,
+running on across resets, moved by RTC().datetime(...). The process runs under libfaketime, its
+offset from the host's clock in FLASH/.sim_clock; Node.start() is a power-on (clock back to
+2000, watchdog cleared), a reboot after a reset keeps both. clock="host": the host's clock.
+
     flash = make_flash(tmp / "flash", config_path=cfg, secrets_path=sec)
     with Node(flash, audio="sine:1000:-20") as node:
         node.wait_for_line(r"publisher: connected", timeout=20)
@@ -31,6 +36,11 @@ _LIB_SUFFIXES = (".py", ".mpy")
 _STOP_TIMEOUT_S = 5.0
 # sim/board/start.py's exit codes for the watchdog, machine.reset() and machine.soft_reset().
 RESET_EXIT_CODES = (3, 4, 5)
+CLOCKS = ("board", "host")
+CLOCK_FILE = ".sim_clock"  # the board's clock: its offset from the host's, in seconds
+WDT_FILE = ".sim_wdt"  # a watchdog armed before a soft reset (sim/board/_simenv.py)
+POWER_ON_UNIX_S = 946684800  # 2000-01-01T00:00:00Z: where the ESP32's RTC starts
+_FAKETIME_DIRS = {1: "/usr/lib/i386-linux-gnu/faketime", 2: "/usr/lib/x86_64-linux-gnu/faketime"}
 
 _live = weakref.WeakSet()
 
@@ -151,6 +161,67 @@ def node_command(flash, heap=None, micropython=None):
     return [*cmd, str(START_PY)]
 
 
+def _elf_class(binary, depth=0):
+    """1 for a 32-bit ELF program, 2 for a 64-bit one, None if it is neither. A script (the
+    PyPI unix port is a Python entry point running MicroPython in-process) is its
+    interpreter's."""
+    try:
+        with open(binary, "rb") as f:
+            head = f.readline(256)
+    except OSError:
+        return None
+    if head[:4] == b"\x7fELF" and len(head) > 4:
+        return head[4]
+    if head.startswith(b"#!") and depth < 2:
+        interpreter = head[2:].split()
+        return _elf_class(interpreter[0].decode(), depth + 1) if interpreter else None
+    return None
+
+
+def libfaketime_for(binary):
+    """Debian's libfaketime (the multithreaded one) matching the binary's word size, or None."""
+    d = _FAKETIME_DIRS.get(_elf_class(binary))
+    lib = Path(d) / "libfaketimeMT.so.1" if d else None
+    return str(lib) if lib and lib.is_file() else None
+
+
+def clock_env(flash, clock, micropython):
+    """The environment that gives the board process its clock (see the module docstring)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock: {clock!r} is not one of {', '.join(CLOCKS)}")
+    if clock == "host":
+        return {"SIM_CLOCK": "host", "SIM_CLOCK_NOTE": "clock=host"}
+    lib = libfaketime_for(micropython)
+    if lib is None:
+        bits = {1: "32", 2: "64"}.get(_elf_class(micropython), "?")
+        fix = "libfaketime:i386, a foreign architecture" if bits == "32" else \
+            "apt-get install faketime"
+        return {"SIM_CLOCK": "host",
+                "SIM_CLOCK_NOTE": f"no {bits}-bit libfaketime for {micropython}: the board's "
+                                  f"RTC is not simulated ({fix})"}
+    preload = os.environ.get("LD_PRELOAD")
+    return {
+        "SIM_CLOCK": "board",
+        "LD_PRELOAD": f"{lib} {preload}" if preload else lib,
+        "FAKETIME_TIMESTAMP_FILE": str(Path(flash).resolve() / CLOCK_FILE),
+        "FAKETIME_NO_CACHE": "1",  # an RTC set rewrites the file: seen at the next call
+        "DONT_FAKE_MONOTONIC": "1",  # ticks_ms runs on as on the board
+    }
+
+
+def power_on_flash(flash, clock="board"):
+    """What a power-on does to the board's state in its flash folder: the RTC starts again at
+    2000-01-01 and no watchdog runs. (The reset cause reads PWRON_RESET without a cause file,
+    which a killed process never writes.)"""
+    flash = Path(flash)
+    (flash / WDT_FILE).unlink(missing_ok=True)
+    if clock == "board":
+        offset = POWER_ON_UNIX_S - time.time()
+        tmp = flash / (CLOCK_FILE + ".tmp")
+        tmp.write_text(f"{offset:+.3f}\n")
+        tmp.replace(flash / CLOCK_FILE)
+
+
 def node_env(audio=None, dht=None, uid=None, rssi=None, extra=None):
     """The caller's environment with the simulated board's inputs set (None: left as it is)."""
     env = dict(os.environ)
@@ -179,17 +250,21 @@ class Node:
     on_line(line) is called from a reader thread for every line (sim/host/run.py prints with it).
     reboot=True makes it behave like a board: when the process ends in a reset (the watchdog,
     machine.reset(), machine.soft_reset()) it starts again; `boots` counts the starts.
+    clock: "board" (the ESP32's RTC, 2000-01-01 at power-on) or "host" (the host's clock).
+    start() powers the board on (power_on=False: a reset, the clock and watchdog kept).
     """
 
     def __init__(self, flash, heap=None, audio=None, dht=None, uid=None, rssi=None, env=None,
-                 on_line=None, micropython=None, reboot=False):
+                 on_line=None, micropython=None, reboot=False, clock="board"):
         self.flash = Path(flash)
         self.reboot = reboot
         self.boots = 0
         self._stopping = False
         self._monitor = None
         self.argv = node_command(self.flash, heap, micropython)
-        self.env = node_env(audio, dht, uid, rssi, env)
+        self.clock = clock
+        self.env = node_env(audio, dht, uid, rssi, {**clock_env(self.flash, clock, self.argv[0]),
+                                                     **(env or {})})
         self.on_line = on_line
         self.proc = None
         self.lines = []
@@ -197,10 +272,12 @@ class Node:
         self._readers = []
         self.started_at = None
 
-    def start(self):
+    def start(self, power_on=True):
         if self.running():
             raise RuntimeError("node already running")
         self._stopping = False
+        if power_on:
+            power_on_flash(self.flash, self.env.get("SIM_CLOCK"))
         self._spawn()
         if self.reboot:
             self._monitor = threading.Thread(target=self._reboot_on_reset, daemon=True)

@@ -121,8 +121,11 @@ def subscribe(certs, broker, topic="nodes/#", ca=None, timeout=5, server_hostnam
 
 def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None, uid=None,
               flash=None, secrets=None, start=True, app_root=REPO, env=None, reboot=False,
-              config=None, **overrides):
+              config=None, clock="host", **overrides):
     """A Node whose flash folder (workdir/flash unless given) points at `broker`.
+
+    clock: "host" (default: TEST_CONFIG has no SNTP server, and these tests need a set clock
+    for TLS) or "board" (the ESP32's RTC: 2000-01-01 at power-on, as `make sim` runs it).
 
     app_root is where boot.py, main.py and lib/ come from: the repo, or a bundle (build/x64).
 
@@ -138,7 +141,8 @@ def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None
     secrets_path = write_json(workdir / "secrets.json", secrets or sim_secrets())
     flash = make_flash(flash or workdir / "flash", app_root, config_path=config_path,
                        secrets_path=secrets_path)
-    node = Node(flash, heap=heap, audio=audio, dht=dht, uid=uid, env=env, reboot=reboot)
+    node = Node(flash, heap=heap, audio=audio, dht=dht, uid=uid, env=env, reboot=reboot,
+                clock=clock)
     node.cfg, node.flash = cfg, flash
     node.topics = Topics(cfg.get("topic_prefix") or "nodes", cfg["node_id"])
     return node.start() if start else node

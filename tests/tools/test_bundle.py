@@ -239,3 +239,27 @@ def test_frozen_manifest_covers_every_package_of_lib():
     assert set(frozen) == packages
     for name, path in frozen.items():
         assert path == REPO / "lib" / name and path.is_dir()
+
+
+MP32 = REPO.parent / "shared" / "mp32" / "micropython32"
+
+
+@pytest.mark.skipif(not MP32.is_file(), reason="no 32-bit MicroPython (../shared/mp32) here")
+def test_x86_bundle_imports_on_the_32_bit_unix_port(tmp_path):
+    # The 32-bit build is MicroPython 1.27, as the firmware: its .mpy version and arch (x86)
+    # must be what `make bundle ARCH=x86` writes, viper code included.
+    out = tmp_path / "x86"
+    manifest = bundle.build(REPO, out, "x86", log=lambda line: None)
+    names = [dotted(m) for m in lib_modules()]
+    script = tmp_path / "imports.py"
+    script.write_text(
+        "import sys\n"
+        "sys.path[:] = [sys.argv[1] + '/sim/board', '.frozen', sys.argv[2]]\n"
+        f"for name in {names!r}:\n"
+        "    __import__(name)\n"
+        "print('OK', sys.implementation._mpy)\n")
+    proc = subprocess.run([str(MP32), str(script), str(REPO), str(out / "lib")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split()[:2] == ["OK", "1798"], proc.stdout
+    assert manifest["arch"] == "x86"

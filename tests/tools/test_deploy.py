@@ -8,6 +8,7 @@ the board booting into safe mode, and `make deploy` of the real app, timed (pyte
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -466,3 +467,39 @@ def test_make_deploy_real_app_full_and_unchanged(board_factory):
     b.wait_for(r"\d+\.\d{3} main: ", timeout=15)
     print(f"\nmake deploy ARCH=x64 to the fakeboard at 115200 baud ({n} bundle files): "
           f"full {times[0]:.2f} s, unchanged {times[1]:.2f} s")
+
+
+# --- the watchdog outlives a soft reset, as on the ESP32 ----------------------------------------
+WDT_MAIN = """\
+import time
+from machine import WDT
+wdt = WDT(timeout=5000)  # watchdog_s 5
+print("main.py: app started, feeding the watchdog")
+while True:
+    wdt.feed()
+    time.sleep(0.1)
+"""
+
+
+def test_a_deploy_longer_than_the_watchdog_gets_a_wdt_reset(board_factory, tmp_path):
+    # The app feeds a 5 s watchdog until the deploy's Ctrl-C stops it; mpremote's soft reset
+    # into the raw REPL does not stop the watchdog (it cannot be stopped on the ESP32), and a
+    # copy paced at 9600 baud takes longer than 5 s: the board resets mid-copy.
+    big = "".join(f"LINE_{i} = {i * 7919}\n" for i in range(300))
+    _, before = make_app(tmp_path / "app1", extra={"main.py": WDT_MAIN})
+    flash = tmp_path / "flash"
+    shutil.copytree(before, flash, ignore=shutil.ignore_patterns(".bundle.json"))
+    b = board_factory(flash, "--baud", "9600")
+    b.wait_for("feeding the watchdog")
+    _, out = make_app(tmp_path / "app2", 22, extra={"main.py": WDT_MAIN, "lib/demo/big.py": big})
+    t0 = time.monotonic()
+    proc = run_deploy(b.port, out)
+    took = time.monotonic() - t0
+    log = b.log()
+    assert "sim: WDT fired" in log, proc.stdout + proc.stderr + log
+    assert re.search(r"sim: WDT still running after the soft reset: timeout 5000 ms", log)
+    b.wait_for(r"fakeboard: hard reset \(micropython exited with code 3\)")
+    assert proc.returncode != 0, proc.stdout
+    assert (flash / "deploying").exists()  # cut short: the next boot is in safe mode
+    assert not (flash / ".sim_wdt").exists()  # the hard reset stopped the watchdog
+    print(f"\ndeploy at 9600 baud cut by the watchdog after {took:.1f} s")
