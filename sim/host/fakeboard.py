@@ -49,12 +49,14 @@ OUT_CAP = 256 * 1024  # bytes kept for a host that does not read: a UART drops t
 HARD_RESET_DELAY_S = 0.3  # a crash loop must not spin a CPU
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
 WDT_FILE = ".sim_wdt"  # sim/board/_simenv.py: a watchdog that outlives a soft reset
+CAUSE_FILE = ".sim_reset_cause"  # sim/board/_simenv.py: the cause of the last reset
 
 # The "firmware" running inside the micropython process: executes what the REPL hands it, in
 # one __main__ namespace, and reports each end on the status pipe. Configuration is prepended.
 CHILD_SRC = r'''
 import sys, builtins, io
 import os as _os
+import select as _select
 
 _on = [False]  # map board paths to the flash folder (only while REPL commands run)
 _open = builtins.open
@@ -213,8 +215,20 @@ def _run(kind, src):
         _on[0] = False
 
 
+# The ESP32's REPL runs scheduled callbacks (a machine.Timer's) while it waits for input: so
+# does this one, polling stdin instead of blocking in a read between bytecodes.
+_waiter = _select.poll()
+_waiter.register(0, _select.POLLIN)
+
+
+def _wait_input():
+    while not _waiter.poll(10):
+        pass
+
+
 while True:
     try:
+        _wait_input()
         hdr = _inp.readline()
     except KeyboardInterrupt:
         if _wdt_fired():  # the watchdog fired while the REPL waited for input
@@ -227,6 +241,7 @@ while True:
     payload = b""
     while len(payload) < n:
         try:
+            _wait_input()
             chunk = _inp.read(n - len(payload))
         except KeyboardInterrupt:
             if _wdt_fired():
@@ -461,6 +476,9 @@ class FakeBoard:
     def soft_reset(self):
         self.child.kill()
         self.child = None
+        # What the next start's machine.reset_cause() reports (sim/board/_simenv.py), as on the
+        # ESP32: boot.py tells a soft reset (a watchdog may be running) from a power-on by it.
+        (self.flash / CAUSE_FILE).write_text("5 SOFT_RESET\n")
         self.send(b"MPY: soft reboot\r\n")
         self.boot()
 

@@ -6,6 +6,7 @@ byte, full / unchanged / partial deploys, refusals that roll back, a copy cut sh
 the board booting into safe mode, and `make deploy` of the real app, timed (pytest -s prints it).
 """
 
+import json
 import os
 import re
 import shutil
@@ -86,6 +87,7 @@ def mpremote(port, *args, timeout=30):
 
 # --- a small app that shows what the protocol needs from boot.py -------------------------------
 BOOT = """\
+import json
 import os
 try:
     os.stat("deploying")
@@ -503,3 +505,56 @@ def test_a_deploy_longer_than_the_watchdog_gets_a_wdt_reset(board_factory, tmp_p
     assert (flash / "deploying").exists()  # cut short: the next boot is in safe mode
     assert not (flash / ".sim_wdt").exists()  # the hard reset stopped the watchdog
     print(f"\ndeploy at 9600 baud cut by the watchdog after {took:.1f} s")
+
+
+def _real_app(src, watchdog_s, extra=None):
+    """The repo's boot.py, main.py and lib/ with a config of our own; returns its x64 bundle."""
+    from sim.net.pki import make_pki
+
+    src = Path(src)
+    shutil.copytree(REPO / "lib", src / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("boot.py", "main.py"):
+        shutil.copy(REPO / name, src / name)
+    cfg = json.loads((REPO / "config.json").read_text())
+    cfg.update(watchdog_s=watchdog_s, node_id="deploy-test")
+    # Nothing listens there: the app runs its tasks and retries, as with a broker away.
+    cfg["mqtt"].update(host="127.0.0.1", port=1, ca="ca.der")
+    cfg["ntp"]["server"] = None
+    (src / "config.json").write_text(json.dumps(cfg))
+    (src / "secrets.json").write_text('{"wifi_ssid": "lab", "wifi_password": "pw"}')
+    shutil.copy(make_pki(src.parent / (src.name + "-pki")).ca_der, src / "ca.der")
+    for name, text in (extra or {}).items():
+        (src / name).write_text(text)
+    out = src.parent / (src.name + "-x64")
+    bundle.build(src, out, "x64", log=lambda line: None)
+    return out
+
+
+def test_a_deploy_longer_than_the_watchdog_completes(board_factory, tmp_path):
+    """The real app with watchdog_s 5, then a deploy that takes longer than 5 s: the app's
+    Ctrl-C handler and boot.py (after mpremote's soft reset into the raw REPL) feed the
+    watchdog from a timer, so the copy completes and the new app starts."""
+    before = _real_app(tmp_path / "app1", 5)
+    flash = tmp_path / "flash"
+    shutil.copytree(before, flash, ignore=shutil.ignore_patterns(".bundle.json"))
+    for name in ("secrets.json", "ca.der"):  # deploy.py adds these; a bundle never has them
+        shutil.copy(tmp_path / "app1" / name, flash / name)
+    b = board_factory(flash, "--baud", "9600")
+    b.wait_for(r"\d+\.\d{3} main: node deploy-test", timeout=20)
+    big = "".join(f"LINE_{i} = {i * 7919}\n" for i in range(300))
+    after = _real_app(tmp_path / "app2", 5, extra={"lib/big.py": big})
+    t0 = time.monotonic()
+    proc = run_deploy(b.port, after, "--secrets", str(tmp_path / "app2" / "secrets.json"),
+                      "--ca", str(tmp_path / "app2" / "ca.der"))
+    took = time.monotonic() - t0
+    log = b.log()
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log
+    assert took > 5, took  # longer than the watchdog's timeout
+    assert "sim: WDT fired" not in log, log
+    assert "main: stopped at the console: the watchdog is fed from a timer" in log
+    assert "boot.py: watchdog fed from a timer until the app runs" in log
+    assert (flash / "lib" / "big.mpy").is_file() and not (flash / "deploying").exists()
+    # The new app starts after the deploy's reset and its supervisor takes the watchdog over.
+    first = b.wait_for(r"\d+\.\d{3} main: node deploy-test", timeout=5)
+    b.wait_for(r"\d+\.\d{3} main: node deploy-test", timeout=20, after=first.end())
+    print(f"\ndeploy at 9600 baud with watchdog_s 5: completed in {took:.1f} s")
