@@ -33,7 +33,7 @@ _BACKOFF_UNREACHABLE_MAX_MS = const(4000)
 # a broker (or something retained on it) that breaks every session soon after CONNACK must not
 # make the node reconnect, and flap its status online/offline, once a second.
 _STABLE_SESSION_MS = const(30000)
-_CLOCK_POLL_MS = const(500)
+_CLOCK_POLL_MS = const(100)
 _PACKETS_PER_PASS = const(4)
 # Topics whose oversized messages were logged: each is named once, and a flood of new topics
 # cannot grow the set without bound.

@@ -24,7 +24,7 @@ _LEAP_UNSYNCHRONISED = const(3)
 _TIMEOUT_MS = const(2000)
 # A lost packet is asked again soon (UDP gives no second chance), then less often while the
 # server stays silent: until the first answer nothing dated can be trusted.
-_RETRY_MIN_S = const(2)
+_RETRY_MIN_S = const(1)
 _RETRY_MAX_S = const(60)
 _LINK_POLL_S = const(1)
 # The RTC starts at 2000-01-01 on power-on: any time before this build's year means nobody set
