@@ -129,8 +129,16 @@ class Wifi:
             self.reconnects += 1
         wlan.active(True)
         while not wlan.isconnected():
-            log("wifi", "connecting to %s" % self._ssid)
-            wlan.connect(self._ssid, self._password)
+            if wlan.status() == network.STAT_CONNECTING:
+                # After a drop the driver reconnects by itself, and a connect() meanwhile
+                # raises OSError("Wifi Internal Error"): wait for it instead.
+                log("wifi", "link lost: waiting for the driver's own reconnect")
+            else:
+                log("wifi", "connecting to %s" % self._ssid)
+                try:
+                    wlan.connect(self._ssid, self._password)
+                except OSError as e:  # the driver is busy: the wait below, then again
+                    log("wifi", "connect() refused: %s" % e)
             start = time.ticks_ms()
             while not wlan.isconnected():
                 if time.ticks_diff(time.ticks_ms(), start) > _WIFI_RETRY_MS:
