@@ -66,20 +66,18 @@ plot: deps
 	$(PY) -m tools.plot --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
 		--ca "$(CA)" --out "$(OUT)" --audio "$(AUDIO)" --dht "$(DHT)"
 
+# Most tests wait on real time (the simulated board's clock, brokers, the node's intervals)
+# rather than the CPU, so TEST_JOBS pytest workers share them out, a test file each at a time
+# (pytest-xdist --dist loadfile: a module's fixtures are set up once, its tests run in order).
+TEST_JOBS ?= 3
+PYTEST_JOBS = -n $(TEST_JOBS) --dist loadfile
+
 test: deps lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest $(PYTEST_JOBS) tests
 
-# Lint, then every test not marked e2e (tests/unit and tests/tools), in under a minute. Most of
-# them wait on the simulated board's real-time clock (DHT intervals, LED patterns) rather than
-# the CPU, so CHECK_JOBS pytest processes share out the test files (--shard, tests/conftest.py);
-# -O prints each one's output in one piece.
-CHECK_JOBS ?= 3
+# Lint, then every test not marked e2e (tests/unit and tests/tools), in under a minute.
 check: deps lint
-	@$(MAKE) --no-print-directory -j$(CHECK_JOBS) -O \
-		$(addprefix check-shard-,$(shell seq 0 $$(($(CHECK_JOBS) - 1))))
-
-check-shard-%:
-	$(PY) -m pytest -m "not e2e" --shard $*/$(CHECK_JOBS)
+	$(PY) -m pytest $(PYTEST_JOBS) -m "not e2e" tests
 
 # ruff on everything; pyright on the code that runs on the board, against the ESP32 stubs.
 lint: deps

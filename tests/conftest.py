@@ -7,33 +7,7 @@ from pathlib import Path
 import pytest
 
 from sim.net.fakentp import FakeNtp
-from tools.hosttools import REPO, find_tool
-
-
-def pytest_addoption(parser):
-    parser.addoption(
-        "--shard", default="", metavar="K/N",
-        help="run only the test files whose place in the sorted list is K modulo N (0 <= K < N): "
-             "`make check` runs N such pytest processes side by side",
-    )  # fmt: skip
-
-
-@pytest.hookimpl(trylast=True)  # after -m has deselected, so the shares are of what runs
-def pytest_collection_modifyitems(config, items):
-    shard = config.getoption("--shard")
-    if not shard:
-        return
-    try:
-        k, n = (int(x) for x in shard.split("/"))
-        if not 0 <= k < n:
-            raise ValueError
-    except ValueError:
-        raise pytest.UsageError(f"--shard: expected K/N with 0 <= K < N, got {shard!r}") from None
-    # Whole files, so a module's fixtures are set up once and its tests run in their order.
-    files = sorted({item.path for item in items})
-    mine = set(files[k::n])
-    config.hook.pytest_deselected(items=[item for item in items if item.path not in mine])
-    items[:] = [item for item in items if item.path in mine]
+from tools.hosttools import MP32, REPO, find_tool
 
 
 def micropython_path():
@@ -75,6 +49,31 @@ def run_mpy(script, *args, heap=None, cwd=None, path=(), timeout=120, check=True
 def mpy():
     """The run_mpy function, for tests that drive MicroPython scripts."""
     return run_mpy
+
+
+def _micropythons():
+    """The unix port, and the 32-bit 1.27 port (the board's word size) where it is installed."""
+    found = [find_tool("micropython", "MICROPYTHON")]
+    if MP32.is_file() and str(MP32) not in found:
+        found.append(str(MP32))
+    return found
+
+
+_BINARIES = _micropythons()
+# A test's own inputs only: SIM_* variables from the environment would change what it sees.
+CLEAN_ENV = dict.fromkeys(("SIM_AUDIO", "SIM_DHT", "SIM_UID", "SIM_RSSI", "SIM_WIFI"), "")
+
+
+@pytest.fixture(params=_BINARIES, ids=[Path(b).name for b in _BINARIES])
+def mpy_each(mpy, monkeypatch, request):
+    """run_mpy on each MicroPython in turn: the unix port, then the 32-bit 1.27 port where it is
+    installed (int32 overflow and heap figures as on the board)."""
+    monkeypatch.setenv("MICROPYTHON", request.param)
+
+    def run(*args, env=None, **kwargs):
+        return mpy(*args, env={**CLEAN_ENV, **(env or {})}, **kwargs)
+
+    return run
 
 
 @pytest.fixture

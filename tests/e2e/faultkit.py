@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.infra import (
+    CONNECTED_RX,
     TAKEN_RX,
     data_payloads,
     managed_brokers,
@@ -230,3 +231,46 @@ def format_table(rows, title="fault-injection figures"):
     for row in cells:
         out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     return "\n".join(out)
+
+
+def figures_table(title):
+    """(rows, record, fixture) for a test module: record(fig) prints one scenario's figures and
+    keeps them in rows; the module-scoped autouse fixture prints them all as one table when the
+    module ends (shown with or without -s). Bind the fixture in the module's namespace."""
+    rows = []
+
+    def record(fig):
+        rows.append(fig)
+        print("\n" + fig.line())
+        return fig
+
+    @pytest.fixture(scope="module", autouse=True)
+    def table(request):
+        yield
+        if not rows:
+            return
+        text = "\n" + format_table(rows, title)
+        capman = request.config.pluginmanager.getplugin("capturemanager")
+        if capman is None:
+            print(text)
+            return
+        with capman.global_and_fixture_disabled():
+            print(text)
+
+    return rows, record, table
+
+
+DELIVERY_TIMEOUT_S = 30  # for the outbox to drain once a broker is back (backoff <= 8 s + resends)
+
+
+def on_loopback_only(node):
+    # The node must never reach off this machine: an IP literal broker and no NTP.
+    assert node.cfg["mqtt"]["host"] == "127.0.0.1", node.cfg["mqtt"]
+    assert (node.cfg.get("ntp") or {}).get("server") is None, node.cfg.get("ntp")
+
+
+def finish_lag(node):
+    """Wait for the telemetry record whose loop-lag window holds the last reconnect."""
+    connects = node.find(CONNECTED_RX)
+    t = connects[-1].string.t if connects else time.monotonic()
+    wait_telemetry_after(node, t, node.cfg["telemetry_interval_s"] + 2)

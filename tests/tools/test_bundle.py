@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import micropython_path, run_mpy
 from tools import bundle
-from tools.hosttools import REPO
+from tools.hosttools import MP32, REPO
 
 NATIVE_MARKS = ("@micropython.viper", "@micropython.native", "@micropython.asm_xtensa")
 
@@ -241,7 +241,6 @@ def test_frozen_manifest_covers_every_package_of_lib():
         assert path == REPO / "lib" / name and path.is_dir()
 
 
-MP32 = REPO.parent / "shared" / "mp32" / "micropython32"
 
 
 @pytest.mark.skipif(not MP32.is_file(), reason="no 32-bit MicroPython (../shared/mp32) here")

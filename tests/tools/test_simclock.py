@@ -7,8 +7,7 @@ import time
 import pytest
 
 from sim.host import run, simnode
-
-MP32 = simnode.REPO.parent / "shared" / "mp32" / "micropython32"
+from tools.hosttools import MP32
 
 
 def test_the_word_size_of_a_binary_or_of_a_scripts_interpreter(tmp_path):

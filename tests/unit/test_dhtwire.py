@@ -4,40 +4,12 @@ interrupts are off."""
 
 import json
 import random
-from pathlib import Path
 
-import pytest
 from node import dhtframe
 
-from tests.conftest import REPO
-from tools.hosttools import find_tool
+from tests.conftest import CLEAN_ENV, REPO
 
 SIM = REPO / "sim" / "board"
-CLEAN = dict.fromkeys(("SIM_AUDIO", "SIM_DHT", "SIM_UID", "SIM_RSSI", "SIM_WIFI"), "")
-
-
-def _micropythons():
-    """The unix port, and the 32-bit 1.27 port (the board's word size) where it is installed."""
-    found = [find_tool("micropython", "MICROPYTHON")]
-    mp32 = REPO.parent / "shared" / "mp32" / "micropython32"  # ../shared from the project root
-    if mp32.is_file() and str(mp32) not in found:
-        found.append(str(mp32))
-    return found
-
-
-BINARIES = _micropythons()
-IDS = [Path(b).name for b in BINARIES]
-
-
-@pytest.fixture(params=BINARIES, ids=IDS)
-def mpy_each(mpy, monkeypatch, request):
-    """run_mpy on each binary in turn (tests/conftest.py finds it through $MICROPYTHON)."""
-    monkeypatch.setenv("MICROPYTHON", request.param)
-
-    def run(*args, env=None, **kwargs):
-        return mpy(*args, env={**CLEAN, **(env or {})}, **kwargs)
-
-    return run
 
 
 # ---- recorded pulse trains ---------------------------------------------------------------
@@ -224,7 +196,7 @@ print(n, list(s.pulses)[:1])
 time.sleep_ms(1100)
 print(asyncio.run(read(s)))
 """
-    proc = run_wire(lambda *a, env, **k: mpy(*a, env={**CLEAN, **env}, **k), src, script)
+    proc = run_wire(lambda *a, env, **k: mpy(*a, env={**CLEAN_ENV, **env}, **k), src, script)
     lines = proc.stdout.splitlines()
     assert lines == ["1 [-2]", "[230, 500]"]
     assert "sim: DHT11 start pulse too short (" in proc.stderr

@@ -3,7 +3,9 @@
 Signals are made here with numpy, written as raw PCM and fed to a LevelMeter by dsp_run.py
 under MicroPython; the same integer samples give the references. Worst-case inputs also run
 through dsp_model.py, which checks every intermediate of every kernel against int32 and must
-end in exactly the state the viper kernels reached.
+end in exactly the state the viper kernels reached. Those worst cases, the sine levels and the
+heap-lock check also run on the 32-bit 1.27 port where it is installed (`mpy_each`), where
+viper's integers wrap at int32 as on the ESP32.
 """
 
 import json
@@ -107,9 +109,9 @@ def run(mpy, tmp_path, data, bits, rate, sens=None, frame=512, every=0, states=F
 
 @pytest.mark.parametrize("bits", [16, 32])
 @pytest.mark.parametrize("rate", [16000, 48000])
-def test_sine_at_minus_20_dbfs_reads_minus_20(mpy, tmp_path, bits, rate):
+def test_sine_at_minus_20_dbfs_reads_minus_20(mpy_each, tmp_path, bits, rate):
     x = tone(1000, -20, rate, rate, bits)
-    (lv,), _ = run(mpy, tmp_path, pcm(x, bits), bits, rate)
+    (lv,), _ = run(mpy_each, tmp_path, pcm(x, bits), bits, rate)
     print(f"1 kHz sine at -20 dBFS, {bits}-bit {rate} Hz:", lv)
     assert lv["rms_dbfs"] == pytest.approx(-20.0, abs=0.1)
     assert lv["rms_dbfs"] == pytest.approx(rms_ref_dbfs(x, bits), abs=1e-4)
@@ -160,13 +162,13 @@ FULL_SCALE_32 = {  # 24-bit data: 0x80000000 and 0x7FFFFF00 as slots
     ("bits", "name"),
     [(16, name) for name in FULL_SCALE_16] + [(32, name) for name in FULL_SCALE_32],
 )
-def test_full_scale_exact_and_int32_safe(mpy, tmp_path, bits, name):
+def test_full_scale_exact_and_int32_safe(mpy_each, tmp_path, bits, name):
     """Full-scale input, positive and negative, for 3 s: the state equals the int32 model's
     (every partial sum checked) and the levels are exactly those of the samples."""
     x = np.array((FULL_SCALE_16 if bits == 16 else FULL_SCALE_32)[name] * 282)
     data = pcm(x, bits)
     frame = len(data) // 282 // (bits // 8)
-    results, states = run(mpy, tmp_path, data, bits, 48000, frame=frame, states=True)
+    results, states = run(mpy_each, tmp_path, data, bits, 48000, frame=frame, states=True)
     st = list(states[0]["r"])
     ck = model.Int32()
     step = frame * bits // 8
@@ -260,7 +262,7 @@ def test_a_design_and_int32_bound_over_the_rate_range():
 
 @pytest.mark.parametrize("bits", [16, 32])
 @pytest.mark.parametrize("rate", [16000, 48000])
-def test_a_weighting_worst_case_exact_and_int32_safe(mpy, tmp_path, bits, rate):
+def test_a_weighting_worst_case_exact_and_int32_safe(mpy_each, tmp_path, bits, rate):
     """For each section, the full-scale input whose signs follow its impulse response backwards
     drives that section's output to its L1 bound. The viper state equals the int32 model's
     after every segment, and no intermediate comes near 2**31."""
@@ -275,7 +277,7 @@ def test_a_weighting_worst_case_exact_and_int32_safe(mpy, tmp_path, bits, rate):
     frame = 500
     assert n % frame == 0
     results, states = run(
-        mpy, tmp_path, pcm(x, bits), bits, rate, SENS, frame, every=n // frame, states=True
+        mpy_each, tmp_path, pcm(x, bits), bits, rate, SENS, frame, every=n // frame, states=True
     )
     st = list(states[0]["a"])
     assert st[model.K["_A_C"] : model.K["_A_C"] + 4] == a_state_ref(rate)[0]
@@ -437,8 +439,8 @@ print("no allocation")
 """
 
 
-def test_add_allocates_nothing_under_heap_lock(mpy):
-    assert mpy(HEAP_LOCK, heap="64k").stdout.strip() == "no allocation"
+def test_add_allocates_nothing_under_heap_lock(mpy_each):
+    assert mpy_each(HEAP_LOCK, heap="64k").stdout.strip() == "no allocation"
 
 
 def test_read_without_frames_is_none_and_read_resets(mpy):
