@@ -75,9 +75,12 @@ PYTEST_JOBS = -n $(TEST_JOBS) --dist loadfile
 test: deps lint
 	$(PY) -m pytest $(PYTEST_JOBS) tests
 
-# Lint, then every test not marked e2e (tests/unit and tests/tools), in under a minute.
+# Lint, then every test not marked e2e (tests/unit and tests/tools), in under a minute: here
+# test by test (--dist load), as their module fixtures are cheap and one file of real-time
+# tests (climate) would otherwise be the whole critical path.
+CHECK_JOBS ?= 4
 check: deps lint
-	$(PY) -m pytest $(PYTEST_JOBS) -m "not e2e" tests
+	$(PY) -m pytest -n $(CHECK_JOBS) --dist load -m "not e2e" tests
 
 # ruff on everything; pyright on the code that runs on the board, against the ESP32 stubs.
 lint: deps

@@ -446,6 +446,7 @@ def test_needs_more_follows_micropython():
 
 
 # --- make deploy with the real app, timed --------------------------------------------------------
+@pytest.mark.e2e  # the app on the fake serial board, in real time: make test only
 def test_make_deploy_real_app_full_and_unchanged(board_factory):
     env = dict(os.environ, MAKEFLAGS="")
     build = subprocess.run(["make", "-s", "bundle", "ARCH=x64"], cwd=REPO, env=env,
@@ -483,6 +484,7 @@ while True:
 """
 
 
+@pytest.mark.e2e  # the app on the fake serial board, in real time: make test only
 def test_a_deploy_longer_than_the_watchdog_gets_a_wdt_reset(board_factory, tmp_path):
     # The app feeds a 5 s watchdog until the deploy's Ctrl-C stops it; mpremote's soft reset
     # into the raw REPL does not stop the watchdog (it cannot be stopped on the ESP32), and a
@@ -530,6 +532,7 @@ def _real_app(src, watchdog_s, extra=None):
     return out
 
 
+@pytest.mark.e2e  # the app on the fake serial board, in real time: make test only
 def test_a_deploy_longer_than_the_watchdog_completes(board_factory, tmp_path):
     """The real app with watchdog_s 5, then a deploy that takes longer than 5 s: the app's
     Ctrl-C handler and boot.py (after mpremote's soft reset into the raw REPL) feed the

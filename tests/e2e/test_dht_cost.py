@@ -7,7 +7,7 @@ import json
 from tests.conftest import REPO
 
 SIM = REPO / "sim" / "board"
-RUN = REPO / "tests" / "unit" / "dht_cost_run.py"
+RUN = REPO / "tests" / "e2e" / "dht_cost_run.py"
 RUN_S = 5  # a DHT11 read a second
 
 
