@@ -17,38 +17,26 @@ import pytest
 
 from sim.net.fakebroker import MODES, FakeBroker
 from tests.e2e.faultkit import (  # noqa: F401  (fixtures are found by pytest in this namespace)
-    ANY_TAKEN_RX,
     DELIVERY_TIMEOUT_S,
     LAG_SANITY_MAX_MS,
     RETRY_RX,
-    arrivals,
     crashed,
     figures,
     figures_table,
     finish_lag,
     first_delivery_after,
     on_loopback_only,
-    pbroker_factory,
-    psub_factory,
     retry_delays_ms,
     taken,
-    telemetry_log,
     wait_delivered,
-    wait_telemetry_after,
 )
 from tests.e2e.infra import (  # noqa: F401
-    CONNECT_TIMEOUT_S,
-    CONNECTED_RX,
     assert_no_seq_gap,
-    broker_factory,
     certs,
     fake_broker_factory,
     make_node,
-    node_factory,
-    seq_report,
     start_persistent_broker,
     subscribe_persistent,
-    subscriber_factory,
 )
 
 FIGURES, record, figures_table = figures_table("test_fakebroker_faults figures")

@@ -35,7 +35,6 @@ from tests.e2e.faultkit import (  # noqa: F401  (fixtures are found by pytest in
     taken,
     telemetry_log,
     wait_delivered,
-    wait_telemetry_after,
 )
 from tests.e2e.infra import (  # noqa: F401
     CONNECT_TIMEOUT_S,
@@ -43,13 +42,9 @@ from tests.e2e.infra import (  # noqa: F401
     assert_no_seq_gap,
     broker_factory,
     certs,
-    fake_broker_factory,
     make_node,
     node_factory,
     seq_report,
-    start_persistent_broker,
-    subscribe_persistent,
-    subscriber_factory,
 )
 
 _, record, figures_table = figures_table("test_faults figures")
