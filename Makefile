@@ -69,7 +69,7 @@ plot: deps
 # Most tests wait on real time (the simulated board's clock, brokers, the node's intervals)
 # rather than the CPU, so TEST_JOBS pytest workers share them out, a test file each at a time
 # (pytest-xdist --dist loadfile: a module's fixtures are set up once, its tests run in order).
-TEST_JOBS ?= 3
+TEST_JOBS ?= 4
 PYTEST_JOBS = -n $(TEST_JOBS) --dist loadfile
 
 test: deps lint

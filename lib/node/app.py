@@ -138,7 +138,7 @@ class Node:
         self.command_rate = RateLimit(cfg["commands_per_s"], time.ticks_ms)
         self._retained_told = False  # the retained-command reply goes out once per boot
         self._clear_echoes = 0  # empty messages on cmd that are our own clearing, coming back
-        self._announce_due = False  # Home Assistant asked (again): announce once it is quiet
+        self._announce_due = False  # Home Assistant asked (again): announce at the next second
         self.publisher.subscribe(topics.cmd, self._on_command)
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)

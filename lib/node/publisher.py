@@ -40,14 +40,15 @@ _PACKETS_PER_PASS = const(4)
 _OVERSIZED_TOPICS_LOGGED = const(8)
 
 
-class Clock:
-    """The time source of the publisher's policy: the board's, unless a test drives its own."""
+class Ticks:
+    """The time source of the publisher's policy (ticks, sleeps): the board's, unless a test
+    drives its own. Not node.sntp.Clock, which is the wall clock."""
 
     ticks_ms = staticmethod(time.ticks_ms)
     sleep_ms = staticmethod(asyncio.sleep_ms)
 
 
-async def connect(client, beat, clock=Clock):
+async def connect(client, beat, clock=Ticks):
     """Open TCP and TLS, send CONNECT and read the CONNACK: the one connect sequence (the
     publisher's, and safe mode's announcement). Raises what the link raises."""
     await client.open(_CONNECT_TIMEOUT_MS)
@@ -66,7 +67,7 @@ class Publisher:
     clock can date a certificate (no TLS attempt before it can)."""
 
     def __init__(self, client, outbox, topics, keepalive_s, beat, link, clock_set,
-                 clock=Clock):
+                 clock=Ticks):
         self._client = client
         self._handlers = {}  # subscribed topic (bytes) -> handler(msg, retained)
         self.on_connect = _nothing  # called after each connect, once "online" is out
