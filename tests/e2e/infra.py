@@ -121,13 +121,14 @@ def subscribe(certs, broker, topic="nodes/#", ca=None, timeout=5, server_hostnam
 
 def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None, uid=None,
               flash=None, secrets=None, start=True, app_root=REPO, env=None, reboot=False,
-              config=None, clock="host", **overrides):
+              config=None, clock="host", micropython=None, **overrides):
     """A Node whose flash folder (workdir/flash unless given) points at `broker`.
 
     clock: "host" (default: TEST_CONFIG has no SNTP server, and these tests need a set clock
     for TLS) or "board" (the ESP32's RTC: 2000-01-01 at power-on, as `make sim` runs it).
 
-    app_root is where boot.py, main.py and lib/ come from: the repo, or a bundle (build/x64).
+    app_root is where boot.py, main.py and lib/ come from: the repo, or a bundle (build/x64);
+    micropython the binary that runs it (default: the unix port found as run_mpy finds it).
 
     The config is node_config(broker.port, **overrides); returns the Node (started unless
     start=False) with .cfg, .topics and .flash set. env: more SIM_* variables; reboot: start
@@ -142,7 +143,7 @@ def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None
     flash = make_flash(flash or workdir / "flash", app_root, config_path=config_path,
                        secrets_path=secrets_path)
     node = Node(flash, heap=heap, audio=audio, dht=dht, uid=uid, env=env, reboot=reboot,
-                clock=clock)
+                clock=clock, micropython=micropython)
     node.cfg, node.flash = cfg, flash
     node.topics = Topics(cfg.get("topic_prefix") or "nodes", cfg["node_id"])
     return node.start() if start else node
