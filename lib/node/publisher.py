@@ -108,7 +108,7 @@ class Publisher:
             # Not subscribed: a broker that sends anyway is noted, not obeyed.
             log("mqtt", "ignored a message on %s (%d bytes)" % (_topic_name(topic), len(msg)))
             return
-        self._guard("handler for %s" % topic.decode(), handler, msg, retained)
+        self._guard(topic, handler, msg, retained)
 
     def _on_oversized(self, topic, size):
         seen = self._oversized_topics
@@ -120,13 +120,15 @@ class Publisher:
             "logged once per topic" % (size, _topic_name(topic) or "(a topic over 256 bytes)",
                                        MAX_INCOMING_BYTES))
 
-    def _guard(self, what, fn, *args):
+    def _guard(self, topic, fn, *args):
+        """fn(*args), a message handler (for `topic`) or on_connect (topic None)."""
         try:
             fn(*args)
         except LINK_ERRORS:
             raise  # the handler's own publish found the link broken: reconnect
         except Exception as e:  # noqa: BLE001 - a bug here must not look like a broken link
             self.handler_errors += 1
+            what = "on_connect" if topic is None else "handler for " + _topic_name(topic)
             log("mqtt", "%s failed (a bug; the link stays up): %r" % (what, e))
             sys.print_exception(e)
 
@@ -187,7 +189,7 @@ class Publisher:
         self.refused = False
         self._unacked_subs = [client.send_subscribe(topic) for topic in self._handlers]
         log("mqtt", "connected; %d readings waiting" % len(self._outbox))
-        self._guard("on_connect", self.on_connect)
+        self._guard(None, self.on_connect)
 
     async def _session(self):
         client = self._client
