@@ -10,7 +10,7 @@ Kept small and free of node.config: boot.py runs it on every boot, before anythi
 import json
 
 DEFAULT_SAFE_MODE_BOOTS = 5
-DEFAULT_WATCHDOG_S = 30  # node.config's default
+DEFAULT_WATCHDOG_S = 30
 # Set by boot.py when the app must not start; main.py reads it (the module stays imported).
 safe_mode = None
 

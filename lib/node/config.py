@@ -5,6 +5,8 @@ Pure: runs on CPython, the unix port and the board. Returns plain dicts with def
 
 import json
 
+# boot.py reads these two before anything is validated (node.bootcount): one default each.
+from node.bootcount import DEFAULT_SAFE_MODE_BOOTS, DEFAULT_WATCHDOG_S
 from node.outbox import INDEX_BYTES_PER_READING, MAX_BODY_BYTES
 
 _NODE_ID_MAX_LEN = 64
@@ -111,7 +113,8 @@ def validate(raw, where="config.json"):
     cfg["topic_prefix"] = _take(raw, "topic_prefix", where, "", "str", "nodes")
     for part in cfg["topic_prefix"].split("/"):
         _check_id(part, where, "topic_prefix", _TOPIC_PREFIX_MAX_LEN)
-    cfg["watchdog_s"] = _take(raw, "watchdog_s", where, "", "int", 30, lo=5, hi=3600)
+    cfg["watchdog_s"] = _take(raw, "watchdog_s", where, "", "int", DEFAULT_WATCHDOG_S, lo=5,
+                              hi=3600)
     cfg["telemetry_interval_s"] = _take(
         raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
     )
@@ -128,7 +131,8 @@ def validate(raw, where="config.json"):
     cfg["commands_per_s"] = _take(raw, "commands_per_s", where, "", "int", 5, lo=1, hi=100)
     # Boot-loop protection: this many boots in a row that end before the app has run
     # `stable_after_s` start safe mode instead of the app.
-    cfg["safe_mode_boots"] = _take(raw, "safe_mode_boots", where, "", "int", 5, lo=2, hi=100)
+    cfg["safe_mode_boots"] = _take(raw, "safe_mode_boots", where, "", "int",
+                                   DEFAULT_SAFE_MODE_BOOTS, lo=2, hi=100)
     cfg["stable_after_s"] = _take(raw, "stable_after_s", where, "", "int", 60, lo=5, hi=3600)
 
     src = _section(raw, "led", where, optional=True)
