@@ -234,6 +234,9 @@ _i2s_stalled = i2s_fault() == "stall"
 _i2s_ports = {}  # id -> the live I2S: a new I2S on the same id replaces it, as on the board
 
 
+_REBASE_US = const(100_000_000)
+
+
 class I2S(io.IOBase):
     """I2S controller; RX delivers SIM_AUDIO in real time at `rate`, like the DMA would.
 
@@ -290,9 +293,10 @@ class I2S(io.IOBase):
             # What the ESP32 port raises when the driver cannot get its DMA memory.
             raise OSError(_ENOMEM)
         self._src = _audio.open_source(bits, rate) if mode == I2S.RX else _audio.Silence()
-        # Samples arrive from this instant: frame k is complete at _t0 + k / rate. _pos counts
-        # the frames read or lost so far.
+        # Samples arrive from this instant: frame _base + k is complete at _t0 + k / rate. _pos
+        # counts the frames read or lost so far.
         self._t0 = time.ticks_us()
+        self._base = 0
         self._pos = 0
         _i2s_ports[self._id] = self
 
@@ -311,7 +315,15 @@ class I2S(io.IOBase):
         if _i2s_stalled:
             return 0  # no bit clock: the DMA never completes a buffer
         elapsed_us = time.ticks_diff(time.ticks_us(), self._t0)
-        return elapsed_us * self._rate // 1_000_000 // _DMA_FRAMES * _DMA_FRAMES
+        # ticks_diff() is only right within half the ticks period: 537 s on a 32-bit port, where
+        # the microphone fell silent after 9 minutes. So the origin moves on every 100 s, by an
+        # exact number of frames.
+        while elapsed_us >= _REBASE_US:
+            self._t0 = time.ticks_add(self._t0, _REBASE_US)
+            self._base += self._rate * (_REBASE_US // 1_000_000)
+            elapsed_us -= _REBASE_US
+        total = self._base + elapsed_us * self._rate // 1_000_000
+        return total // _DMA_FRAMES * _DMA_FRAMES
 
     def _available(self):
         """Frames readable now; drops the oldest beyond the DMA ring, as an overrun does."""
@@ -326,7 +338,7 @@ class I2S(io.IOBase):
         return avail
 
     def _wait_next_buffer(self):
-        frames = self._completed() + _DMA_FRAMES
+        frames = self._completed() + _DMA_FRAMES - self._base
         due_us = (frames * 1_000_000 + self._rate - 1) // self._rate
         wait_us = due_us - time.ticks_diff(time.ticks_us(), self._t0)
         if wait_us > 0:
