@@ -206,6 +206,9 @@ except OSError as e:
 while not w.isconnected():  # the driver reassociates on its own: no connect() here
     time.sleep_ms(20)
 print("back after", time.ticks_diff(time.ticks_ms(), t0), "ms rssi", w.status("rssi"))
+# The simulator notes the reassociation from a thread at the same instant: let it print before
+# the process ends.
+time.sleep_ms(200)
 """
 
 
