@@ -35,8 +35,7 @@ _BACKOFF_UNREACHABLE_MAX_MS = const(4000)
 _STABLE_SESSION_MS = const(30000)
 _CLOCK_POLL_MS = const(100)
 _PACKETS_PER_PASS = const(4)
-# Topics whose oversized messages were logged: each is named once, and a flood of new topics
-# cannot grow the set without bound.
+# Topics whose oversized messages were logged, each once: at most this many are named.
 _OVERSIZED_TOPICS_LOGGED = const(8)
 
 
@@ -111,11 +110,12 @@ class Publisher:
         self._guard(topic, handler, msg, retained)
 
     def _on_oversized(self, topic, size):
+        # Counted always (client.oversized); named once per topic, for the first few topics,
+        # so a flood of large messages on ever new topics cannot flood the log either.
         seen = self._oversized_topics
-        if topic in seen:
+        if topic in seen or len(seen) >= _OVERSIZED_TOPICS_LOGGED:
             return
-        if len(seen) < _OVERSIZED_TOPICS_LOGGED:
-            seen.append(topic)
+        seen.append(topic)
         log("mqtt", "skipped a message of %d bytes on %s (limit %d): too large to take; "
             "logged once per topic" % (size, _topic_name(topic) or "(a topic over 256 bytes)",
                                        MAX_INCOMING_BYTES))

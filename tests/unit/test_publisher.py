@@ -948,3 +948,17 @@ def test_beats_every_500ms_in_every_state(mpy):
     assert sent(r, "ping")
     assert r["delivered"] == 20  # sessions ran (and the outbox dropped the oldest)
     assert max_beat_gap(r) <= 500
+
+
+def test_oversized_messages_are_named_once_per_topic_for_the_first_eight(mpy):
+    """Every skip is counted by the client; the log names each topic once, and a flood on ever
+    new topics names only the first eight."""
+    r = run(mpy, """
+        setup(plan())
+        for i in range(12):
+            for _ in range(3):
+                PUB._on_oversized(b"big/%d" % i, 6000)
+        go(100)
+    """)
+    named = [t for t in texts(r) if t.startswith("skipped a message of 6000 bytes on big/")]
+    assert [t.split(" on ")[1].split(" ")[0] for t in named] == [f"big/{i}" for i in range(8)]
