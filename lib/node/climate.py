@@ -5,8 +5,8 @@ import time
 
 from micropython import const
 
-from node.config import DHT_MIN_INTERVAL_S
 from node.filters import MovingAverage
+from node.limits import DHT_MIN_INTERVAL_S
 from node.log import log
 from node.supervisor import sleep_beating
 

@@ -7,18 +7,12 @@ import json
 
 # boot.py reads these two before anything is validated (node.bootcount): one default each.
 from node.bootcount import DEFAULT_SAFE_MODE_BOOTS, DEFAULT_WATCHDOG_S
+from node.limits import DHT_MIN_INTERVAL_S, OUTBOX_RAM_BYTES
 from node.outbox import INDEX_BYTES_PER_READING, MAX_BODY_BYTES
 
 _NODE_ID_MAX_LEN = 64
 _TOPIC_PREFIX_MAX_LEN = 64
-# The fastest each sensor may be read (datasheets): reading faster returns stale data or fails.
-DHT_MIN_INTERVAL_S = {"DHT11": 1, "DHT22": 2}
-# The longest `identify` flicker a user may ask for (node.commands checks it, node.led plays it).
-IDENTIFY_MAX_S = 60
 _REQUIRED = object()
-# The most RAM the outbox may take on the board: its heap starts at 56 KB and grows into the
-# internal RAM that Wi-Fi (40-50 KB), mbedTLS (35-40 KB) and I2S DMA (30-40 KB) also need.
-_OUTBOX_RAM_BYTES = 32768
 
 
 class ConfigError(ValueError):
@@ -119,14 +113,15 @@ def validate(raw, where="config.json"):
         raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
     )
     cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int", 100, lo=4, hi=2000)
-    cfg["outbox_bytes"] = _take(raw, "outbox_bytes", where, "", "int", 16384, lo=2048,
-                                hi=_OUTBOX_RAM_BYTES)
+    # 8 KB hold the default 100 readings at the default rates (bodies of 35 to 130 bytes).
+    cfg["outbox_bytes"] = _take(raw, "outbox_bytes", where, "", "int", 8192, lo=2048,
+                                hi=OUTBOX_RAM_BYTES)
     need = outbox_ram(cfg["outbox_size"], cfg["outbox_bytes"])
-    if need > _OUTBOX_RAM_BYTES:
+    if need > OUTBOX_RAM_BYTES:
         _fail(where, "outbox_size/outbox_bytes", "at most %d bytes of the board's RAM for the "
               "outbox (Wi-Fi, TLS and the I2S DMA need the rest); %d readings and %d bytes of "
-              "them take %d" % (_OUTBOX_RAM_BYTES, cfg["outbox_size"], cfg["outbox_bytes"], need))
-    # Commands carried out per second on average (node.commands.RateLimit): a flood on `cmd`
+              "them take %d" % (OUTBOX_RAM_BYTES, cfg["outbox_size"], cfg["outbox_bytes"], need))
+    # Commands carried out per second on average (node.ratelimit): a flood on `cmd`
     # is dropped and counted instead of starving the sampling tasks and the publisher.
     cfg["commands_per_s"] = _take(raw, "commands_per_s", where, "", "int", 5, lo=1, hi=100)
     # Boot-loop protection: this many boots in a row that end before the app has run

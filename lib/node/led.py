@@ -17,7 +17,7 @@ import time
 
 from micropython import const
 
-from node.config import IDENTIFY_MAX_S
+from node.limits import IDENTIFY_MAX_S
 
 CONNECTING = const(0)
 RUNNING = const(1)

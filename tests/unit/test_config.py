@@ -82,8 +82,8 @@ BAD_CONFIG = [
     # about 110 KB. Now it is a clear error, naming what it would take.
     (with_change("outbox_size", 2000), "outbox_size/outbox_bytes",
      "at most 32768 bytes of the board's RAM for the outbox (Wi-Fi, TLS and the I2S DMA need "
-     "the rest); 2000 readings and 16384 bytes of them take 50896"),
-    (with_change("outbox_size", 934), "outbox_size/outbox_bytes", "take 32774"),
+     "the rest); 2000 readings and 8192 bytes of them take 42704"),
+    (with_change("outbox_size", 1416), "outbox_size/outbox_bytes", "take 32776"),
     (with_change("commands_per_s", 0), "commands_per_s", "1..100"),
     (with_change("wifi", "x"), "wifi", "no such key"),
     ([1, 2], "(top level)", "an object"),
@@ -118,8 +118,8 @@ def test_good_config_and_defaults(mpy, tmp_path):
 
 
 def test_the_largest_outbox_the_board_takes(mpy, tmp_path):
-    """933 readings at the default 16 KB of bodies is the most the config accepts."""
-    results = run_cases(mpy, tmp_path, [["config", with_change("outbox_size", 933)],
+    """1415 readings at the default 8 KB of bodies is the most the config accepts."""
+    results = run_cases(mpy, tmp_path, [["config", with_change("outbox_size", 1415)],
                                         ["config", with_change("outbox_bytes", 32768)]])
     assert results[0] == "ok", results
     assert "take 34980" in results[1], results  # 100 readings + 32 KB: over, by their index
