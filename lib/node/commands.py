@@ -6,10 +6,10 @@ touches nothing.
 """
 
 import json
-import time
 
-from node import config
 from node import settings as store
+from node import unload
+from node.limits import IDENTIFY_MAX_S
 from node.log import log
 
 _MAX_PAYLOAD_BYTES = 512
@@ -22,7 +22,6 @@ _ID_MAX_CHARS = 64
 _ID_INT_LIMIT = 10**15
 _NAME_MAX_CHARS = 32
 _IDENTIFY_DEFAULT_S = 10
-_BURST_S = 4
 _BASE_KEYS = ("cmd", "id")
 
 
@@ -128,35 +127,6 @@ def _store(cfg, dotted, value):
     cfg[parts[-1]] = value
 
 
-class RateLimit:
-    """A token bucket: `per_s` a second on average, in bursts of up to _BURST_S seconds' worth
-    (a person trying commands, or a script sending a handful, is not throttled).
-
-    `ticks_ms` is time.ticks_ms on the board, or a test's clock.
-    """
-
-    def __init__(self, per_s, ticks_ms):
-        self._per_s = per_s
-        self._ticks_ms = ticks_ms
-        self._full = per_s * _BURST_S * 1000  # in thousandths of a token: integer maths
-        self._tokens = self._full
-        self._last_ms = ticks_ms()
-        self.dropped = 0
-
-    def allow(self):
-        """True if one more may go now; False (and counted) if it is over the rate."""
-        now = self._ticks_ms()
-        # Capped where the bucket is full anyway: the product stays a small int.
-        elapsed = min(time.ticks_diff(now, self._last_ms), _BURST_S * 1000)
-        self._last_ms = now
-        self._tokens = min(self._full, self._tokens + elapsed * self._per_s)
-        if self._tokens >= 1000:
-            self._tokens -= 1000
-            return True
-        self.dropped += 1
-        return False
-
-
 class Commands:
     """Carries out commands on the settings in force, and keeps the changed ones in flash.
 
@@ -195,7 +165,7 @@ class Commands:
             _check_keys(msg, name, keys)
             action(self, msg, reply)
             reply["ok"] = True
-        except (CommandError, config.ConfigError) as e:
+        except CommandError as e:
             reply["error"] = str(e)
         return json.dumps(reply).encode()
 
@@ -211,7 +181,7 @@ class Commands:
         if not given:
             raise CommandError("set: expected at least one of " + ", ".join(store.SETTABLE))
         # The ranges (DHT11 >= 1 s, DHT22 >= 2 s, ...) come from config.py alone.
-        cfg = config.validate(store.overlay(self._raw, merged), "set")
+        cfg = _validated(store.overlay(self._raw, merged), "set")
         try:
             store.save(self._path, merged)
         except OSError as e:
@@ -226,16 +196,16 @@ class Commands:
         except OSError as e:
             raise CommandError("reset_settings: cannot delete %s (%s)" % (self._path, e))
         self._saved = {}
-        self._apply(config.validate(self._raw))
+        self._apply(_validated(self._raw, "config.json"))
         reply["settings"] = self._saved
 
     def _identify_led(self, msg, reply):
         seconds = _IDENTIFY_DEFAULT_S
         if "seconds" in msg:
             seconds = _integer(msg["seconds"], "identify: seconds")
-            if not 1 <= seconds <= config.IDENTIFY_MAX_S:
+            if not 1 <= seconds <= IDENTIFY_MAX_S:
                 raise CommandError("identify: seconds: expected an integer in 1..%d, got %d"
-                                   % (config.IDENTIFY_MAX_S, seconds))
+                                   % (IDENTIFY_MAX_S, seconds))
         self._identify(seconds)
         reply["seconds"] = seconds
 
@@ -269,6 +239,19 @@ _TABLE = (
     ("set", Commands._set, store.SETTABLE),
 )
 _NAMES = tuple(entry[0] for entry in _TABLE)
+
+
+def _validated(raw, where):
+    """config.validate(raw), its error as the reply's. The config code (7 KB of the board's heap)
+    is loaded for the few commands that change settings, and leaves the heap again after."""
+    from node import config
+
+    try:
+        return config.validate(raw, where)
+    except config.ConfigError as e:
+        raise CommandError(str(e))
+    finally:
+        unload("config")
 
 
 def _find(cmd):

@@ -7,7 +7,6 @@ stays the one judge of what is allowed. Pure apart from the file system: CPython
 import json
 import os
 
-from node import config
 from node.log import log
 
 SETTABLE = ("dht.interval_s", "audio.publish_interval_s", "telemetry_interval_s")
@@ -124,6 +123,8 @@ def accepted(raw_config, settings):
     checked alone: their limits depend on config.json, not on each other. ConfigError when
     raw_config itself is invalid.
     """
+    from node import config  # here, not at the top: node.app unloads it before the node is built
+
     config.validate(raw_config)
     kept = {}
     for key, value in settings.items():
