@@ -12,7 +12,7 @@ _HEAP_SAMPLE_S = 5
 class Telemetry:
     """Collects what the other parts count; publishes it best effort (QoS 0, never queued).
 
-    `node` is the running app (node.app.Node): its config in force, outbox, tasks, Wi-Fi, clock
+    `node` is the running app (node.wiring.Node): its config in force, outbox, tasks, Wi-Fi, clock
     and lag probe are read at each message, so this module keeps no counter but the heap
     minimum: each count has one owner, the part that counts it.
     """

@@ -10,7 +10,7 @@ still resets.
 
 from micropython import const
 
-TIMER_ID = const(1)  # machine.Timer 0 blinks the LED in safe mode (node.app)
+TIMER_ID = const(1)  # machine.Timer 0 blinks the LED in safe mode (node.safemode)
 _timer = None
 
 

@@ -1,39 +1,30 @@
-"""The app: load the configuration, wire the parts together, run them; or safe mode.
+"""The running node: every part built from the config and connected; node.app runs it.
 
-main.py only calls start(). Each policy lives with what it governs (telemetry in
+Each policy lives with what it governs (telemetry in
 node.telemetry, the clock in node.sntp, boot-loop stability in node.bootcount, the link's LED
 pattern in node.led, the commands in node.commands); this module builds them and connects them.
 """
 
 import asyncio
-import os
-import ssl
-import sys
 import time
 
-from node import VERSION, board, bootcount, config, discovery, settings, wdtfeed
+from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
-from node.commands import Commands, RateLimit
 from node.dsp import LevelMeter
+from node.files import BOOT_PATH, CLOCK_PATH, SETTINGS_PATH
 from node.lagprobe import LagProbe
 from node.led import StatusLed
 from node.log import log, uptime_ms
-from node.mqtt import LINK_ERRORS, Client
+from node.mqtt import Client
 from node.outbox import Outbox
 from node.payload import Topics, dumps
-from node.publisher import Publisher, connect
+from node.publisher import Publisher
+from node.ratelimit import RateLimit
 from node.sntp import Clock
 from node.sound import Sound
 from node.supervisor import Supervisor
 from node.telemetry import Telemetry
 
-CONFIG_PATH = "config.json"
-SECRETS_PATH = "secrets.json"
-SETTINGS_PATH = "settings.json"
-BOOT_PATH = "boot.json"
-CLOCK_PATH = "clock.json"  # the last time seen: the clock's floor after a power-on
-# tools/deploy.py creates this before copying and removes it when every file is in place.
-DEPLOY_MARKER = "deploying"
 # Longest a read or write may block once a session is up (the rest of a packet, a full socket
 # buffer): short enough that even a broker sending half a packet costs the loop < 250 ms.
 IO_TIMEOUT_MS = 200
@@ -42,26 +33,11 @@ IO_TIMEOUT_MS = 200
 CLIMATE_SILENCE_MS = 10000
 SOUND_SILENCE_MS = 5000
 PUBLISHER_SILENCE_MS = 15000
-# After an unexpected error, the time to read it on the console before the board resets.
-CRASH_RESET_DELAY_MS = 3000
-# Safe mode tells the broker it is there, within this time, then leaves the REPL alone.
-SAFE_MODE_ANNOUNCE_MS = 30000
 REBOOT_DELAY_MS = 1000  # lets the command's reply reach the broker first
 # Discovery is announced again at most this often however many "online" arrive.
 ANNOUNCE_QUIET_MS = 1000
-LED_TIMER_ID = 0  # node.wdtfeed has timer 1
 MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
-
-
-def tls_context(ca_der):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    try:
-        ctx.load_verify_locations(cadata=ca_der)
-    except ValueError as e:
-        raise config.ConfigError("mqtt.ca: not a usable CA certificate (%s)" % e)
-    return ctx
 
 
 def task_died(loop, context):
@@ -133,8 +109,9 @@ class Node:
             self.wifi.up, self.clock.can_verify,
         )
         self.telemetry = Telemetry(self)
-        self.commands = Commands(raw_cfg, saved, SETTINGS_PATH, cfg, self._reboot,
-                                 self.led.identify, self._settings_changed)
+        self._raw_cfg = raw_cfg
+        self._saved = saved
+        self.commands = None  # node.commands, made when the first command arrives
         self.command_rate = RateLimit(cfg["commands_per_s"], time.ticks_ms)
         self._retained_told = False  # the retained-command reply goes out once per boot
         self._clear_echoes = 0  # empty messages on cmd that are our own clearing, coming back
@@ -155,6 +132,9 @@ class Node:
         await self.supervisor.run()
 
     def _announce(self):
+        # Needed once a session: its 2.5 KB leave the heap again after.
+        from node import discovery
+
         cfg = self.cfg
         sent = 0
         # Three missed intervals make Home Assistant show a sensor as unavailable.
@@ -166,6 +146,8 @@ class Node:
             # An empty body removes a sensor that is no longer there (discovery.messages).
             if self.publisher.publish_now(topic.encode(), body, retain=True) and body:
                 sent += 1
+        del discovery
+        unload("discovery")
         log("discovery", "announced %d sensors to Home Assistant" % sent)
 
     def _on_ha_status(self, msg, retained):
@@ -194,6 +176,13 @@ class Node:
                 log("commands", "more than %d commands a second: dropped %d so far"
                     % (self.cfg["commands_per_s"], self.command_rate.dropped))
             return
+        if self.commands is None:
+            # Many nodes never get a command: their 5 KB of code are not loaded until one does.
+            from node.commands import Commands
+
+            self.commands = Commands(self._raw_cfg, self._saved, SETTINGS_PATH, self.cfg,
+                                     self._reboot, self.led.identify, self._settings_changed)
+            self._raw_cfg = self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
         self.publisher.publish_now(self.topics.reply.encode(), reply)
 
@@ -224,96 +213,3 @@ class Node:
             board.reset()
 
         asyncio.create_task(later())
-
-
-async def announce_safe_mode(cfg, secrets, ctx, reason):
-    """Best effort: say `safe-mode` (retained) on the status topic, then disconnect cleanly."""
-    topics = Topics(cfg["topic_prefix"], node_id_of(cfg))
-    wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
-    clock = make_clock(cfg, wifi)
-    await wifi.up(_nothing)
-    # TLS checks certificate dates: not with a clock that reads 2000.
-    if not clock.can_verify() and cfg["ntp"]["server"] is not None:
-        await clock.sync()
-    if not clock.can_verify():
-        raise OSError("the clock is not set: the broker's certificate cannot be verified")
-    client = make_client(cfg, secrets, ctx, node_id_of(cfg))
-    await connect(client, _nothing)
-    client.publish(topics.status.encode(), b"safe-mode", retain=True)
-    client.publish(topics.telemetry.encode(), dumps({"safe_mode": reason, "version": VERSION}))
-    client.disconnect()  # a clean DISCONNECT: the last will must not overwrite "safe-mode"
-    log("main", "safe mode announced on %s" % topics.status)
-
-
-def _nothing():
-    pass
-
-
-def safe_mode(reason, cfg=None, secrets=None, ctx=None):
-    """No app, no watchdog: the REPL stays free for mpremote to repair the board."""
-    log("main", "safe mode: %s" % reason)
-    led_cfg = cfg["led"] if cfg else None
-    if led_cfg:
-        StatusLed(board.status_led(led_cfg["pin"], led_cfg["inverted"])).safe_mode(
-            board.timer(LED_TIMER_ID))
-    if cfg is None:
-        return
-    try:
-        asyncio.run(asyncio.wait_for_ms(announce_safe_mode(cfg, secrets, ctx, reason),
-                                        SAFE_MODE_ANNOUNCE_MS))
-    except LINK_ERRORS + (asyncio.TimeoutError,) as e:  # the broker is not reachable
-        log("main", "safe mode not announced: %r" % (e,))
-
-
-def deploy_unfinished():
-    try:
-        os.stat(DEPLOY_MARKER)
-    except OSError:
-        return False
-    return True
-
-
-def load():
-    """(config with persisted settings applied, config.json as parsed, settings, secrets)."""
-    raw = config.read_json(CONFIG_PATH)
-    # accepted() checks config.json itself first (its errors mean safe mode). A saved setting
-    # that no longer fits it (say, the DHT model changed) is logged and dropped: the user's file
-    # wins, and the board does not go into safe mode over it.
-    saved = settings.accepted(raw, settings.load(SETTINGS_PATH))
-    cfg = config.validate(settings.overlay(raw, saved), CONFIG_PATH)
-    secrets = config.validate_secrets(config.read_json(SECRETS_PATH), SECRETS_PATH)
-    return config.resolve_paths(cfg, CONFIG_PATH), raw, saved, secrets
-
-
-def start():
-    if deploy_unfinished():
-        safe_mode("a deploy did not finish (%s); run make deploy again" % DEPLOY_MARKER)
-        return
-    try:
-        cfg, raw, saved, secrets = load()
-        ctx = tls_context(config.load_ca(cfg["mqtt"]["ca_path"]))
-    except config.ConfigError as e:
-        safe_mode(e)
-        return
-    if bootcount.safe_mode:
-        safe_mode(bootcount.safe_mode, cfg, secrets, ctx)
-        return
-    node = None
-    try:
-        node = Node(cfg, raw, saved, secrets, ctx)
-        asyncio.run(node.run())
-    except KeyboardInterrupt:
-        # Stopped at the console (mpremote, Ctrl-C) while every task was alive: not a crash.
-        if node is not None:
-            if not node.supervisor.stale():
-                bootcount.mark_stable(BOOT_PATH)
-            # The watchdog cannot be stopped: fed from a timer, the REPL is free for as long as
-            # it takes (boot.py takes over after the soft reset mpremote makes).
-            wdtfeed.start(node.watchdog, board.timer(wdtfeed.TIMER_ID), cfg["watchdog_s"] * 250)
-            log("main", "stopped at the console: the watchdog is fed from a timer")
-        raise
-    except Exception as e:  # noqa: BLE001 - anything at all: a node must not sit at the REPL
-        sys.print_exception(e)
-        log("main", "crashed: %r; resetting in %d s" % (e, CRASH_RESET_DELAY_MS // 1000))
-        time.sleep_ms(CRASH_RESET_DELAY_MS)
-        board.reset()

@@ -1,0 +1,9 @@
+"""The files the node keeps in the board's flash, named once (boot.py spells out its two)."""
+
+CONFIG_PATH = "config.json"
+SECRETS_PATH = "secrets.json"
+SETTINGS_PATH = "settings.json"  # settings changed by command (node.settings)
+BOOT_PATH = "boot.json"  # the boot count and the boot-loop count (node.bootcount)
+CLOCK_PATH = "clock.json"  # the last time seen: the clock's floor after a power-on
+# tools/deploy.py creates this before copying and removes it when every file is in place.
+DEPLOY_MARKER = "deploying"
