@@ -107,7 +107,7 @@ class Node:
         self.topics = topics = Topics(cfg["topic_prefix"], self.node_id)
         self.wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
         self.clock = make_clock(cfg, self.wifi)
-        self.led = StatusLed(board.status_led(cfg["led"]["pin"], cfg["led"]["inverted"]))
+        self.led = StatusLed(board.status_led(cfg["led"]))
         self.outbox = Outbox(cfg["outbox_size"], self.boot, self.clock.now, uptime_ms,
                              cfg["outbox_bytes"])
         # The app's supervisor feeds the watchdog from here on, only while every task is alive.
@@ -252,10 +252,8 @@ def _nothing():
 def safe_mode(reason, cfg=None, secrets=None, ctx=None):
     """No app, no watchdog: the REPL stays free for mpremote to repair the board."""
     log("main", "safe mode: %s" % reason)
-    led_cfg = cfg["led"] if cfg else None
-    if led_cfg:
-        StatusLed(board.status_led(led_cfg["pin"], led_cfg["inverted"])).safe_mode(
-            board.timer(LED_TIMER_ID))
+    if cfg:
+        StatusLed(board.status_led(cfg["led"])).safe_mode(board.timer(LED_TIMER_ID))
     if cfg is None:
         return
     try:
