@@ -1,4 +1,4 @@
-"""The one module that knows the hardware: machine, dht, network and the chip's clock.
+"""The one module that knows the hardware: machine, dht, network, neopixel and the chip's clock.
 
 Everything else gets its sensor, bus or watchdog from here, so tests and the simulated board
 (sim/) can stand in for the real ESP32 without the app noticing.
@@ -94,11 +94,20 @@ def set_time(unix_s):
     machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
 
 
-def status_led(pin, inverted):
-    """The status LED as a Signal (on = lit whatever the wiring), or None when not fitted."""
+def status_led(led):
+    """The status LED config's `led` describes, for node.led.StatusLed; None when not fitted."""
+    pin = led["pin"]
     if pin is None:
         return None
-    return machine.Signal(machine.Pin(pin, machine.Pin.OUT), invert=inverted)
+    if led["kind"] == "ws2812":
+        # Imported here, not above: a board with a plain LED spends no RAM on either.
+        import neopixel
+
+        from node.ws2812 import Ws2812Led
+
+        return Ws2812Led(neopixel.NeoPixel(machine.Pin(pin), 1), led["brightness"])
+    # A Signal: on = lit, whichever way the LED is wired.
+    return machine.Signal(machine.Pin(pin, machine.Pin.OUT), invert=led["inverted"])
 
 
 class Wifi:

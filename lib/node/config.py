@@ -131,11 +131,24 @@ def validate(raw, where="config.json"):
     cfg["stable_after_s"] = _take(raw, "stable_after_s", where, "", "int", 60, lo=5, hi=3600)
 
     src = _section(raw, "led", where, optional=True)
-    _no_unknown(src, ("pin", "inverted"), where, "led.")
-    cfg["led"] = {
+    # "gpio": a plain LED, on or off (config files from before led.kind mean this one);
+    # "ws2812": an addressable RGB LED, as on the ESP32-S3-DevKitC-1 (node.ws2812).
+    kind = _take(src, "kind", where, "led.", "str", "gpio", choices=("gpio", "ws2812"))
+    own = "inverted" if kind == "gpio" else "brightness"
+    for key, owner in (("inverted", "gpio"), ("brightness", "ws2812")):
+        if key in src and owner != kind:
+            raise ConfigError('%s: led.%s: only for "kind": "%s" (led.kind is "%s")'
+                              % (where, key, owner, kind))
+    _no_unknown(src, ("kind", "pin", own), where, "led.")
+    led = cfg["led"] = {
+        "kind": kind,
         "pin": _take(src, "pin", where, "led.", "int", None, lo=0, hi=48),
-        "inverted": _take(src, "inverted", where, "led.", "bool", False),
     }
+    if kind == "gpio":
+        led["inverted"] = _take(src, "inverted", where, "led.", "bool", False)
+    else:
+        # Of 255: a WS2812 at full white, a hand's width from the eyes, is blinding.
+        led["brightness"] = _take(src, "brightness", where, "led.", "int", 32, lo=1, hi=255)
     src = _section(raw, "ntp", where, optional=True)
     _no_unknown(src, ("server", "port", "resync_s"), where, "ntp.")
     cfg["ntp"] = {

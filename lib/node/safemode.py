@@ -44,10 +44,8 @@ def _nothing():
 def run(reason, cfg=None, secrets=None, ctx=None):
     """No app, no watchdog: the REPL stays free for mpremote to repair the board."""
     log("main", "safe mode: %s" % reason)
-    led_cfg = cfg["led"] if cfg else None
-    if led_cfg:
-        StatusLed(board.status_led(led_cfg["pin"], led_cfg["inverted"])).safe_mode(
-            board.timer(LED_TIMER_ID))
+    if cfg:
+        StatusLed(board.status_led(cfg["led"])).safe_mode(board.timer(LED_TIMER_ID))
     if cfg is None:
         return
     try:

@@ -83,7 +83,7 @@ class Node:
         self.topics = topics = Topics(cfg["topic_prefix"], self.node_id)
         self.wifi = board.Wifi(secrets["wifi_ssid"], secrets["wifi_password"])
         self.clock = make_clock(cfg, self.wifi)
-        self.led = StatusLed(board.status_led(cfg["led"]["pin"], cfg["led"]["inverted"]))
+        self.led = StatusLed(board.status_led(cfg["led"]))
         self.outbox = Outbox(cfg["outbox_size"], self.boot, self.clock.now, uptime_ms,
                              cfg["outbox_bytes"])
         # The app's supervisor feeds the watchdog from here on, only while every task is alive.

@@ -4,8 +4,9 @@ Names, signatures, constants and exceptions follow the ESP32 port, so the app th
 runs unchanged on the board. Inputs come from the environment (see docs/ARCHITECTURE.md):
 SIM_AUDIO feeds I2S in real time, SIM_UID is unique_id(). Resets end the process with the exit
 codes in _simenv and leave their cause for the next start's reset_cause(). SIM_PIN_LOG names a
-file that gets a line "<ticks_ms> <gpio> <level>" whenever a pin's output level changes, so a
-test (or a person) can see what an LED did.
+file that gets a line "<ticks_ms> <gpio> <level>" whenever a pin's output level changes (and
+"<ticks_ms> <gpio> #rrggbb" when a WS2812 on it changes colour, see neopixel), so a test (or a
+person) can see what an LED did.
 """
 
 import io
@@ -126,9 +127,15 @@ def _open_pin_log():
 _pin_log = _open_pin_log()
 
 
+def _log_output(gpio, shown):
+    """A SIM_PIN_LOG line: what an output shows from now (a level; a WS2812's colours)."""
+    if _pin_log is not None:
+        _pin_log.write("%d %d %s\n" % (time.ticks_ms(), gpio, shown))
+
+
 def _set_level(gpio, st, level):
-    if level != st[2] and _pin_log is not None:
-        _pin_log.write("%d %d %d\n" % (time.ticks_ms(), gpio, level))
+    if level != st[2]:
+        _log_output(gpio, level)
     st[2] = level
     _dhtwire.driven(gpio, st[0], level)  # a DHT on the line answers a start pulse
 

@@ -235,6 +235,20 @@ def node_env(audio=None, dht=None, uid=None, rssi=None, extra=None):
 
 
 # --- the running node ------------------------------------------------------------------------
+def read_pin_log(path):
+    """SIM_PIN_LOG's lines as (ticks_ms, gpio, shown): shown is a pin's level (0 or 1), or what
+    a WS2812 on it shows, (r, g, b) (several LEDs: their colours in one tuple, r, g, b, r, ...)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        ticks, gpio, shown = line.split()
+        if shown.startswith("#"):
+            value = tuple(bytes.fromhex(shown[1:].replace(",#", "")))
+        else:
+            value = int(shown)
+        out.append((int(ticks), int(gpio), value))
+    return out
+
+
 class Line(str):
     """One log line (a str) that also knows when it came (monotonic s) and from which stream."""
 

@@ -40,6 +40,9 @@ def with_change(path, value, base=GOOD):
     return cfg
 
 
+# The LED of an ESP32-S3-DevKitC-1 v1.1, as docs/HARDWARE.md gives it.
+WS2812 = with_change("led", {"kind": "ws2812", "pin": 38})
+
 # (case, the key the message must name, words that must appear)
 BAD_CONFIG = [
     (with_change("mqtt.port", "8883"), "mqtt.port", "an integer"),
@@ -85,6 +88,20 @@ BAD_CONFIG = [
      "the rest); 2000 readings and 8192 bytes of them take 42704"),
     (with_change("outbox_size", 1416), "outbox_size/outbox_bytes", "take 32776"),
     (with_change("commands_per_s", 0), "commands_per_s", "1..100"),
+    (with_change("led.kind", "neopixel"), "led.kind", 'one of "gpio", "ws2812"'),
+    (with_change("led.kind", None), "led.kind", "a non-empty string"),
+    (with_change("led.pin", 49), "led.pin", "an integer in 0..48 or null, got 49"),
+    (with_change("led.pin", "2"), "led.pin", "an integer"),
+    (with_change("led.inverted", 1), "led.inverted", "true or false"),
+    (with_change("led.brightness", 40), "led.brightness",
+     'only for "kind": "ws2812" (led.kind is "gpio")'),
+    (with_change("led.inverted", False, WS2812), "led.inverted",
+     'only for "kind": "gpio" (led.kind is "ws2812")'),
+    (with_change("led.brightness", 0, WS2812), "led.brightness", "an integer in 1..255, got 0"),
+    (with_change("led.brightness", 256, WS2812), "led.brightness", "1..255"),
+    (with_change("led.brightness", 0.5, WS2812), "led.brightness", "an integer"),
+    (with_change("led.count", 2, WS2812), "led.count",
+     "no such key (known: brightness, kind, pin)"),
     (with_change("wifi", "x"), "wifi", "no such key"),
     ([1, 2], "(top level)", "an object"),
     ("config", "(top level)", "an object"),
@@ -232,3 +249,26 @@ def test_dht_driver_defaults_to_the_async_fast_path(mpy, tmp_path):
     f.write_text(json.dumps([GOOD,  # config.json sets no driver
                              with_change("dht.driver", "stock")]))
     assert mpy(_DRIVER, f).stdout.split() == ["async", "stock"]
+
+
+_LED = """
+import json, sys
+from node import config
+for raw in json.load(open(sys.argv[1])):
+    print(json.dumps(config.validate(raw)["led"]))
+"""
+
+
+def test_led_kinds_and_their_defaults(mpy, tmp_path):
+    old = with_change("led", {"pin": 2, "inverted": True})  # a config.json from before led.kind
+    f = tmp_path / "cases.json"
+    f.write_text(json.dumps([old, with_change("led", KeyError), WS2812,
+                             with_change("led.brightness", 255, WS2812),
+                             with_change("led", {"kind": "ws2812", "pin": None})]))
+    assert [json.loads(line) for line in mpy(_LED, f).stdout.splitlines()] == [
+        {"kind": "gpio", "pin": 2, "inverted": True},
+        {"kind": "gpio", "pin": None, "inverted": False},  # no LED
+        {"kind": "ws2812", "pin": 38, "brightness": 32},
+        {"kind": "ws2812", "pin": 38, "brightness": 255},
+        {"kind": "ws2812", "pin": None, "brightness": 32},
+    ]

@@ -5,33 +5,23 @@ host's scheduler is not the board's."""
 import json
 import statistics
 
+import pytest
+
+from sim.host.simnode import read_pin_log
 from tests.conftest import REPO
 
 SIM = REPO / "sim" / "board"
 
-# A pin that records (ticks_ms, value) into buffers allocated up front, so recording allocates
-# nothing, even under heap_lock.
+# An LED that counts what it is told, allocating nothing, even under heap_lock.
 _RECORDER = """
-import array, asyncio, json, time, micropython
+import asyncio, json, time, micropython
 from node import led
 
 class Recorder:
-    def __init__(self, n=400):
-        self.t = array.array("i", bytes(4 * n))
-        self.v = bytearray(n)
+    def __init__(self):
         self.n = 0
     def value(self, v):
-        i = self.n
-        if i < len(self.v):
-            self.t[i] = time.ticks_ms()
-            self.v[i] = v
-            self.n = i + 1
-    def dump(self, t0):
-        return [(time.ticks_diff(self.t[i], t0), self.v[i]) for i in range(self.n)]
-
-marks = []
-def mark(name, t0):
-    marks.append((name, time.ticks_diff(time.ticks_ms(), t0)))
+        self.n += 1
 """
 
 
@@ -56,9 +46,20 @@ def near(value, target, slack=0.35):
     return target * (1 - slack) - 20 <= value <= target * (1 + slack) + 20
 
 
-_PATTERNS = _RECORDER + """
-pin = Recorder()
-status = led.StatusLed(pin)
+# The simulated board's LEDs of both kinds, as config.py makes their config section.
+GPIO_LED = {"kind": "gpio", "pin": 2, "inverted": False}
+WS2812_LED = {"kind": "ws2812", "pin": 38, "brightness": 32}
+BLACK = (0, 0, 0)
+
+_PATTERNS = """
+import asyncio, json, sys, time
+from node import board, led
+
+marks = []
+def mark(name, t0):
+    marks.append((name, time.ticks_diff(time.ticks_ms(), t0)))
+
+status = led.StatusLed(board.status_led(json.loads(sys.argv[1])))
 
 async def main():
     t0 = time.ticks_ms()
@@ -77,16 +78,28 @@ async def main():
     status.set(led.RUNNING)  # changes the mode under the identify
     await asyncio.sleep_ms(1800)
     mark("end", t0)
-    print(json.dumps({"events": pin.dump(t0), "marks": marks, "dead": task.done()}))
+    print(json.dumps({"t0": t0, "marks": marks, "dead": task.done()}))
 
 asyncio.run(main())
 """
 
 
-def test_each_mode_has_its_documented_pattern(mpy):
-    out = json.loads(mpy(_PATTERNS, timeout=60).stdout)
+def lit(shown):
+    return int(shown not in (0, BLACK))
+
+
+def colours_between(events, start_ms, end_ms):
+    return {v for t, v in events if start_ms <= t < end_ms and v != BLACK}
+
+
+@pytest.mark.parametrize("cfg", [GPIO_LED, WS2812_LED], ids=["gpio", "ws2812"])
+def test_each_mode_has_its_documented_pattern(mpy, tmp_path, cfg):
+    log = tmp_path / "pins.log"
+    out = json.loads(mpy(_PATTERNS, json.dumps(cfg), path=[SIM], timeout=60,
+                         env={"SIM_PIN_LOG": str(log)}).stdout)
     assert not out["dead"]
-    events = out["events"]
+    shown = [(t - out["t0"], v) for t, gpio, v in read_pin_log(log) if gpio == cfg["pin"]]
+    events = [(t, lit(v)) for t, v in shown]
     marks = dict(out["marks"])
     # Each window skips the first step after a switch, which may be cut short.
     conn = segments(events, marks["connecting"], marks["running"])
@@ -124,15 +137,51 @@ def test_each_mode_has_its_documented_pattern(mpy):
     assert [v for v, _ in after[-2:]] == [1, 0], after
     assert after[-2][1] < 40 + 50 + 60 and after[-1][1] > 1000, after
 
+    if cfg["kind"] == "gpio":
+        return
+    # A WS2812 plays the same steps in the mode's colour, at led.brightness 32 of 255: the
+    # table's full 255 shows as 32, its 128 (running's dimmer green) rounded up to 17.
+    assert shown[0] == (shown[0][0], BLACK)  # dark from the start
+    assert colours_between(shown, 0, marks["running"]) == {(0, 0, 32)}  # blue
+    assert colours_between(shown, marks["running"] + 10, marks["error"]) == {(0, 17, 0)}  # green
+    assert colours_between(shown, marks["error"] + 10, marks["identify"]) == {(32, 0, 0)}  # red
+    assert colours_between(shown, marks["identify"] + 10,
+                           marks["identify"] + 950) == {(32, 32, 32)}  # white
+    # identify(1) ends at most 1000 ms after its mark: then the blip of running's green
+    assert colours_between(shown, marks["identify"] + 1000, marks["end"]) == {(0, 17, 0)}
 
-_NO_ALLOC = _RECORDER + """
-pin = Recorder()
-status = led.StatusLed(pin)
+
+# `light` and `out` (what counts the steps) for the kind named by argv[1]: a GPIO LED on the
+# recorder, or a WS2812 as the simulated neopixel, through a tap that counts its writes.
+_LIGHTS = _RECORDER + """
+import sys
+
+class Tap:
+    def __init__(self, pixels):
+        self.pixels = pixels
+        self.n = 0
+    def __setitem__(self, i, colour):
+        self.pixels[i] = colour
+    def write(self):
+        self.n += 1
+        self.pixels.write()
+
+if sys.argv[1] == "gpio":
+    light = out = Recorder()
+else:
+    import machine, neopixel
+    from node.ws2812 import Ws2812Led
+    out = Tap(neopixel.NeoPixel(machine.Pin(38), 1))
+    light = Ws2812Led(out, 32)
+"""
+
+_NO_ALLOC = _LIGHTS + """
+status = led.StatusLed(light)
 
 async def main():
     task = asyncio.create_task(status.run())
     await asyncio.sleep_ms(250)  # started, first steps taken
-    before = pin.n
+    before = out.n
     micropython.heap_lock()
     try:
         await asyncio.sleep_ms(600)
@@ -143,15 +192,16 @@ async def main():
         await asyncio.sleep_ms(600)
     finally:
         micropython.heap_unlock()
-    print(json.dumps({"steps": pin.n - before, "dead": task.done()}))
+    print(json.dumps({"steps": out.n - before, "dead": task.done()}))
 
 asyncio.run(main())
 """
 
 
-def test_run_allocates_nothing(mpy):
+@pytest.mark.parametrize("kind", ["gpio", "ws2812"])
+def test_run_allocates_nothing(mpy, kind):
     # An allocation under heap_lock raises MemoryError inside the task, which then ends.
-    proc = mpy(_NO_ALLOC)
+    proc = mpy(_NO_ALLOC, kind, path=[SIM])
     out = json.loads(proc.stdout)
     assert out["steps"] >= 20 and not out["dead"], proc.stdout + proc.stderr
     assert "MemoryError" not in proc.stderr
@@ -192,43 +242,68 @@ for call in (lambda: status.set(7), lambda: status.identify(-1), lambda: status.
 
 
 _SAFE_MODE = """
-import machine, time
-from node import led
-pin = machine.Pin(2, machine.Pin.OUT)
-status = led.StatusLed(machine.Signal(pin, invert=True))  # an LED that lights at a low GPIO
+import json, machine, sys, time
+from node import board, led
+status = led.StatusLed(board.status_led(json.loads(sys.argv[1])))
 status.safe_mode(machine.Timer(0))
 # What the REPL does in safe mode: wait for input; scheduled callbacks run meanwhile.
 time.sleep_ms(2750)
 """
 
 
-def test_safe_mode_blinks_from_the_timer_at_the_repl(mpy, tmp_path):
+# A GPIO LED wired to 3V3, lit at a low level; the WS2812 shows amber at brightness 32.
+@pytest.mark.parametrize("cfg,dark,lit", [
+    ({**GPIO_LED, "inverted": True}, 1, 0),
+    (WS2812_LED, BLACK, (32, 13, 0)),
+], ids=["gpio", "ws2812"])
+def test_safe_mode_blinks_from_the_timer_at_the_repl(mpy, tmp_path, cfg, dark, lit):
     log = tmp_path / "pins.log"
-    mpy(_SAFE_MODE, path=[SIM], env={"SIM_PIN_LOG": str(log)})
-    lines = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
-    assert {gpio for _, gpio, _ in lines} == {2}
-    levels = [v for _, _, v in lines]
-    # StatusLed() turns the LED off (GPIO high), safe_mode() on (low), then the timer toggles.
-    assert levels[:2] == [1, 0], lines
-    assert all(a != b for a, b in zip(levels, levels[1:])), "only changes are logged"
+    mpy(_SAFE_MODE, json.dumps(cfg), path=[SIM], env={"SIM_PIN_LOG": str(log)})
+    lines = read_pin_log(log)
+    assert {gpio for _, gpio, _ in lines} == {cfg["pin"]}
+    shown = [v for _, _, v in lines]
+    # StatusLed() turns the LED off, safe_mode() on, then the timer toggles.
+    assert shown[:3] == [dark, lit, dark], lines
+    assert set(shown) == {dark, lit}, lines
+    assert all(a != b for a, b in zip(shown, shown[1:])), "only changes are logged"
     gaps = [b[0] - a[0] for a, b in zip(lines[1:], lines[2:])]
     assert len(gaps) >= 4, lines
     assert all(near(g, 500, 0.2) for g in gaps), gaps
 
 
-def test_safe_mode_callback_allocates_nothing(mpy):
-    proc = mpy(_RECORDER + """
+@pytest.mark.parametrize("kind", ["gpio", "ws2812"])
+def test_safe_mode_callback_allocates_nothing(mpy, kind):
+    proc = mpy(_LIGHTS + """
 import machine
-pin = Recorder()
-status = led.StatusLed(pin)
+status = led.StatusLed(light)
 status.safe_mode(machine.Timer(0))
 micropython.heap_lock()
 time.sleep_ms(1300)
 micropython.heap_unlock()
-print("toggles", pin.n - 2)
-""", path=[SIM])
+print("toggles", out.n - 2)
+""", kind, path=[SIM])
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr
     assert int(proc.stdout.split()[-1]) >= 2, proc.stdout
+
+
+_IMPORTED = """
+import json, sys
+from node import app, board
+light = board.status_led(json.loads(sys.argv[1]))
+print(json.dumps([type(light).__name__, "neopixel" in sys.modules,
+                  "node.ws2812" in sys.modules]))
+"""
+
+
+def test_ws2812_code_is_imported_only_for_a_ws2812(mpy):
+    """A board with a plain LED spends no RAM on the WS2812 driver nor the firmware's neopixel,
+    whatever the whole app imports."""
+    def imported(cfg):
+        return json.loads(mpy(_IMPORTED, json.dumps(cfg), path=[SIM]).stdout)
+
+    assert imported(GPIO_LED) == ["Signal", False, False]
+    assert imported({**GPIO_LED, "pin": None}) == ["NoneType", False, False]
+    assert imported(WS2812_LED) == ["Ws2812Led", True, True]
 
 
 # ---- the simulated machine.Timer and SIM_PIN_LOG ---------------------------------------------
