@@ -109,6 +109,16 @@ flash: deps
 		$(if $(CHIP),--chip $(CHIP)) $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD)) \
 		$(if $(DRY_RUN),--dry-run)
 
+# A Mosquitto with TLS for your own network, in broker/ (README "On a real board"): NAMES= what
+# its certificate names (default: this machine's names and address), BROKER_PORT= (8883),
+# RENEW=1 a new server certificate. It keeps the CA and passwords of an earlier run.
+.PHONY: broker
+NAMES ?=
+BROKER_PORT ?=
+RENEW ?=
+broker: deps
+	$(PY) -m tools.broker --names "$(NAMES)" --port "$(BROKER_PORT)" $(if $(RENEW),--renew)
+
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: deps
 	MICROPYTHON="$(MICROPYTHON)" $(PY) -m sim.host.fakeboard --baud 115200

@@ -1,20 +1,26 @@
-"""Throwaway TLS certificates for the simulator and the tests, made with the openssl CLI.
+"""TLS certificates made with the openssl CLI: throwaway ones for the simulator and the tests,
+and (tools/broker.py, `make broker`) the lasting CA and server certificate of a user's broker.
 
-Everything is EC P-256 with a short validity: a CA (PEM + DER, the DER is what MicroPython's ssl
-loads), a server certificate for `localhost` + 127.0.0.1 signed by it, and on request the two
-certificates a node must refuse: one from an impostor CA with the same names, and one from the
-right CA for the wrong host name.
+Everything is EC P-256: a CA (PEM + DER, the DER is what MicroPython's ssl loads), a server
+certificate for given names and addresses signed by it, and what a re-run needs to decide
+whether a certificate still fits (cert_info, signed_by). make_pki makes the simulator's set,
+valid for two days: the CA, a server certificate for `localhost` + 127.0.0.1, and on request the
+two certificates a node must refuse: one from an impostor CA with the same names, and one from
+the right CA for the wrong host name.
 
     python -m sim.net.pki DEST [--impostor] [--wrong-host] [--days N]
 """
 
 import argparse
+import ipaddress
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 DEFAULT_HOSTS = ("localhost",)
@@ -106,6 +112,42 @@ def make_server_cert(folder, name, ca_pem, ca_key, hosts=DEFAULT_HOSTS, ips=DEFA
             "-out", cert,
         )  # fmt: skip
     return ServerCert(cert=cert, key=key, ca=Path(ca_pem))
+
+
+@dataclass
+class CertInfo:
+    subject: str  # as openssl prints it, e.g. "CN = localhost"
+    dns: tuple  # subjectAltName DNS names, in the certificate's order
+    ips: tuple  # subjectAltName IP addresses, normalised (ipaddress' str)
+    not_after: datetime  # end of validity, UTC
+
+
+def cert_info(pem):
+    """What a PEM certificate names and until when (parsed from `openssl x509 -text`, which the
+    openssl of every platform prints alike)."""
+    text = _run("x509", "-in", pem, "-noout", "-subject", "-text")
+    subject = re.search(r"^subject=\s*(.*)$", text, re.M)
+    end = re.search(r"Not After\s*:\s*(.+?)\s*$", text, re.M)
+    if not (subject and end):
+        raise PkiError(f"{pem}: openssl printed no subject or end of validity")
+    san = re.search(r"X509v3 Subject Alternative Name:.*\n\s*(.+)", text)
+    dns, ips = [], []
+    for entry in (san.group(1).split(",") if san else ()):
+        kind, _, value = entry.strip().partition(":")
+        if kind == "DNS":
+            dns.append(value)
+        elif kind == "IP Address":
+            ips.append(str(ipaddress.ip_address(value)))
+    not_after = datetime.strptime(end.group(1), "%b %d %H:%M:%S %Y GMT")
+    not_after = not_after.replace(tzinfo=timezone.utc)
+    return CertInfo(subject.group(1), tuple(dns), tuple(ips), not_after)
+
+
+def signed_by(cert, ca_pem):
+    """True if `cert` verifies against the CA (signature, validity now), False otherwise."""
+    proc = subprocess.run([openssl_path(), "verify", "-CAfile", str(ca_pem), str(cert)],
+                          capture_output=True, text=True)
+    return proc.returncode == 0
 
 
 def make_pki(folder, impostor=False, wrong_host=False, hosts=DEFAULT_HOSTS, ips=DEFAULT_IPS,
