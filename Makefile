@@ -33,6 +33,7 @@ OUT ?=
 ARCH ?= xtensawin
 PORT ?=
 CHIP ?=
+VARIANT ?=
 FIRMWARE ?=
 BAUD ?=
 DRY_RUN ?=
@@ -120,8 +121,8 @@ deploy: bundle
 
 flash: hostdeps
 	PATH="$(abspath $(VENV))/bin:$$PATH" tools/flash.sh --port "$(PORT)" \
-		$(if $(CHIP),--chip $(CHIP)) $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD)) \
-		$(if $(DRY_RUN),--dry-run)
+		$(if $(CHIP),--chip $(CHIP)) $(if $(VARIANT),--variant $(VARIANT)) \
+		$(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD)) $(if $(DRY_RUN),--dry-run)
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: $(STAMP) lib
