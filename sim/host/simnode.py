@@ -32,6 +32,7 @@ from pathlib import Path
 from tools.hosttools import REPO, find_tool
 
 START_PY = REPO / "sim" / "board" / "start.py"
+_NATIVE_LOCK = threading.Lock()
 _LIB_SUFFIXES = (".py", ".mpy")
 _STOP_TIMEOUT_S = 5.0
 # sim/board/start.py's exit codes for the watchdog, machine.reset() and machine.soft_reset().
@@ -158,7 +159,49 @@ def node_command(flash, heap=None, micropython=None):
     cmd = [micropython or micropython_path()]
     if heap:
         cmd += ["-X", f"heapsize={heap}"]
-    return [*cmd, str(START_PY)]
+    return [*cmd, str(native_board(cmd[0]) / START_PY.name)]
+
+
+# The simulated hardware modules are built into the board's firmware, in flash: here they are
+# compiled to machine code (mpy-cross -X emit=native), which the unix port keeps outside its GC
+# heap as the board does, so that HEAP is close to what the app has on the board. ssl.py uses
+# what the native emitter cannot compile (a bare `raise` in a handler) and stays source;
+# start.py is the script the port runs.
+_BOARD_SOURCES = REPO / "sim" / "board"
+_BOARD_AS_SOURCE = ("start.py", "ssl.py")
+_NATIVE_DIR = REPO / ".sim" / "board-native"
+_ARCH_OF_ELF_CLASS = {1: "x86", 2: "x64"}
+
+
+def native_board(micropython):
+    """The folder start.py runs from: the simulated modules compiled for the binary's word size
+    (built when a source is newer), or sim/board itself where that cannot be done."""
+    from tools.bundle import BundleError, mpy_cross_path
+
+    arch = _ARCH_OF_ELF_CLASS.get(_elf_class(micropython))
+    try:
+        mpy_cross = mpy_cross_path()
+    except BundleError:
+        return _BOARD_SOURCES
+    if arch is None:
+        return _BOARD_SOURCES
+    out = _NATIVE_DIR / arch
+    with _NATIVE_LOCK:
+        out.mkdir(parents=True, exist_ok=True)
+        for src in sorted(_BOARD_SOURCES.glob("*.py")):
+            as_source = src.name in _BOARD_AS_SOURCE
+            dest = out / (src.name if as_source else src.stem + ".mpy")
+            if dest.is_file() and dest.stat().st_mtime >= src.stat().st_mtime:
+                continue
+            tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")
+            if as_source:
+                shutil.copyfile(src, tmp)
+            else:
+                subprocess.run([mpy_cross, f"-march={arch}", "-X", "emit=native", "-s",
+                                src.name, "-o", str(tmp), str(src)], check=True,
+                               capture_output=True)
+            tmp.replace(dest)  # atomic: test workers may build the same folder at once
+    return out
 
 
 def _elf_class(binary, depth=0):
