@@ -22,7 +22,7 @@ from node.mqtt import LINK_ERRORS, Client
 from node.outbox import Outbox
 from node.payload import Topics, dumps
 from node.publisher import Publisher, connect
-from node.sntp import Clock
+from node.sntp import Clock, known_time
 from node.sound import Sound
 from node.supervisor import Supervisor
 from node.telemetry import Telemetry
@@ -54,14 +54,27 @@ MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
 
 
-def tls_context(ca_der):
+def tls_context(ca_path):
+    """A client context trusting the CAs of the file at ca_path (node.cafile says which)."""
+    from node import cafile  # run once at boot: dropped below, with node.x509
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
     try:
-        ctx.load_verify_locations(cadata=ca_der)
-    except ValueError as e:
-        raise config.ConfigError("mqtt.ca: not a usable CA certificate (%s)" % e)
+        cafile.load(ctx, ca_path, *known_time(board.rtc_time(), CLOCK_PATH))
+    finally:
+        drop_modules("cafile", "x509")
     return ctx
+
+
+def drop_modules(*names):
+    """Forget node modules needed only once, so that the next collection frees them."""
+    import node
+
+    for name in names:
+        sys.modules.pop("node." + name, None)
+        if hasattr(node, name):
+            delattr(node, name)
 
 
 def task_died(loop, context):
@@ -291,7 +304,7 @@ def start():
         return
     try:
         cfg, raw, saved, secrets = load()
-        ctx = tls_context(config.load_ca(cfg["mqtt"]["ca_path"]))
+        ctx = tls_context(cfg["mqtt"]["ca_path"])
     except config.ConfigError as e:
         safe_mode(e)
         return
