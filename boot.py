@@ -1,11 +1,16 @@
-# boot.py: runs first on every boot. Count the boot and decide on safe mode, nothing more: an
-# error here must never keep main.py or the REPL from running.
+# boot.py: runs first on every boot, soft resets included. Count the boot and decide on safe
+# mode, nothing more: an error here must never keep main.py or the REPL from running.
 try:
+    import machine
     from node import bootcount
 
-    _boot, _unstable = bootcount.increment("boot.json")
+    # mpremote soft-resets into the raw REPL for every command (ls, cat, cp, make deploy), and
+    # boot.py runs each time while main.py does not: such a boot is not a failed one.
+    _soft = machine.reset_cause() == machine.SOFT_RESET
+    _boot, _unstable = bootcount.increment("boot.json", not _soft)
     _limit = bootcount.safe_mode_boots("config.json")
-    print("boot.py: boot %d (%d in a row without a stable run)" % (_boot, _unstable))
+    print("boot.py: boot %d (%d in a row without a stable run%s)"
+          % (_boot, _unstable, "; a soft reset, not counted" if _soft else ""))
     if _unstable > _limit:
         # The app crashed or reset the board before running stably, _limit times in a row.
         bootcount.safe_mode = "%d boots in a row ended before the app ran stably" % (_unstable - 1)

@@ -1,9 +1,13 @@
 """The boot counter kept in flash, and boot-loop protection.
 
-boot.json holds {"boot": B, "unstable": K}. boot.py counts every boot in both; the app clears
-`unstable` once it has run well for `stable_after_s` (or is stopped at the REPL on purpose). So
-`unstable` is the number of boots in a row that ended in a crash, a watchdog or any other reset
-before the app was stable, and past `safe_mode_boots` boot.py puts the board in safe mode.
+boot.json holds {"boot": B, "unstable": K}. boot.py numbers every boot in B, and counts in K
+each one after a power-on, a watchdog or a machine.reset(); the app clears K once it has run
+well for `stable_after_s` (or is stopped at the REPL on purpose). So K is the number of boots in
+a row that ended in a crash, a watchdog or any other reset before the app was stable, and past
+`safe_mode_boots` boot.py puts the board in safe mode. A soft reset is not counted in K: it is
+asked for (Ctrl-D, and mpremote's raw REPL before every command, where main.py does not even
+run), and an app that fails after one still ends in a reset that counts (the crash handler's
+machine.reset(), the watchdog).
 Kept small and free of node.config: boot.py runs it on every boot, before anything else.
 """
 
@@ -40,14 +44,17 @@ def read(path):
     return _load(path)[0]
 
 
-def increment(path):
-    """Count this boot, as unstable until the app says otherwise; returns (boot, unstable).
+def increment(path, counts=True):
+    """Number this boot and, if it `counts`, count it as unstable until the app says otherwise;
+    returns (boot, unstable).
 
-    A damaged file restarts both counts.
+    Every boot gets the next number, soft resets included: payloads carry it, and seq starts
+    again at each start of the app. A damaged file restarts both counts.
     """
     boot, unstable_boots = _load(path)
     boot += 1
-    unstable_boots += 1
+    if counts:
+        unstable_boots += 1
     _save(path, boot, unstable_boots)
     return boot, unstable_boots
 

@@ -266,39 +266,3 @@ def resolve_paths(cfg, config_path):
     ca = cfg["mqtt"]["ca"]
     cfg["mqtt"]["ca_path"] = ca if ca.startswith("/") else folder_of(config_path) + ca
     return cfg
-
-
-_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
-_PEM_END = "-----END CERTIFICATE-----"
-
-
-def load_ca(path):
-    """The CA certificate as DER bytes, from a PEM or DER file.
-
-    MicroPython's TLS module accepts DER only on some ports, so PEM is decoded here.
-    """
-    from binascii import a2b_base64
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        raise ConfigError("mqtt.ca: cannot read the CA file %s (missing?)" % path)
-    if data[:1] == b"\x30":  # DER: an ASN.1 SEQUENCE
-        return data
-    try:
-        text = data.decode()
-    except UnicodeError:
-        text = ""
-    start = text.find(_PEM_BEGIN)
-    end = text.find(_PEM_END)
-    if start < 0 or end < start:
-        raise ConfigError("mqtt.ca: %s is neither a PEM nor a DER certificate" % path)
-    body = "".join(text[start + len(_PEM_BEGIN) : end].split())
-    try:
-        der = a2b_base64(body)
-    except ValueError:
-        raise ConfigError("mqtt.ca: %s has a corrupt PEM body" % path)
-    if der[:1] != b"\x30":
-        raise ConfigError("mqtt.ca: %s does not hold a certificate" % path)
-    return der

@@ -124,18 +124,18 @@ class Clock:
 
     def start(self):
         """At boot: the floor for an RTC that power-on reset; say what the clock is."""
-        floor, source = _load_floor(self._floor_path)
+        # The RTC kept across a reset, or the floor after a power-on put it back to 2000.
+        known_s, exact = known_time(self._rtc(), self._floor_path)
         if self._rtc() >= _VALID_FROM_S:
-            # Kept across a soft or watchdog reset; untrusted if only the floor set it.
-            self._trusted = source != _FROM_FLOOR
+            self._trusted = exact
             log("time", "clock %s" % ("set" if self._trusted
                                       else "at the floor from before the reset, until NTP"))
-        elif floor >= _VALID_FROM_S:
-            self._set_rtc(floor)
+        elif known_s is not None:
+            self._set_rtc(known_s)
             self._trusted = False
-            _save_floor(self._floor_path, floor, _FROM_FLOOR)
+            _save_floor(self._floor_path, known_s, _FROM_FLOOR)
             log("time", "clock unset after power-on: set to the last time seen, %d, so TLS can"
-                " check certificates; readings are dated once NTP answers" % floor)
+                " check certificates; readings are dated once NTP answers" % known_s)
         else:
             self._trusted = False
             log("time", "clock unset (the RTC reads 2000) and no time seen before: no TLS until"
@@ -179,6 +179,22 @@ class Clock:
                 log("time", "asking again in %d s" % retry_s)
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, _RETRY_MAX_S)
+
+
+def known_time(rtc_s, floor_path):
+    """What the board knows of the time before any NTP answer: (Unix seconds it is at least, or
+    None; whether that is the time itself).
+
+    An RTC past this build's year was kept across a soft or watchdog reset: the time itself,
+    unless only the floor had set it. An RTC that a power-on put back to 2000 says nothing; the
+    floor (the last time seen) is then a lower bound, behind by however long the board was off.
+    """
+    floor, source = _load_floor(floor_path)
+    if rtc_s >= _VALID_FROM_S:
+        return rtc_s, source != _FROM_FLOOR
+    if floor >= _VALID_FROM_S:
+        return floor, False
+    return None, False
 
 
 def _load_floor(path):

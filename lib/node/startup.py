@@ -7,8 +7,9 @@ node.settings) before the node is built, so the heap the node runs in does not h
 import os
 import ssl
 
-from node import bootcount
-from node.files import CONFIG_PATH, DEPLOY_MARKER, SECRETS_PATH, SETTINGS_PATH
+from node import board, bootcount, unload
+from node.files import CLOCK_PATH, CONFIG_PATH, DEPLOY_MARKER, SECRETS_PATH, SETTINGS_PATH
+from node.sntp import known_time
 
 
 def boot():
@@ -31,15 +32,17 @@ def _safe_mode(reason, cfg=None, secrets=None, ctx=None):
     safemode.run(reason, cfg, secrets, ctx)
 
 
-def tls_context(ca_der):
-    from node import config
+def tls_context(ca_path):
+    """A client context trusting the CAs of the file at ca_path (node.cafile says which)."""
+    from node import cafile
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
     try:
-        ctx.load_verify_locations(cadata=ca_der)
-    except ValueError as e:
-        raise config.ConfigError("mqtt.ca: not a usable CA certificate (%s)" % e)
+        cafile.load(ctx, ca_path, *known_time(board.rtc_time(), CLOCK_PATH))
+    finally:
+        del cafile
+        unload("cafile", "x509")  # read once, at boot
     return ctx
 
 
@@ -71,7 +74,7 @@ def configure():
 
     try:
         cfg, raw, saved, secrets = load()
-        return cfg, raw, saved, secrets, tls_context(config.load_ca(cfg["mqtt"]["ca_path"]))
+        return cfg, raw, saved, secrets, tls_context(cfg["mqtt"]["ca_path"])
     except config.ConfigError as e:
         _safe_mode(e)
     return None

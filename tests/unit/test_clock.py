@@ -101,3 +101,26 @@ def test_a_lost_answer_is_logged_and_leaves_the_clock_as_it_was(mpy, tmp_path, n
     r, log = run(mpy, tmp_path, POWER_ON, server="127.0.0.1", port=server.port, sync=True)
     assert r["synced"] is False and r["after"] == [False, None, 0]
     assert "NTP from 127.0.0.1 failed: no answer from 127.0.0.1 within 300 ms" in log
+
+
+_KNOWN = """
+import json, sys
+from node import sntp
+print(json.dumps(sntp.known_time(int(sys.argv[1]), "clock.json")))
+"""
+
+
+def test_what_is_known_of_the_time_before_the_clock_starts(mpy, tmp_path):
+    """sntp.known_time, which the CA file's date checks use (node.cafile): a lower bound, and
+    whether it is the time itself, for each case Clock.start() tells apart."""
+    def known(rtc, floor=None):
+        (tmp_path / "clock.json").unlink(missing_ok=True)
+        if floor is not None:
+            (tmp_path / "clock.json").write_text(json.dumps(floor))
+        return json.loads(mpy(_KNOWN, rtc, cwd=tmp_path).stdout)
+
+    assert known(NOW, {"t": FLOOR, "source": "ntp"}) == [NOW, True]  # kept across a reset
+    assert known(NOW) == [NOW, True]  # set by other means
+    assert known(FLOOR + 30, {"t": FLOOR, "source": "floor"}) == [FLOOR + 30, False]
+    assert known(POWER_ON, {"t": FLOOR, "source": "ntp"}) == [FLOOR, False]  # the floor
+    assert known(POWER_ON) == [None, False]

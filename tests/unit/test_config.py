@@ -2,7 +2,6 @@
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -164,46 +163,31 @@ try:
     path = sys.argv[1]
     cfg = config.resolve_paths(config.validate(config.read_json(path), path), path)
     config.validate_secrets(config.read_json(sys.argv[2]), sys.argv[2])
-    print("ca", len(config.load_ca(cfg["mqtt"]["ca_path"])), cfg["mqtt"]["ca_path"])
+    print("ca", cfg["mqtt"]["ca_path"])
 except config.ConfigError as e:
     print("error", e)
 """
-
-
-def _ca_der(tmp_path):
-    key = tmp_path / "k.pem"
-    pem = tmp_path / "ca.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", key, "-out", pem, "-days", "2", "-subj", "/CN=t"],
-        check=True, capture_output=True,
-    )
-    der = subprocess.run(["openssl", "x509", "-in", pem, "-outform", "DER"], check=True,
-                         capture_output=True).stdout
-    return pem, der
 
 
 @pytest.fixture
 def files(tmp_path):
     d = tmp_path / "flash"
     d.mkdir()
-    pem, der = _ca_der(tmp_path)
-    (d / "ca.der").write_bytes(der)
-    (d / "ca.pem").write_bytes(pem.read_bytes())
     (d / "config.json").write_text(json.dumps(GOOD))
     (d / "secrets.json").write_text(json.dumps(GOOD_SECRETS))
-    return d, der
+    return d
 
 
 def load(mpy, d, config="config.json", secrets="secrets.json"):
     return mpy(_LOAD, d / config, d / secrets).stdout.strip()
 
 
-def test_ca_relative_to_config_folder_der_and_pem(mpy, files):
-    d, der = files
-    assert load(mpy, d) == "ca %d %s/ca.der" % (len(der), d)
-    (d / "config.json").write_text(json.dumps(with_change("mqtt.ca", "ca.pem")))
-    assert load(mpy, d) == "ca %d %s/ca.pem" % (len(der), d)  # PEM decoded to the same DER
+def test_ca_relative_to_config_folder(mpy, files):
+    """The CA file itself is node.cafile's (tests/unit/test_cafile.py)."""
+    d = files
+    assert load(mpy, d) == "ca %s/ca.der" % d
+    (d / "config.json").write_text(json.dumps(with_change("mqtt.ca", "/certs/ca.pem")))
+    assert load(mpy, d) == "ca /certs/ca.pem"
 
 
 @pytest.mark.parametrize("breakage,expected", [
@@ -212,13 +196,9 @@ def test_ca_relative_to_config_folder_der_and_pem(mpy, files):
     (lambda d: (d / "config.json").write_text('{"mqtt": '), "config.json: not valid JSON"),
     (lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00"), "config.json: not valid JSON"),
     (lambda d: (d / "secrets.json").write_text(""), "secrets.json: not valid JSON"),
-    (lambda d: (d / "ca.der").unlink(), "mqtt.ca: cannot read the CA file"),
-    (lambda d: (d / "ca.der").write_text("hello"), "mqtt.ca: " ),
-    (lambda d: (d / "ca.der").write_text("-----BEGIN CERTIFICATE-----\n!!\n"
-                                         "-----END CERTIFICATE-----\n"), "mqtt.ca: "),
 ])
 def test_bad_files_give_clear_errors(mpy, files, breakage, expected):
-    d, _ = files
+    d = files
     breakage(d)
     out = load(mpy, d)
     assert out.startswith("error "), out

@@ -220,6 +220,15 @@ print(bootcount.increment("boot.json"))
     assert out == ["3", "3", "3", "0", "(4,", "1)"]
 
 
+def test_a_soft_reset_gets_a_boot_number_but_is_not_counted_unstable(mpy, tmp_path):
+    out = mpy("""
+from node import bootcount
+print(bootcount.increment("boot.json"), bootcount.increment("boot.json", False),
+      bootcount.increment("boot.json", False), bootcount.increment("boot.json"))
+""", cwd=tmp_path).stdout.strip()
+    assert out == "(1, 1) (2, 1) (3, 1) (4, 2)"
+
+
 @pytest.mark.parametrize("config, expected", [
     (None, 5),  # no config.json: the protection stays on
     ('{"safe_mode_boots": 3}', 3),
