@@ -2,6 +2,7 @@
 VAR= one of its options, so a renamed target or option cannot leave the docs behind."""
 
 import re
+import shlex
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_the_docs_show_make_commands():
 
 @pytest.mark.parametrize("doc,command", COMMANDS)
 def test_make_command_is_in_the_makefile(doc, command):
-    for word in command.split()[1:]:
+    for word in shlex.split(command)[1:]:  # NAMES="a b" is one word
         if word.startswith("-"):
             continue
         name = word.split("=")[0]

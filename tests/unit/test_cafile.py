@@ -366,7 +366,7 @@ def test_the_cas_trusted_let_tls_reach_the_server(mpy_each, made, tmp_path, serv
 # --- boot-only: dropped after use ---------------------------------------------------------------
 _DROP = """
 import gc, ssl, sys
-from node import app
+from node import config, startup  # noqa: F401 - loaded while the CA is: boot reads the config
 import node
 gc.collect()
 before = gc.mem_free()
@@ -374,7 +374,7 @@ bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # what a context costs the heap 
 gc.collect()
 context = before - gc.mem_free()
 before = gc.mem_free()
-ctx = app.tls_context(sys.argv[1])
+ctx = startup.tls_context(sys.argv[1])
 gc.collect()
 print("left", [m for m in ("node.cafile", "node.x509") if m in sys.modules or
                hasattr(node, m[5:])])
@@ -383,7 +383,7 @@ print("kept", before - gc.mem_free() - context)
 
 
 def test_the_ca_loader_is_dropped_once_the_context_is_built(mpy_each, made, tmp_path):
-    """app.tls_context imports node.cafile and node.x509 and forgets them: what stays on the
+    """startup.tls_context imports node.cafile and node.x509 and forgets them: what stays on the
     heap is the context, not the loader's code (about 7 KB on the 32-bit port). A few hundred
     bytes do stay: the names interned while the modules loaded (MicroPython never frees its
     qstr pool; a frozen firmware keeps them in flash)."""

@@ -288,7 +288,7 @@ print("toggles", out.n - 2)
 
 _IMPORTED = """
 import json, sys
-from node import app, board
+from node import app, board, startup, wiring  # noqa: F401 - everything the app imports
 light = board.status_led(json.loads(sys.argv[1]))
 print(json.dumps([type(light).__name__, "neopixel" in sys.modules,
                   "node.ws2812" in sys.modules]))
