@@ -6,9 +6,9 @@ Skipped unless SOAK=1 (it runs for minutes):
 
 SOAK_S sets the outage in seconds (default 600). Where the 32-bit 1.27 port is installed
 (../shared/mp32: the board's word size, so heap figures near the board's) the node runs the x86
-`.mpy` bundle on it, at SOAK_HEAP 192k by default; elsewhere the sources on the 64-bit unix port
+`.mpy` bundle on it, at SOAK_HEAP 128k by default; elsewhere the sources on the 64-bit unix port
 at 512k (compiling them at import needs that much more). SOAK_HEAP=0: the port's default. The
-simulator's own modules and mbedTLS's buffers (~36 + ~20 KB) are in that heap; the board keeps
+simulator's modules' data and mbedTLS's session (~29 + ~4 KB) are in that heap; the board keeps
 them outside the GC heap.
 
 At the default rates (a climate reading every 5 s, a sound level every 10 s) a 10-minute outage
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.skipif(
 
 SOAK_S = float(os.environ.get("SOAK_S", "600"))
 ON_MP32 = MP32.is_file()
-SOAK_HEAP = os.environ.get("SOAK_HEAP", "192k" if ON_MP32 else "512k")
+SOAK_HEAP = os.environ.get("SOAK_HEAP", "128k" if ON_MP32 else "512k")
 # config.json's rates. make_node's `dht` and `audio` are the simulated sensors' inputs, so those
 # two sections are written into the flash folder before the node starts.
 DEFAULTS = {"mqtt": {"keepalive_s": 30}, "telemetry_interval_s": 60}
