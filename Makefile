@@ -37,8 +37,10 @@ VARIANT ?=
 FIRMWARE ?=
 BAUD ?=
 DRY_RUN ?=
+# make ota options (also CONFIG, SECRETS, ARCH): the node ids, or a prefix* for a fleet
+NODE ?=
 
-.PHONY: hostdeps deps lib sim plot test check lint soak bench bundle deploy flash fakeboard repl monitor clean
+.PHONY: hostdeps deps lib sim plot test check lint soak bench bundle deploy ota flash fakeboard repl monitor clean
 
 $(HOST_STAMP): requirements-host.txt
 	@tools/mkvenv.sh $(VENV)
@@ -118,6 +120,12 @@ bundle: hostdeps
 # A deploy always ships a fresh bundle; deploy.py refuses a stale one.
 deploy: bundle
 	$(PY) -m tools.deploy --port "$(PORT)" --bundle build/$(ARCH)
+
+# An update over MQTT (README "Updates over MQTT"): a fresh bundle for ARCH, sent through the
+# broker CONFIG names, with ota_key and the broker credentials from SECRETS.
+ota: bundle
+	$(PY) -m tools.ota --node "$(NODE)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
+		--bundle build/$(ARCH)
 
 flash: hostdeps
 	PATH="$(abspath $(VENV))/bin:$$PATH" tools/flash.sh --port "$(PORT)" \

@@ -1,6 +1,9 @@
-# boot.py: runs first on every boot, soft resets included. Count the boot and decide on safe
-# mode, nothing more: an error here must never keep main.py or the REPL from running.
+# boot.py: runs first on every boot, soft resets included. Count the boot, see an update over
+# MQTT through (finish its swap, count its trial, roll it back) and decide on safe mode, nothing
+# more: an error here must never keep main.py or the REPL from running.
 try:
+    import os
+
     import machine
     from node import bootcount
 
@@ -11,6 +14,21 @@ try:
     _limit = bootcount.safe_mode_boots("config.json")
     print("boot.py: boot %d (%d in a row without a stable run%s)"
           % (_boot, _unstable, "; a soft reset, not counted" if _soft else ""))
+    try:
+        os.stat("ota.json")  # only while an update is swapped in, on trial, or undone
+        _ota = True
+    except OSError:
+        _ota = False
+    if _ota:
+        try:
+            from node import otaswap, unload
+
+            print("boot.py: " + otaswap.at_boot(not _soft, machine.Timer(otaswap.GUARD_TIMER_ID),
+                                                machine.reset))
+            del otaswap
+            unload("otaswap")
+        except Exception as e:  # noqa: BLE001 - whatever it is, the app must still start
+            print("boot.py: update: %r" % (e,))
     if _unstable > _limit:
         # The app crashed or reset the board before running stably, _limit times in a row.
         bootcount.safe_mode = "%d boots in a row ended before the app ran stably" % (_unstable - 1)

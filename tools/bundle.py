@@ -8,10 +8,12 @@ boot.py and main.py stay source (the firmware runs them by name), config.json st
 secrets.json and the CA certificate are never part of a bundle: tools/deploy.py adds them.
 
 Prints each file's size and the total. Writes <out>/.bundle.json last (arch, .mpy version, the
-hash of every file and of every source), so tools/deploy.py can refuse a partial or stale bundle.
+app's VERSION, the hash of every file and of every source), so tools/deploy.py can refuse a
+partial or stale bundle and tools/ota.py can say which version it sends.
 """
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -76,6 +78,19 @@ def board_name(rel):
     if rel.parts[0] == "lib" and rel.suffix == ".py":
         return rel.with_suffix(".mpy")
     return rel
+
+
+def app_version(src):
+    """VERSION from lib/node/__init__.py (where it is defined once), or None."""
+    path = Path(src) / "lib" / "node" / "__init__.py"
+    if not path.is_file():
+        return None
+    for stmt in ast.parse(path.read_text()).body:
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == "VERSION"
+                and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+            return stmt.value.value
+    return None
 
 
 def mpy_header(path):
@@ -146,6 +161,7 @@ def build(src, out, arch, mpy_cross=None, log=print):
             "arch_number": ARCHES[arch][0],
             "native": native,
             "mpy_cross": mpy_cross_version(mpy_cross),
+            "version": app_version(src),
             "src": str(src),
             "files": files,
             "sources": {rel.as_posix(): sha256_file(src / rel) for rel in sources},
@@ -169,6 +185,8 @@ def mpy_cross_version(mpy_cross):
 def report(manifest, out, log=print):
     ver = manifest["mpy_version"]
     what = f"bundle {out} for {manifest['arch']} ({ARCHES[manifest['arch']][1]})"
+    if manifest.get("version"):
+        what += f"; version {manifest['version']}"
     if ver:
         what += f"; .mpy v{ver[0]}" + (f".{ver[1]}" if ver[1] is not None else "")
     if manifest.get("native"):

@@ -15,6 +15,10 @@ import json
 
 DEFAULT_SAFE_MODE_BOOTS = 5
 DEFAULT_WATCHDOG_S = 30
+# An update over MQTT is undone after this many boots without a stable, connected run, each
+# given this long (node.otaswap reads both at boot, as boot.py reads the two above).
+DEFAULT_OTA_TRIAL_BOOTS = 3
+DEFAULT_OTA_TRIAL_S = 300
 # Set by boot.py when the app must not start; main.py reads it (the module stays imported).
 safe_mode = None
 
@@ -86,15 +90,16 @@ def safe_mode_boots(config_path):
     Read directly rather than through node.config: a config that fails validation must not
     switch the protection off, and boot.py has to stay cheap.
     """
-    return _config_int(config_path, "safe_mode_boots", DEFAULT_SAFE_MODE_BOOTS, 2)
+    return config_int(config_path, "safe_mode_boots", DEFAULT_SAFE_MODE_BOOTS, 2)
 
 
 def watchdog_s(config_path):
     """`watchdog_s` from config.json (what the app armed the watchdog with), or its default."""
-    return _config_int(config_path, "watchdog_s", DEFAULT_WATCHDOG_S, 5)
+    return config_int(config_path, "watchdog_s", DEFAULT_WATCHDOG_S, 5)
 
 
-def _config_int(config_path, key, default, lo):
+def config_int(config_path, key, default, lo):
+    """config.json's integer `key` when it is one and at least `lo`, else `default`."""
     try:
         with open(config_path) as f:
             value = json.load(f).get(key)

@@ -6,11 +6,17 @@ Pure: runs on CPython, the unix port and the board. Returns plain dicts with def
 import json
 
 # boot.py reads these two before anything is validated (node.bootcount): one default each.
-from node.bootcount import DEFAULT_SAFE_MODE_BOOTS, DEFAULT_WATCHDOG_S
+from node.bootcount import (
+    DEFAULT_OTA_TRIAL_BOOTS,
+    DEFAULT_OTA_TRIAL_S,
+    DEFAULT_SAFE_MODE_BOOTS,
+    DEFAULT_WATCHDOG_S,
+)
 from node.limits import DHT_MIN_INTERVAL_S, OUTBOX_RAM_BYTES
 from node.outbox import INDEX_BYTES_PER_READING, MAX_BODY_BYTES
 
 _NODE_ID_MAX_LEN = 64
+OTA_KEY_MIN_CHARS = 16
 _TOPIC_PREFIX_MAX_LEN = 64
 _REQUIRED = object()
 
@@ -97,7 +103,7 @@ def validate(raw, where="config.json"):
         raw,
         ("node_id", "topic_prefix", "mqtt", "dht", "audio", "watchdog_s", "telemetry_interval_s",
          "outbox_size", "safe_mode_boots", "stable_after_s", "led", "ntp", "discovery",
-         "commands_per_s", "outbox_bytes"),
+         "commands_per_s", "outbox_bytes", "ota_trial_boots", "ota_trial_s"),
         where,
     )
     cfg = {}
@@ -129,6 +135,18 @@ def validate(raw, where="config.json"):
     cfg["safe_mode_boots"] = _take(raw, "safe_mode_boots", where, "", "int",
                                    DEFAULT_SAFE_MODE_BOOTS, lo=2, hi=100)
     cfg["stable_after_s"] = _take(raw, "stable_after_s", where, "", "int", 60, lo=5, hi=3600)
+    # An update over MQTT is undone after this many boots without a stable run with a broker
+    # connection (node.otaswap), each given ota_trial_s: before boot-loop safe mode stops it.
+    cfg["ota_trial_boots"] = _take(raw, "ota_trial_boots", where, "", "int",
+                                   DEFAULT_OTA_TRIAL_BOOTS, lo=1, hi=99)
+    if cfg["ota_trial_boots"] >= cfg["safe_mode_boots"]:
+        _fail(where, "ota_trial_boots", "fewer than safe_mode_boots (%d): the rollback must "
+              "come before safe mode" % cfg["safe_mode_boots"], cfg["ota_trial_boots"])
+    cfg["ota_trial_s"] = _take(raw, "ota_trial_s", where, "", "int", DEFAULT_OTA_TRIAL_S,
+                               lo=10, hi=3600)
+    if cfg["ota_trial_s"] < cfg["stable_after_s"] + 5:
+        _fail(where, "ota_trial_s", "at least stable_after_s + 5 (%d): a trial boot must have "
+              "time to run stably" % (cfg["stable_after_s"] + 5), cfg["ota_trial_s"])
 
     src = _section(raw, "led", where, optional=True)
     # "gpio": a plain LED, on or off (config files from before led.kind mean this one);
@@ -224,10 +242,11 @@ def validate_secrets(raw, where="secrets.json"):
     """The validated secrets; ConfigError naming the key (never its value) on a bad one."""
     if not isinstance(raw, dict):
         _fail(where, "(top level)", "an object {...}")
-    _no_unknown(raw, ("wifi_ssid", "wifi_password", "mqtt_user", "mqtt_password"), where)
+    _no_unknown(raw, ("wifi_ssid", "wifi_password", "mqtt_user", "mqtt_password", "ota_key"),
+                where)
     out = {}
     for key, default in (("wifi_ssid", _REQUIRED), ("wifi_password", _REQUIRED),
-                         ("mqtt_user", None), ("mqtt_password", None)):
+                         ("mqtt_user", None), ("mqtt_password", None), ("ota_key", None)):
         value = raw.get(key, default)
         if value is _REQUIRED:
             _fail(where, key, "a value (the key is missing)")
@@ -239,6 +258,10 @@ def validate_secrets(raw, where="secrets.json"):
         _fail(where, "mqtt_user/mqtt_password", "both set or both null")
     if len(out["wifi_ssid"]) > 32:
         _fail(where, "wifi_ssid", "at most 32 characters")
+    # The key that authenticates updates over MQTT (node.ota); none: updates are off.
+    if out["ota_key"] is not None and len(out["ota_key"]) < OTA_KEY_MIN_CHARS:
+        _fail(where, "ota_key", "at least %d characters (make a random one: python3 -c "
+              "'import secrets; print(secrets.token_hex(32))')" % OTA_KEY_MIN_CHARS)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The files the node keeps in the board's flash, named once (boot.py spells out its two)."""
+"""The files the node keeps in the board's flash, named once (boot.py spells out its three)."""
 
 CONFIG_PATH = "config.json"
 SECRETS_PATH = "secrets.json"
@@ -7,3 +7,7 @@ BOOT_PATH = "boot.json"  # the boot count and the boot-loop count (node.bootcoun
 CLOCK_PATH = "clock.json"  # the last time seen: the clock's floor after a power-on
 # tools/deploy.py creates this before copying and removes it when every file is in place.
 DEPLOY_MARKER = "deploying"
+# An update over MQTT being swapped in, on trial or undone (node.otaswap); boot.py looks for it.
+OTA_STATE = "ota.json"
+# An update's staging (ota/new), the files it replaced (ota/old), its file list and journal.
+OTA_DIR = "ota"

@@ -14,6 +14,10 @@ class Topics:
         self.telemetry = base + "telemetry"
         self.cmd = base + "cmd"
         self.reply = base + "reply"
+        # Updates over MQTT (node.ota): the outcome out, the manifest and the chunks in.
+        self.ota = base + "ota"
+        self.ota_manifest = base + "ota/manifest"
+        self.ota_chunk = base + "ota/chunk"
 
 
 def fields(pairs):
@@ -46,6 +50,17 @@ def reading(boot, seq, ts, body):
 def telemetry(pairs):
     """The telemetry message: one JSON object of (key, value) pairs in the contract's order."""
     return b"{" + fields(pairs) + b"}"
+
+
+def ota_state(state, update_id, version, target, reason=None, progress=None):
+    """An update's state on the ota topic: `version` runs, `target` is offered; `progress`
+    (next, bytes, chunk_max) while receiving."""
+    out = {"state": state, "id": update_id, "version": version, "target": target}
+    if progress is not None:
+        out["next"], out["bytes"], out["chunk_max"] = progress
+    if reason is not None:
+        out["reason"] = reason
+    return json.dumps(out).encode()
 
 
 def dumps(obj):

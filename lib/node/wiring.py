@@ -6,12 +6,13 @@ pattern in node.led, the commands in node.commands); this module builds them and
 """
 
 import asyncio
+import os
 import time
 
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
 from node.dsp import LevelMeter
-from node.files import BOOT_PATH, CLOCK_PATH, SETTINGS_PATH
+from node.files import BOOT_PATH, CLOCK_PATH, OTA_STATE, SETTINGS_PATH
 from node.lagprobe import LagProbe
 from node.led import StatusLed
 from node.log import log, uptime_ms
@@ -119,7 +120,14 @@ class Node:
         self.publisher.subscribe(topics.cmd, self._on_command)
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
-            self.publisher.on_connect = self._announce
+        self.publisher.on_connect = self._on_connect
+        # Updates over MQTT, only for a node given a key to check them with: node.ota (its
+        # code, about 4 KB of heap) is loaded from the first update message to the end of it.
+        self._ota_key = secrets["ota_key"]
+        self.ota = None
+        if self._ota_key is not None:
+            self.publisher.subscribe(topics.ota_manifest, self._on_ota_manifest)
+            self.publisher.subscribe(topics.ota_chunk, self._on_ota_chunk)
 
     async def run(self):
         asyncio.get_event_loop().set_exception_handler(task_died)
@@ -129,7 +137,51 @@ class Node:
                      bootcount.watch_stability(BOOT_PATH, self.cfg["stable_after_s"],
                                                self.supervisor)):
             asyncio.create_task(coro)
+        try:
+            os.stat(OTA_STATE)
+        except OSError:
+            pass  # no update to confirm or to report: the usual boot
+        else:
+            asyncio.create_task(self._ota_outcome())
         await self.supervisor.run()
+
+    def _on_connect(self):
+        if self.cfg["discovery"]["enabled"]:
+            self._announce()
+        if self.ota is not None:
+            self.ota.on_connect()  # the sender learns where the update stands
+
+    async def _ota_outcome(self):
+        # This boot follows an update swapped in (on trial) or undone: say how it ended.
+        from node import otaswap
+
+        await otaswap.report(self)
+        del otaswap
+        unload("otaswap")
+
+    def _on_ota_manifest(self, msg, retained):
+        self._ota_message(msg, retained, True)
+
+    def _on_ota_chunk(self, msg, retained):
+        self._ota_message(msg, retained, False)
+
+    def _ota_message(self, msg, retained, is_manifest):
+        if retained:
+            return  # it would be offered again at every connect: nobody is sending it now
+        if self.ota is None:
+            if not is_manifest:
+                return  # a chunk of no update under way: the sender offers it again
+            from node.ota import Receiver
+
+            self.ota = Receiver(self, self._ota_key, board.reset, self._ota_done)
+        if is_manifest:
+            self.ota.manifest(msg)
+        else:
+            self.ota.chunk(msg)
+
+    def _ota_done(self):
+        self.ota = None
+        unload("ota", "otaswap")
 
     def _announce(self):
         # Needed once a session: its 2.5 KB leave the heap again after.

@@ -415,8 +415,9 @@ class I2S(io.IOBase):
 _TIMERS = const(4)  # two groups of two hardware timers, on the ESP32 and the ESP32-S3
 _NO_PERIOD_MS = const(0xFFFFFFFF)  # the port's default: init() without period or freq
 _LONGEST_MS = const(1 << 29)  # ticks_add() takes no more; an alarm that far off never fires here
-# id -> [generation, callback]: like the board, Timer(n) twice is the same timer. The alarm
-# thread of an older init() sees a newer generation and ends: a thread cannot be stopped.
+# id -> [generation, callback, one-shot pending]: like the board, Timer(n) twice is the same
+# timer. The alarm thread of an older init() sees a newer generation and ends: a thread cannot
+# be stopped.
 _timer_states = {}
 
 
@@ -438,7 +439,7 @@ class Timer:
             raise ValueError("invalid Timer number, max %d" % _TIMERS)
         self._id = id
         if id not in _timer_states:
-            _timer_states[id] = [0, None]
+            _timer_states[id] = [0, None, False]
         if kwargs:
             self.init(**kwargs)
 
@@ -452,13 +453,22 @@ class Timer:
         if period_ms < _LONGEST_MS:
             import _thread
 
+            st[2] = mode == Timer.ONE_SHOT and callback is not None
             _thread.start_new_thread(_alarm, (self, st, st[0], period_ms, mode))
 
     def deinit(self):
-        _timer_states[self._id][0] += 1
+        st = _timer_states[self._id]
+        st[0] += 1
+        st[2] = False
 
     def __repr__(self):
         return "Timer(%d)" % self._id
+
+
+def one_shot_pending():
+    """True while a one-shot timer with a callback is armed and has not fired (start.py waits
+    for it after main.py ends, as the board's REPL would run it)."""
+    return any(st[2] for st in _timer_states.values())
 
 
 def _alarm(timer, st, gen, period_ms, mode):
@@ -475,6 +485,7 @@ def _alarm(timer, st, gen, period_ms, mode):
             except RuntimeError:  # "schedule queue full"
                 pass
         if mode == Timer.ONE_SHOT:
+            st[2] = False
             return
         # From the previous alarm, not from now: a late thread does not stretch the period.
         due = time.ticks_add(due, period_ms)

