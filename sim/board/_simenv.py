@@ -41,6 +41,10 @@ wdt_fired = [False]
 
 _cause = None
 
+# The SystemExit of a Timer callback that ended the run (machine.reset() in it), once the main
+# thread has been interrupted to carry it out; start.py exits with its code.
+callback_exit = [None]
+
 # start.py holds back notes made while the board's modules load, so that its banner stays the
 # first line; flush_notes() prints them after it.
 defer = [False]
@@ -74,6 +78,26 @@ def die(code, msg):
     """
     say(msg)
     raise SystemExit(code)
+
+
+def exit_from_callback(exc):
+    """A scheduled callback ended the run. The scheduler prints and drops what a callback
+    raises, SystemExit too, where the board's machine.reset() would restart the chip there and
+    then: so the main thread is interrupted (SIGINT, as the watchdog does it) and start.py
+    exits with the callback's code. The app sees a KeyboardInterrupt on its way out."""
+    callback_exit[0] = exc
+    # system() ignores SIGINT in its caller while the shell runs: sent from a background job.
+    os.system("(sleep 0.05; kill -INT $PPID) >/dev/null 2>&1 &")
+
+
+def interrupted_code():
+    """The exit code for a KeyboardInterrupt: the watchdog's, a callback's exit, or Ctrl-C."""
+    if wdt_fired[0]:
+        return EXIT_WDT
+    if callback_exit[0] is not None:
+        code = callback_exit[0].args[0] if callback_exit[0].args else 0
+        return code if isinstance(code, int) else EXIT_EXCEPTION
+    return EXIT_INTERRUPT
 
 
 def config_error(var, msg):

@@ -415,8 +415,8 @@ class I2S(io.IOBase):
 _TIMERS = const(4)  # two groups of two hardware timers, on the ESP32 and the ESP32-S3
 _NO_PERIOD_MS = const(0xFFFFFFFF)  # the port's default: init() without period or freq
 _LONGEST_MS = const(1 << 29)  # ticks_add() takes no more; an alarm that far off never fires here
-# id -> [generation, callback, one-shot pending]: like the board, Timer(n) twice is the same
-# timer. The alarm thread of an older init() sees a newer generation and ends: a thread cannot
+# id -> [generation, callback, one-shot pending, the Timer]: like the board, Timer(n) twice is
+# the same timer. The alarm thread of an older init() sees a newer generation and ends: a thread cannot
 # be stopped.
 _timer_states = {}
 
@@ -439,7 +439,7 @@ class Timer:
             raise ValueError("invalid Timer number, max %d" % _TIMERS)
         self._id = id
         if id not in _timer_states:
-            _timer_states[id] = [0, None, False]
+            _timer_states[id] = [0, None, False, self]
         if kwargs:
             self.init(**kwargs)
 
@@ -465,10 +465,31 @@ class Timer:
         return "Timer(%d)" % self._id
 
 
-def one_shot_pending():
-    """True while a one-shot timer with a callback is armed and has not fired (start.py waits
-    for it after main.py ends, as the board's REPL would run it)."""
-    return any(st[2] for st in _timer_states.values())
+def _fire(st):
+    # Scheduled: runs in the main thread, between two bytecodes.
+    callback = st[1]
+    if callback is None:
+        return
+    try:
+        callback(st[3])
+    except SystemExit as e:  # machine.reset() in the callback: see _simenv.exit_from_callback
+        _simenv.exit_from_callback(e)
+
+
+def wait_for_one_shot():
+    """After main.py has ended, the board sits at the REPL, where a one-shot timer still fires
+    (boot.py arms one while an update is on trial): start.py waits here while one is armed.
+    Returns the exit code its callback ended the run with (machine.reset()), or None."""
+    if not any(st[2] for st in _timer_states.values()):
+        return None
+    _simenv.say("a one-shot Timer is armed: waiting for it, as the board would at the REPL")
+    try:
+        while any(st[2] for st in _timer_states.values()):
+            time.sleep_ms(20)
+        time.sleep_ms(1000)  # its callback runs from the schedule; a reset in it, soon after
+    except KeyboardInterrupt:
+        return _simenv.interrupted_code()
+    return None
 
 
 def _alarm(timer, st, gen, period_ms, mode):
@@ -481,7 +502,7 @@ def _alarm(timer, st, gen, period_ms, mode):
             return
         if st[1] is not None:
             try:
-                micropython.schedule(st[1], timer)
+                micropython.schedule(_fire, st)
             except RuntimeError:  # "schedule queue full"
                 pass
         if mode == Timer.ONE_SHOT:

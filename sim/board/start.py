@@ -56,7 +56,7 @@ def _check_config():
     import network
 
     _audio.spec()
-    os.flash_kb()
+    os.statvfs("/")  # SIM_FLASH_KB
     dht.check()
     machine.unique_id()
     network._sim_rssi()
@@ -92,23 +92,10 @@ def _watchdog_armed():
 
 
 def _at_the_repl():
-    """main.py has ended: the board sits at the REPL, where a one-shot timer still fires (boot.py
-    arms one while an update is on trial). Waits for it; returns the exit code its callback
-    ended the run with (machine.reset()), or None."""
+    # main.py has ended: a one-shot timer (boot.py's update trial) still fires at the REPL.
     import machine
 
-    if not machine.one_shot_pending():
-        return None
-    _simenv.say("a one-shot Timer is armed: waiting for it, as the board would at the REPL")
-    try:
-        while machine.one_shot_pending():
-            time.sleep_ms(20)
-        time.sleep_ms(200)  # its callback runs from the schedule, between two bytecodes
-    except KeyboardInterrupt:
-        return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _simenv.EXIT_INTERRUPT
-    except SystemExit as e:
-        return _exit_code(e)
-    return None
+    return machine.wait_for_one_shot()
 
 
 def _exit_code(exc):
@@ -142,7 +129,7 @@ def main():
             return _simenv.EXIT_EXCEPTION
     except KeyboardInterrupt:
         # The watchdog's interrupt, or Ctrl-C (quietly, as a shell user expects).
-        return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _simenv.EXIT_INTERRUPT
+        return _simenv.interrupted_code()
     except SystemExit as e:
         return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _exit_code(e)
     except Exception as e:  # noqa: BLE001 - whatever main.py raised is reported below
@@ -171,7 +158,7 @@ def main():
             while True:
                 time.sleep(1)
         except KeyboardInterrupt:
-            return _simenv.EXIT_WDT if _simenv.wdt_fired[0] else _simenv.EXIT_INTERRUPT
+            return _simenv.interrupted_code()
     _simenv.say("main.py returned: the board would now sit at the REPL")
     return 0
 
