@@ -21,12 +21,12 @@ try:
         _ota = False
     if _ota:
         try:
-            from node import otaswap, unload
+            from node import otaboot, unload
 
-            print("boot.py: " + otaswap.at_boot(not _soft, machine.Timer(otaswap.GUARD_TIMER_ID),
+            print("boot.py: " + otaboot.at_boot(not _soft, machine.Timer(otaboot.GUARD_TIMER_ID),
                                                 machine.reset))
-            del otaswap
-            unload("otaswap")
+            del otaboot
+            unload("otaboot", "otaswap")
         except Exception as e:  # noqa: BLE001 - whatever it is, the app must still start
             print("boot.py: update: %r" % (e,))
     if _unstable > _limit:

@@ -98,6 +98,12 @@ def watchdog_s(config_path):
     return config_int(config_path, "watchdog_s", DEFAULT_WATCHDOG_S, 5)
 
 
+def ota_trial_boots_default(safe_mode_boots):
+    """An update's trial boots unless config.json says: fewer than safe_mode_boots, so that
+    the rollback comes before safe mode."""
+    return min(DEFAULT_OTA_TRIAL_BOOTS, safe_mode_boots - 1)
+
+
 def config_int(config_path, key, default, lo):
     """config.json's integer `key` when it is one and at least `lo`, else `default`."""
     try:

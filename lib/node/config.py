@@ -7,10 +7,10 @@ import json
 
 # boot.py reads these two before anything is validated (node.bootcount): one default each.
 from node.bootcount import (
-    DEFAULT_OTA_TRIAL_BOOTS,
     DEFAULT_OTA_TRIAL_S,
     DEFAULT_SAFE_MODE_BOOTS,
     DEFAULT_WATCHDOG_S,
+    ota_trial_boots_default,
 )
 from node.limits import DHT_MIN_INTERVAL_S, OUTBOX_RAM_BYTES
 from node.outbox import INDEX_BYTES_PER_READING, MAX_BODY_BYTES
@@ -138,7 +138,7 @@ def validate(raw, where="config.json"):
     # An update over MQTT is undone after this many boots without a stable run with a broker
     # connection (node.otaswap), each given ota_trial_s: before boot-loop safe mode stops it.
     cfg["ota_trial_boots"] = _take(raw, "ota_trial_boots", where, "", "int",
-                                   DEFAULT_OTA_TRIAL_BOOTS, lo=1, hi=99)
+                                   ota_trial_boots_default(cfg["safe_mode_boots"]), lo=1, hi=99)
     if cfg["ota_trial_boots"] >= cfg["safe_mode_boots"]:
         _fail(where, "ota_trial_boots", "fewer than safe_mode_boots (%d): the rollback must "
               "come before safe mode" % cfg["safe_mode_boots"], cfg["ota_trial_boots"])

@@ -9,5 +9,8 @@ CLOCK_PATH = "clock.json"  # the last time seen: the clock's floor after a power
 DEPLOY_MARKER = "deploying"
 # An update over MQTT being swapped in, on trial or undone (node.otaswap); boot.py looks for it.
 OTA_STATE = "ota.json"
-# An update's staging (ota/new), the files it replaced (ota/old), its file list and journal.
+# An update's files: the manifest message accepted and the stream as it arrives (the file
+# list, then the files); node.otaswap names those of the swap in the same folder.
 OTA_DIR = "ota"
+OTA_HEAD = "ota/head"
+OTA_STREAM = "ota/stream"

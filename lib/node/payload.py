@@ -52,16 +52,5 @@ def telemetry(pairs):
     return b"{" + fields(pairs) + b"}"
 
 
-def ota_state(state, update_id, version, target, reason=None, progress=None):
-    """An update's state on the ota topic: `version` runs, `target` is offered; `progress`
-    (next, bytes, chunk_max) while receiving."""
-    out = {"state": state, "id": update_id, "version": version, "target": target}
-    if progress is not None:
-        out["next"], out["bytes"], out["chunk_max"] = progress
-    if reason is not None:
-        out["reason"] = reason
-    return json.dumps(out).encode()
-
-
 def dumps(obj):
     return json.dumps(obj).encode()

@@ -120,11 +120,11 @@ class Node:
         self.publisher.subscribe(topics.cmd, self._on_command)
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
-        self.publisher.on_connect = self._on_connect
-        # Updates over MQTT, only for a node given a key to check them with: node.ota (its
-        # code, about 4 KB of heap) is loaded from the first update message to the end of it.
+            self.publisher.on_connect = self._announce
+        # Updates over MQTT, only for a node given a key to check them with: node.ota is
+        # loaded from the first update message to the end of the update.
         self._ota_key = secrets["ota_key"]
-        self.ota = None
+        self.ota = None  # node.ota's Receiver while an update is under way
         if self._ota_key is not None:
             self.publisher.subscribe(topics.ota_manifest, self._on_ota_manifest)
             self.publisher.subscribe(topics.ota_chunk, self._on_ota_chunk)
@@ -142,46 +142,42 @@ class Node:
         except OSError:
             pass  # no update to confirm or to report: the usual boot
         else:
-            asyncio.create_task(self._ota_outcome())
+            # This boot follows an update swapped in (on trial) or undone: say how it ended.
+            from node import otaboot
+
+            asyncio.create_task(otaboot.report(self))  # which unloads it when done
+            del otaboot
         await self.supervisor.run()
 
-    def _on_connect(self):
-        if self.cfg["discovery"]["enabled"]:
-            self._announce()
-        if self.ota is not None:
-            self.ota.on_connect()  # the sender learns where the update stands
-
-    async def _ota_outcome(self):
-        # This boot follows an update swapped in (on trial) or undone: say how it ended.
-        from node import otaswap
-
-        await otaswap.report(self)
-        del otaswap
-        unload("otaswap")
-
     def _on_ota_manifest(self, msg, retained):
-        self._ota_message(msg, retained, True)
-
-    def _on_ota_chunk(self, msg, retained):
-        self._ota_message(msg, retained, False)
-
-    def _ota_message(self, msg, retained, is_manifest):
         if retained:
             return  # it would be offered again at every connect: nobody is sending it now
-        if self.ota is None:
-            if not is_manifest:
-                return  # a chunk of no update under way: the sender offers it again
-            from node.ota import Receiver
+        try:
+            if self.ota is not None:
+                self.ota.manifest(msg)
+                if self.ota is not None:
+                    return
+                # The update under way had stalled and gave way: this offer is a new one.
+            # The offer is checked, its tag first, before the receiver's code is loaded.
+            from node import otaoffer
 
-            self.ota = Receiver(self, self._ota_key, board.reset, self._ota_done)
-        if is_manifest:
-            self.ota.manifest(msg)
-        else:
+            offer = otaoffer.check(self, self._ota_key, msg)
+            del otaoffer
+            unload("otaoffer", "otastate", "fsops")
+            if offer is not None:
+                from node.ota import Receiver
+
+                self.ota = Receiver(self, offer, board.reset)
+        except MemoryError:
+            # The update's code did not fit in the heap: it goes again, the node goes on.
+            self.ota = None
+            unload("ota", "otaoffer", "otastate", "fsops")
+            log("ota", "not enough heap for an update")
+
+    def _on_ota_chunk(self, msg, retained):
+        # A chunk of no update under way is dropped: the sender offers the manifest again.
+        if self.ota is not None and not retained:
             self.ota.chunk(msg)
-
-    def _ota_done(self):
-        self.ota = None
-        unload("ota", "otaswap")
 
     def _announce(self):
         # Needed once a session: its 2.5 KB leave the heap again after.

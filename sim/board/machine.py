@@ -416,8 +416,8 @@ _TIMERS = const(4)  # two groups of two hardware timers, on the ESP32 and the ES
 _NO_PERIOD_MS = const(0xFFFFFFFF)  # the port's default: init() without period or freq
 _LONGEST_MS = const(1 << 29)  # ticks_add() takes no more; an alarm that far off never fires here
 # id -> [generation, callback, one-shot pending, the Timer]: like the board, Timer(n) twice is
-# the same timer. The alarm thread of an older init() sees a newer generation and ends: a thread cannot
-# be stopped.
+# the same timer. The alarm thread of an older init() sees a newer generation and ends: a
+# thread cannot be stopped.
 _timer_states = {}
 
 

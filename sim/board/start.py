@@ -46,7 +46,6 @@ def _import_board():
 
 def _check_config():
     """Read every SIM_* input now, so a wrong one stops the run before the app starts."""
-    import os
     import socket
     import ssl
 
@@ -56,7 +55,6 @@ def _check_config():
     import network
 
     _audio.spec()
-    os.statvfs("/")  # SIM_FLASH_KB
     dht.check()
     machine.unique_id()
     network._sim_rssi()

@@ -8,7 +8,7 @@ STEPS.json: {"node": id, "key": ota_key, "free": bytes of flash free (None: the 
 "steps": [[kind, arg], ...]}; kinds: "manifest" / "chunk" (arg: a file holding the message),
 "wait" (arg: ms of asyncio), "reboot" (the Receiver forgotten, as after a reset), "state"
 (arg: text for ota.json). Prints one line per event: PUB <json> for each state published, RESET,
-DONE, and the node's log lines.
+DONE (an offer refused, or an update ended), and the node's log lines.
 """
 
 import asyncio
@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from node.ota import Receiver
+from node import unload
 from node.payload import Topics
 
 spec = json.load(open(sys.argv[1]))
@@ -35,12 +35,21 @@ class Outbox:
         return 0
 
 
+class Lag:
+    max_ms = 0
+
+    def percentile(self, pct):
+        return 0
+
+
 class Node:
     def __init__(self, node_id):
+        self.lag = Lag()
         self.node_id = node_id
         self.topics = Topics("nodes", node_id)
         self.publisher = Publisher()
         self.outbox = Outbox()
+        self.ota = None  # the Receiver, as node.wiring holds it (it clears this at its end)
 
 
 def statvfs(path):
@@ -49,19 +58,26 @@ def statvfs(path):
     return (4096, 4096, 1024, spec["free"] // 4096, spec["free"] // 4096, 0, 0, 0, 0, 255)
 
 
-receiver = [None]
+NODE = Node(spec["node"])
 
 
-def done():
-    print("DONE")
-    receiver[0] = None
+def manifest(msg):
+    # node.wiring's _on_ota_manifest (the node's statvfs given to the receiver)
+    if NODE.ota is not None:
+        NODE.ota.manifest(msg)
+        if NODE.ota is not None:
+            return
+    from node import otaoffer
 
+    offer = otaoffer.check(NODE, spec["key"], msg, statvfs)
+    del otaoffer
+    unload("otaoffer", "otastate", "fsops")
+    if offer is None:
+        print("DONE")
+        return
+    from node.ota import Receiver
 
-def current():
-    if receiver[0] is None:
-        receiver[0] = Receiver(Node(spec["node"]), spec["key"], lambda: print("RESET"), done,
-                               statvfs)
-    return receiver[0]
+    NODE.ota = Receiver(NODE, offer, lambda: print("RESET"), statvfs)
 
 
 def read(path):
@@ -76,17 +92,23 @@ def write(path, text):
 
 async def main():
     for kind, arg in spec["steps"]:
+        had = NODE.ota is not None
         if kind == "manifest":
-            current().manifest(read(arg))
+            manifest(read(arg))
         elif kind == "chunk":
-            if receiver[0] is not None:  # node.wiring drops a chunk of no update under way
-                receiver[0].chunk(read(arg))
+            if NODE.ota is not None:  # node.wiring drops a chunk of no update under way
+                NODE.ota.chunk(read(arg))
         elif kind == "wait":
             await asyncio.sleep_ms(arg)
-        elif kind == "reboot":
-            receiver[0] = None
+        elif kind == "reboot":  # what the update had in RAM is gone
+            NODE.ota = None
+            unload("ota", "otaoffer", "otafinish", "otaswap", "otastate", "fsops")
+            had = False
         elif kind == "state":
             write("ota.json", arg)
+        await asyncio.sleep_ms(0)  # what the update starts as a task runs between messages
+        if had and NODE.ota is None:
+            print("DONE")  # the update ended
 
 
 asyncio.run(main())

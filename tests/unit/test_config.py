@@ -101,6 +101,11 @@ BAD_CONFIG = [
     (with_change("led.brightness", 0.5, WS2812), "led.brightness", "an integer"),
     (with_change("led.count", 2, WS2812), "led.count",
      "no such key (known: brightness, kind, pin)"),
+    (with_change("ota_trial_boots", 5), "ota_trial_boots",
+     "fewer than safe_mode_boots (5): the rollback must come before safe mode, got 5"),
+    (with_change("ota_trial_boots", 0), "ota_trial_boots", "1..99"),
+    (with_change("ota_trial_s", 30), "ota_trial_s", "at least stable_after_s + 5 (65)"),
+    (with_change("ota_trial_s", "300"), "ota_trial_s", "an integer"),
     (with_change("wifi", "x"), "wifi", "no such key"),
     ([1, 2], "(top level)", "an object"),
     ("config", "(top level)", "an object"),
@@ -114,6 +119,8 @@ BAD_SECRETS = [
     ({**GOOD_SECRETS, "mqtt_user": "u"}, "mqtt_user/mqtt_password", "both"),
     ({**GOOD_SECRETS, "mqtt_password": ["secret-value"]}, "mqtt_password", "a string"),
     ({**GOOD_SECRETS, "token": "x"}, "token", "no such key"),
+    ({**GOOD_SECRETS, "ota_key": "secret-value"}, "ota_key", "at least 16 characters"),
+    ({**GOOD_SECRETS, "ota_key": 5}, "ota_key", "a string or null"),
     ("secrets", "(top level)", "an object"),
 ]
 
@@ -131,6 +138,16 @@ def test_good_config_and_defaults(mpy, tmp_path):
         minimal.pop(key)
     assert run_cases(mpy, tmp_path, [["config", GOOD], ["config", minimal],
                                      ["secrets", GOOD_SECRETS]]) == ["ok", "ok", "ok"]
+
+
+def test_update_trials_default_to_fewer_boots_than_safe_mode(mpy, tmp_path):
+    code = ("import json\nfrom node import config\n"
+            "for raw in json.load(open('cases.json')):\n"
+            "    cfg = config.validate(raw)\n"
+            "    print(cfg['ota_trial_boots'], cfg['ota_trial_s'])\n")
+    (tmp_path / "cases.json").write_text(json.dumps([
+        GOOD, with_change("safe_mode_boots", 2), with_change("safe_mode_boots", 3)]))
+    assert mpy(code, cwd=tmp_path).stdout.split() == ["3", "300", "1", "300", "2", "300"]
 
 
 def test_the_largest_outbox_the_board_takes(mpy, tmp_path):

@@ -15,13 +15,16 @@ OLD = {"boot.py": "old boot", "main.py": "old main", "lib/node/a.py": "old a",
                                                       '"ota_trial_s": 30}'}
 NEW = {"boot.py": "new boot", "main.py": "new main", "lib/node/a.mpy": "new a",
        "lib/pkg/b.mpy": "new b"}
-JOURNAL = ["M lib/node/a.py", "M lib/node/gone.mpy", "R boot.py", "A lib/node/a.mpy",
-           "A lib/pkg/b.mpy", "R main.py"]
+# The list's order numbers the staged files (ota/new/<n>), as node.otacheck writes it.
+LIST = sorted(NEW)
+JOURNAL = ["M lib/node/a.py", "M lib/node/gone.mpy"] + [
+    f"{'R' if p in OLD else 'A'} {n} {p}" for n, p in enumerate(LIST) if p != "main.py"] + [
+    f"R {LIST.index('main.py')} main.py"]
 STATE = {"id": "u1", "target": "2.0", "from": "1.0"}
 
 _PRELUDE = """
 import json, os, sys
-from node import otaswap
+from node import fsops, otaboot, otaswap
 
 class PowerCut(Exception):
     pass
@@ -67,16 +70,15 @@ def reset():
     RESETS.append(1)
 
 def cut(k, fn, *args):
-    real = otaswap.os
     cutter = CutOs(k)
-    otaswap.os = cutter
+    otaswap.os = fsops.os = cutter
     try:
         fn(*args)
         print("DONE", cutter.n)
     except PowerCut:
         print("CUT", k)
     finally:
-        otaswap.os = real
+        otaswap.os = fsops.os = os
 """
 
 
@@ -103,7 +105,7 @@ def staged(tmp_path, name="flash"):
     """A flash folder as node.ota leaves it: the old app, the new one staged, the journal."""
     root = tmp_path / name
     write(root, OLD)
-    write(root / "ota" / "new", NEW)
+    write(root / "ota" / "new", {str(n): NEW[p] for n, p in enumerate(LIST)})
     (root / "ota" / "journal").write_text("\n".join(JOURNAL) + "\n")
     return root
 
@@ -120,7 +122,7 @@ def test_a_swap_cut_at_any_step_is_finished_by_the_next_boot(mpy, tmp_path):
         out = mpy(_PRELUDE + f"""
 cut({k}, otaswap.swap, {STATE!r})
 if otaswap.exists("ota.json"):  # boot.py's test
-    print(otaswap.at_boot(True, Timer(), reset))
+    print(otaboot.at_boot(True, Timer(), reset))
 """, cwd=root).stdout
         if "DONE" in out:
             total = int(out.split("DONE ")[1].split()[0])
@@ -153,10 +155,10 @@ def test_a_rollback_cut_at_any_step_is_finished_by_the_next_boot(mpy, tmp_path):
         out = mpy(_PRELUDE + f"""
 otaswap.swap({STATE!r})
 for _ in range(2):
-    otaswap.at_boot(True, Timer(), reset)
-cut({k}, otaswap.at_boot, True, Timer(), reset)
+    otaboot.at_boot(True, Timer(), reset)
+cut({k}, otaboot.at_boot, True, Timer(), reset)
 RESETS.clear()
-print(otaswap.at_boot(True, Timer(), reset))
+print(otaboot.at_boot(True, Timer(), reset))
 """, cwd=root).stdout
         if "DONE" in out:
             total = int(out.split("DONE ")[1].split()[0])
@@ -177,14 +179,14 @@ def test_trial_boots_are_counted_timed_and_soft_resets_are_not(mpy, tmp_path):
     root = _swapped(tmp_path, "flash")
     out = mpy(_PRELUDE + f"""
 otaswap.swap({STATE!r})
-print(otaswap.at_boot(True, Timer(), reset))
-print(otaswap.at_boot(False, Timer(), reset))
+print(otaboot.at_boot(True, Timer(), reset))
+print(otaboot.at_boot(False, Timer(), reset))
 print(json.load(open("ota.json"))["boots"])
-print(otaswap.at_boot(True, Timer(), reset))
+print(otaboot.at_boot(True, Timer(), reset))
 print(len(RESETS))
-print(otaswap.at_boot(True, Timer(), reset))
+print(otaboot.at_boot(True, Timer(), reset))
 print(len(RESETS))
-print(otaswap.at_boot(True, Timer(), reset))
+print(otaboot.at_boot(True, Timer(), reset))
 """, cwd=root).stdout.splitlines()
     assert out == [
         "TIMER 0 30000",
@@ -208,7 +210,7 @@ def test_the_trial_timer_resets_the_board(mpy, tmp_path):
     out = mpy(_PRELUDE + f"""
 otaswap.swap({STATE!r})
 t = Timer()
-otaswap.at_boot(True, t, reset)
+otaboot.at_boot(True, t, reset)
 t.cb(t)
 """, cwd=root).stdout
     assert out.endswith("RESET\n")
@@ -220,7 +222,7 @@ def test_confirm_drops_the_state_then_the_backup(mpy, tmp_path):
 otaswap.swap({STATE!r})
 cut(1, otaswap.confirm)
 print(otaswap.load())
-otaswap.rmtree("ota")
+fsops.rmtree("ota")
 """, cwd=root).stdout
     # Cut after the state went: the next boot sees no update (never a trial without backup).
     assert out.split() == ["CUT", "1", "None"]
@@ -231,7 +233,7 @@ otaswap.rmtree("ota")
 def test_a_damaged_state_is_ignored(mpy, tmp_path, text):
     root = staged(tmp_path)
     (root / "ota.json").write_text(text)
-    out = mpy(_PRELUDE + "print(otaswap.at_boot(True, Timer(), reset))", cwd=root).stdout
+    out = mpy(_PRELUDE + "print(otaboot.at_boot(True, Timer(), reset))", cwd=root).stdout
     assert out.strip() == "ota.json is damaged: ignored"
     assert app(root) == OLD_APP
 
@@ -241,6 +243,6 @@ def test_trial_limits_fall_back_to_their_defaults(mpy, tmp_path):
     (root / "config.json").write_text('{"ota_trial_boots": "x", "ota_trial_s": 3}')
     out = mpy(_PRELUDE + f"""
 otaswap.swap({STATE!r})
-print(otaswap.at_boot(True, Timer(), reset))
+print(otaboot.at_boot(True, Timer(), reset))
 """, cwd=root).stdout
     assert "boot 1 of 3, 300 s" in out and "TIMER 0 300000" in out

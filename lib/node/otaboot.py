@@ -1,0 +1,87 @@
+"""An update over MQTT around a reboot: what boot.py does about it at every boot while ota.json
+exists (at_boot), and how the app, once it runs, reports how it ended (report).
+
+The phases are node.otaswap's. A trial's boots are counted here, and each one gets a one-shot
+timer that resets the board after `ota_trial_s` unless the app has confirmed the update by
+then: so a version that sits at the REPL (main.py raised, safe mode), hangs or never connects
+is given `ota_trial_boots` boots and no more, then the old one is put back.
+Boot-time code: no node.config, no node.board; boot.py imports it only when ota.json exists.
+"""
+
+from node import bootcount, otaswap
+from node.files import CONFIG_PATH
+
+GUARD_TIMER_ID = 2  # node.safemode blinks from timer 0, node.wdtfeed feeds from timer 1
+_MIN_TRIAL_S = 10
+
+
+def at_boot(counted, timer, reset):
+    """boot.py's part when ota.json exists: finish a swap or an undo a reset cut short, count a
+    trial boot (`counted`: not a soft reset) and arm its timer, or roll back past the limit and
+    reset. Returns what to print."""
+    state = otaswap.load()
+    if state is None:
+        return "ota.json is damaged: ignored"
+    phase = state["phase"]
+    target = state.get("target")
+    if phase == "swap":
+        otaswap.finish_swap(state)
+        phase = "trial"
+    if phase == "undo":
+        otaswap.roll_back(state, state.get("reason"))
+        reset()
+        return "update to %s undone" % target
+    if phase != "trial" or not counted:
+        return "update to %s: %s" % (target, phase)
+    boots = state.get("boots", 0) + 1
+    limit = bootcount.config_int(CONFIG_PATH, "ota_trial_boots", bootcount.ota_trial_boots_default(
+        bootcount.safe_mode_boots(CONFIG_PATH)), 1)
+    trial_s = bootcount.config_int(CONFIG_PATH, "ota_trial_s", bootcount.DEFAULT_OTA_TRIAL_S,
+                                   _MIN_TRIAL_S)
+    if boots > limit:
+        print("boot.py: update to %s failed its trial: putting %s back" % (target,
+                                                                          state.get("from")))
+        otaswap.roll_back(state, "%s did not run stably with a broker connection within %d "
+                                 "boots of %d s (ota_trial_boots, ota_trial_s)"
+                          % (target, limit, trial_s))
+        reset()
+        return "update to %s undone" % target
+    state["boots"] = boots
+    otaswap.save(state)
+    timer.init(mode=timer.ONE_SHOT, period=trial_s * 1000, callback=lambda t: reset())
+    return "update to %s on trial: boot %d of %d, %d s to run stably with a broker connection" \
+        % (target, boots, limit, trial_s)
+
+
+async def report(node):
+    """The app's part when ota.json exists: once the node can say so, tell the broker how the
+    update ended. A version on trial is confirmed once it has run `stable_after_s` with every
+    task alive and a broker connection, and the word is out. Unloads itself at the end."""
+    import asyncio  # here, not at the top: boot.py imports this module
+
+    from node import board, otastate, unload
+    from node.log import log
+
+    state = otaswap.load()
+    phase = state["phase"] if state is not None else None
+    if phase == "trial":
+        await asyncio.sleep(node.cfg["stable_after_s"])
+        while node.supervisor.stale() or not node.publisher.connected:
+            await asyncio.sleep(1)
+        outcome, reason = "applied", "runs stably with a broker connection"
+    elif phase == "rolled_back":
+        outcome, reason = "rolled_back", state.get("reason")
+    else:
+        log("ota", "ota.json says %s: left to boot.py" % phase)
+        unload("otaboot", "otaswap", "fsops")
+        return
+    offer = {"id": state.get("id"), "version": state.get("target")}
+    while not otastate.say(node, outcome, offer, reason):
+        await asyncio.sleep(1)
+    if outcome == "applied":
+        board.timer(GUARD_TIMER_ID).deinit()
+        otaswap.confirm()
+    else:
+        otaswap.clear()
+    log("ota", "%s: %s (%s)" % (outcome, state.get("target"), reason))
+    unload("otaboot", "otaswap", "fsops", "otastate")  # the caller keeps no reference
