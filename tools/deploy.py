@@ -16,7 +16,8 @@ The serial side is mpremote's transport (raw REPL, raw-paste), one connection fo
 5. commit with one command: rename each .new over its file, boot.py and main.py last; remove
    what the bundle no longer has in its own folders (and a .py that would shadow a new .mpy);
    remove /deploying last;
-6. clear boot.py's boot-loop count (a new app gets its full number of tries before safe mode);
+6. clear boot.py's boot-loop count (a new app gets its full number of tries before safe mode)
+   and what an update over MQTT left (ota.json, /ota): the copy replaced that app;
 7. leave the raw REPL and press Ctrl-D: a soft reset runs boot.py, then main.py.
 
 If the board refuses a write (an OSError there, a hash mismatch) the .new files and /deploying
@@ -47,12 +48,34 @@ from tools.hosttools import REPO
 
 MARKER = "/deploying"  # boot.py: present -> safe mode (see docs/HARDWARE.md)
 LAST = ("/boot.py", "/main.py")  # committed last, main.py the very last
-CLEAR_BOOT_LOOP = """
+# A deployed app starts afresh: its full count of tries before boot-loop safe mode, and no
+# update over MQTT pending (a trial of another version, its backup, a staged stream), which
+# would otherwise be confirmed, or rolled back over what was just copied.
+CLEAR_BOOT_STATE = """
+import os
 try:
     from node import bootcount
     bootcount.mark_stable('/boot.json')
 except ImportError:
     pass
+def _drm(p):
+    try:
+        es = list(os.ilistdir(p))
+    except OSError:
+        return
+    for e in es:
+        q = p + '/' + e[0]
+        if e[1] & 0x4000:
+            _drm(q)
+        else:
+            os.remove(q)
+    os.rmdir(p)
+try:
+    os.remove('/ota.json')
+except OSError:
+    pass
+_drm('/ota')
+del _drm
 """
 RAW_CHUNK = 2049  # bytes per exec: a multiple of 3, so every chunk is whole base64
 BLOCK = 4096  # littlefs block: a file takes at least one
@@ -418,8 +441,7 @@ def deploy(port, bundle_dir, secrets=None, ca=None, root=None, dry_run=False, fo
             write_and_commit(board, to_write, to_commit, removes, log, keep_marker=unfinished)
         phase = "reset"
         if not dry_run:
-            # A new app gets the full count of tries before boot.py's boot-loop safe mode.
-            board.run(CLEAR_BOOT_LOOP)
+            board.run(CLEAR_BOOT_STATE)
         if reset or dry_run:
             if board.restart_app(follow_s):
                 log("deploy: soft reset: boot.py, then main.py")

@@ -338,20 +338,25 @@ class Session:
                                   f"(last: {t.state})")
                 break
             self._pump_events(0.05)
-            now = self.clock()
-            for t in self.transfers.values():
-                if t.done:
-                    continue
-                self._send(t)
-                quiet = now - t.heard
-                if t.state == "offered" and now - t.times["offered"] > ANSWER_S:
-                    self._end(t, "no answer", f"no answer to the offer within {ANSWER_S:.0f} s:"
-                              f" offline, or updates off (no ota_key in its secrets.json)")
-                elif t.state in ("offered", "receiving") and quiet > STALL_S:
-                    self._offer(t)  # it went quiet: where does it stand?
-                elif t.state in ("verifying", "rebooting") and quiet > self._trial_wait():
-                    self._end(t, "no answer", f"no outcome {quiet:.0f} s after {t.state}")
+            self.tick()
         return self.transfers
+
+    def tick(self):
+        """Send what each window allows; offer again to a node gone quiet; give up on one
+        that never answers."""
+        now = self.clock()
+        for t in self.transfers.values():
+            if t.done:
+                continue
+            self._send(t)
+            quiet = now - t.heard
+            if t.state == "offered" and now - t.times["offered"] > ANSWER_S:
+                self._end(t, "no answer", f"no answer to the offer within {ANSWER_S:.0f} s: "
+                          f"offline, or updates off (no ota_key in its secrets.json)")
+            elif t.state in ("offered", "receiving") and quiet > STALL_S:
+                self._offer(t)  # it went quiet: where does it stand?
+            elif t.state in ("verifying", "rebooting") and quiet > self._trial_wait():
+                self._end(t, "no answer", f"no outcome {quiet:.0f} s after {t.state}")
 
     def _trial_wait(self):
         t = self.target

@@ -40,8 +40,9 @@ TRIAL = {"stable_after_s": 5, "ota_trial_boots": 1, "ota_trial_s": 12}
 BLOCK = 4096
 
 
-def _variant(tmp, arch, version, main=None):
-    """A bundle of this repo with VERSION `version` (and another main.py, if given)."""
+def _variant(tmp, arch, version, main=None, change=None):
+    """A bundle of this repo with VERSION `version` (and another main.py, if given; change
+    (path, old, new): a line of a module changed)."""
     src = tmp / f"src-{arch}-{version}"
     if not src.exists():
         src.mkdir(parents=True)
@@ -55,6 +56,11 @@ def _variant(tmp, arch, version, main=None):
         init.write_text(text.replace(text.split('VERSION = "')[1].split('"')[0], version, 1))
         if main is not None:
             (src / "main.py").write_text(main)
+        if change is not None:
+            path, old, new = change
+            text = (src / path).read_text()
+            assert old in text
+            (src / path).write_text(text.replace(old, new, 1))
     out = tmp / f"bundle-{arch}-{version}"
     bundles.build(src, out, arch, log=lambda line: None)
     return out
@@ -67,6 +73,10 @@ def bundles_x64(tmp_path_factory):
         "good": _variant(tmp, "x64", "0.1.0+ota"),
         "broken": _variant(tmp, "x64", "0.1.0+broken",
                            main='raise ImportError("broken on purpose")\n'),
+        # Runs, every task alive, but never reaches the broker.
+        "unconnected": _variant(tmp, "x64", "0.1.0+unconnected", change=(
+            "lib/node/publisher.py", "        await self._link(self._beat)\n",
+            '        raise OSError("never connects, on purpose")\n')),
     }
 
 
@@ -177,6 +187,19 @@ def test_a_broken_update_is_rolled_back_by_the_node(broker, subscriber_factory, 
     print(f"\nbroken update (main.py raises at import), ota_trial_boots 1, ota_trial_s "
           f"{TRIAL['ota_trial_s']}: rollback reported {rolled.t - first.string.t:.1f} s after "
           f"the broken version's first boot; reason: {rolled.json()['reason']}")
+
+
+def test_a_version_that_never_connects_is_rolled_back_by_the_node(broker, node_factory,
+                                                                  bundles_x64, tmp_path):
+    node = _node(node_factory, broker, tmp_path)
+    t, log = _send(node, tmp_path, bundles_x64["unconnected"])
+    assert t.state == "rolled_back", log
+    first = node.wait_for_line(r"boot\.py: update to 0\.1\.0\+unconnected on trial: boot 1")
+    assert node.find(r"never connects, on purpose")
+    back = node.wait_for_line(r"ota: rolled_back: 0\.1\.0\+unconnected")
+    print(f"\nversion that never connects (its app runs, every task alive): rolled back, "
+          f"reported {back.string.t - first.string.t:.1f} s after its first boot "
+          f"(ota_trial_s {TRIAL['ota_trial_s']})")
 
 
 def test_a_forged_manifest_is_refused_and_nothing_is_written(broker, subscriber_factory,

@@ -266,6 +266,21 @@ def test_full_then_unchanged_deploy(board_factory, tmp_path):
     print("\n" + full.stdout + again.stdout)
 
 
+def test_a_deploy_drops_what_an_update_over_mqtt_left(board_factory, tmp_path):
+    src, out = make_app(tmp_path / "app")
+    flash = tmp_path / "flash"
+    (flash / "ota" / "old" / "lib").mkdir(parents=True)
+    (flash / "ota" / "old" / "lib" / "x.mpy").write_bytes(b"M")
+    (flash / "ota" / "stream").write_bytes(b"s" * 100)
+    (flash / "ota.json").write_text('{"phase": "trial", "target": "9.9"}')
+    b = board_factory(flash)
+    done = run_deploy(b.port, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # A trial of another version would be confirmed, or undone over the copy: both go.
+    assert not (flash / "ota.json").exists() and not (flash / "ota").exists()
+    assert flash_files(flash) == expected_files(src, out)
+
+
 def test_dry_run_and_a_leftover_marker(board_factory, tmp_path):
     _src, out = make_app(tmp_path / "app")
     b = board_factory()
