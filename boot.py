@@ -23,10 +23,15 @@ try:
         try:
             from node import otaboot, unload
 
-            print("boot.py: " + otaboot.at_boot(not _soft, machine.Timer(otaboot.GUARD_TIMER_ID),
-                                                machine.reset))
+            _said, _trial_ms = otaboot.at_boot(not _soft, machine.reset)
+            print("boot.py: " + _said)
+            if _trial_ms:
+                # The trial's deadline: the board resets unless the app confirms it first.
+                machine.Timer(otaboot.GUARD_TIMER_ID).init(
+                    mode=machine.Timer.ONE_SHOT, period=_trial_ms,
+                    callback=lambda t: machine.reset())
             del otaboot
-            unload("otaboot", "otaswap")
+            unload("otaboot", "otaswap", "fsops")
         except Exception as e:  # noqa: BLE001 - whatever it is, the app must still start
             print("boot.py: update: %r" % (e,))
     if _unstable > _limit:

@@ -45,11 +45,12 @@ _HEAP_SAMPLE_BYTES = const(8192)  # the heap's low point is sampled this often i
 
 
 class Receiver:
-    """The update under way. `node` is node.wiring.Node (its publisher, topics, outbox, lag
-    probe); `offer` what node.otaoffer made of the manifest; `reset()` reboots the board. When
-    the update ends the receiver takes itself out of `node.ota` and unloads the update's code."""
+    """The update under way, which puts itself on `node.ota` (node.wiring.Node: its publisher,
+    topics, outbox, lag probe); `offer` is what node.otaoffer made of the manifest; `reset()`
+    reboots the board. When the update ends it takes itself out again (node.otastate)."""
 
     def __init__(self, node, offer, reset, statvfs=None):
+        node.ota = self
         self.node = node
         # The manifest, its tag verified, and how much of its stream is on flash already.
         self.m, self.tag_hex, self.next = offer

@@ -15,13 +15,14 @@ GUARD_TIMER_ID = 2  # node.safemode blinks from timer 0, node.wdtfeed feeds from
 _MIN_TRIAL_S = 10
 
 
-def at_boot(counted, timer, reset):
+def at_boot(counted, reset):
     """boot.py's part when ota.json exists: finish a swap or an undo a reset cut short, count a
-    trial boot (`counted`: not a soft reset) and arm its timer, or roll back past the limit and
-    reset. Returns what to print."""
+    trial boot (`counted`: not a soft reset), or roll back past the limit and reset. Returns
+    (what to print, the ms boot.py's one-shot timer gives this trial boot before it resets the
+    board, or 0): boot.py arms it, so that nothing of this module stays in the heap for it."""
     state = otaswap.load()
     if state is None:
-        return "ota.json is damaged: ignored"
+        return "ota.json is damaged: ignored", 0
     phase = state["phase"]
     target = state.get("target")
     if phase == "swap":
@@ -30,9 +31,9 @@ def at_boot(counted, timer, reset):
     if phase == "undo":
         otaswap.roll_back(state, state.get("reason"))
         reset()
-        return "update to %s undone" % target
+        return "update to %s undone" % target, 0
     if phase != "trial" or not counted:
-        return "update to %s: %s" % (target, phase)
+        return "update to %s: %s" % (target, phase), 0
     boots = state.get("boots", 0) + 1
     limit = bootcount.config_int(CONFIG_PATH, "ota_trial_boots", bootcount.ota_trial_boots_default(
         bootcount.safe_mode_boots(CONFIG_PATH)), 1)
@@ -45,12 +46,11 @@ def at_boot(counted, timer, reset):
                                  "boots of %d s (ota_trial_boots, ota_trial_s)"
                           % (target, limit, trial_s))
         reset()
-        return "update to %s undone" % target
+        return "update to %s undone" % target, 0
     state["boots"] = boots
     otaswap.save(state)
-    timer.init(mode=timer.ONE_SHOT, period=trial_s * 1000, callback=lambda t: reset())
     return "update to %s on trial: boot %d of %d, %d s to run stably with a broker connection" \
-        % (target, boots, limit, trial_s)
+        % (target, boots, limit, trial_s), trial_s * 1000
 
 
 async def report(node):

@@ -47,6 +47,11 @@ async def run(node, m, total, start_ms, heap_min_free, statvfs, reset):
                     break
                 await asyncio.sleep_ms(0)  # one block at a time: the loop goes on meanwhile
         if not why:
+            import gc
+
+            gc.collect()
+            log("ota", "%d files taken out and hashed; heap free %d bytes" % (
+                m["files"], gc.mem_free()))
             moved = _write_journal(m)
             os.remove(OTA_STREAM)  # every file is out of it: its flash is free again
     except (OSError, ValueError) as e:

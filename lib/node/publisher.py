@@ -5,9 +5,10 @@ sampling tasks keep their schedule while the broker is slow, silent, refusing or
 Readings leave the outbox only when the broker has acknowledged them (stop-and-wait: one in
 flight, so order is kept and a reconnect resends exactly the unacknowledged one).
 
-What the link raises (node.mqtt.LINK_ERRORS) is sorted by kind, each with its own backoff; an
-error in a message handler or in `on_connect` is a bug in this node, not a broken link: it is
-printed with its traceback and counted, and the session goes on.
+What the link raises (node.mqtt.LINK_ERRORS) is sorted by kind, each with its own backoff; so is
+a MemoryError while a packet is read (the session is dropped, the task lives on). An error in a
+message handler or in `on_connect` is a bug in this node, not a broken link: it is printed with
+its traceback and counted, and the session goes on.
 """
 
 import asyncio
@@ -140,7 +141,9 @@ class Publisher:
             try:
                 await self._connect()
                 await self._session()
-            except LINK_ERRORS as e:
+            # A packet the heap had no room for (a big message when the heap is short, as
+            # during an update) leaves the stream mid-packet: the session goes, not the task.
+            except LINK_ERRORS + (MemoryError,) as e:
                 # open() sets the client's socket only once TCP and TLS are up.
                 reached = self._client.sock is not None
                 self._client.close()

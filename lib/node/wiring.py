@@ -167,7 +167,7 @@ class Node:
             if offer is not None:
                 from node.ota import Receiver
 
-                self.ota = Receiver(self, offer, board.reset)
+                Receiver(self, offer, board.reset)  # which is self.ota from here on
         except MemoryError:
             # The update's code did not fit in the heap: it goes again, the node goes on.
             self.ota = None

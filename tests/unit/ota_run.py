@@ -77,7 +77,7 @@ def manifest(msg):
         return
     from node.ota import Receiver
 
-    NODE.ota = Receiver(NODE, offer, lambda: print("RESET"), statvfs)
+    Receiver(NODE, offer, lambda: print("RESET"), statvfs)  # which is NODE.ota from here on
 
 
 def read(path):

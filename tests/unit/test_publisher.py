@@ -575,6 +575,16 @@ def test_reconnects_counts_only_lost_sessions_that_had_connected(mpy):
     assert r["connected"] is True
 
 
+def test_a_packet_the_heap_has_no_room_for_drops_the_session_not_the_task(mpy):
+    r = run(mpy, """
+        short = plan(events=[(1000, "error", MemoryError("memory allocation failed"))])
+        setup(short, plan())
+        go(lambda: len(CLIENT.opens) >= 2 and PUB.connected)
+    """)
+    assert r["reconnects"] == 1 and r["connected"] is True
+    assert r["last_error"] == "MemoryError: memory allocation failed"
+
+
 # --- The clock before TLS -------------------------------------------------------------------
 
 _WAITING = ("waiting for the clock (NTP) before TLS: the broker's certificate cannot be"
