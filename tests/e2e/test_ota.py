@@ -144,6 +144,7 @@ def test_an_update_is_applied_and_readings_go_on(broker, subscriber_factory, nod
     assert outcome.retain and outcome.json()["state"] == "applied"
     assert not (flash / "ota").exists() and not (flash / "ota.json").exists()
     assert not list((flash / "lib").rglob("*.py")), "the sources were moved aside, then dropped"
+    assert not node.find(r"readings not delivered"), "the reset came before the outbox emptied"
     received = node.wait_for_line(r"ota: received (\d+) bytes in (\d+) ms \((\d+) B/s\); heap "
                                   r"free at least (\d+) bytes; loop late by p99 (\d+) ms, at "
                                   r"most (\d+) ms")
