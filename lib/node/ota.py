@@ -41,7 +41,9 @@ _HEAP_PER_CHUNK = const(10)
 _OFFSET_BYTES = const(4)
 _TAG_HEX = const(64)
 _STALL_MS = const(60000)  # a transfer silent this long gives way to another offer
-_HEAP_SAMPLE_BYTES = const(8192)  # the heap's low point is sampled this often in the stream
+# Every 8 KB of the stream: synced to flash (littlefs keeps what was synced through a power
+# cut, so a resume loses no more), and the heap's low point sampled.
+_CHECKPOINT_BYTES = const(8192)
 
 
 class Receiver:
@@ -118,7 +120,8 @@ class Receiver:
             self._file.write(memoryview(msg)[_OFFSET_BYTES:_OFFSET_BYTES + n])
             self.next += n
             self._last_ms = time.ticks_ms()
-            if self.next // _HEAP_SAMPLE_BYTES != at // _HEAP_SAMPLE_BYTES:
+            if self.next // _CHECKPOINT_BYTES != at // _CHECKPOINT_BYTES:
+                self._file.flush()
                 self._sample_heap()
             self.step()
         except OSError as e:

@@ -54,38 +54,27 @@ def same(a, b):
 def check(node, key, msg, statvfs=os.statvfs):
     """The offer in the manifest message `msg`, for node.ota's Receiver: (manifest, its tag in
     hex, the bytes of its stream on flash already) when `node` takes it, the staging ready. Else
-    None, and its state is published: "refused" with the reason, or "applied" when it offers
-    the version running."""
+    None, nothing written, and its state is published: "refused" with the reason, or "applied"
+    when it offers the version running."""
+    state, staged = "refused", -1
     m, why = _read(key, msg)
     if why is None:
         why = _offer(m, node.node_id)
     if why is None and m["version"] == VERSION:
         state, why = "applied", "already running %s" % VERSION
-    else:
-        state = "refused"
+    if why is None:
+        staged = _staged(m, msg)
+        why = _room(m, max(staged, 0), statvfs)
     if why is not None:
         log("ota", "%s: %s" % (state, why))
         from node import otastate
 
         otastate.say(node, state, m, why)
         return None
-    tag_hex = msg[:_TAG_HEX]
-    try:
-        with open(OTA_HEAD, "rb") as f:
-            staged = os.stat(OTA_STREAM)[6] if f.read(_TAG_HEX) == tag_hex else -1
-    except OSError:
-        staged = -1
-    total = m["list_bytes"] + m["bytes"]
-    why = _room(m, max(staged, 0), statvfs)
-    if why:
-        log("ota", "refused: " + why)
-        from node import otastate
-
-        otastate.say(node, "refused", m, why)
-        return None
     log("ota", "%s the update to %s: %d files, %d bytes" % (
-        "resuming" if 0 <= staged <= total else "receiving", m["version"], m["files"], total))
-    if not 0 <= staged <= total:  # anything staged is another offer's
+        "resuming" if staged >= 0 else "receiving", m["version"], m["files"],
+        m["list_bytes"] + m["bytes"]))
+    if staged < 0:  # anything staged is another offer's: it goes, this one's manifest stays
         from node.fsops import rmtree
 
         rmtree(OTA_DIR)
@@ -95,7 +84,19 @@ def check(node, key, msg, statvfs=os.statvfs):
         staged = 0
     for key in ("v", "node", "arch", "arch_number", "mpy", "native"):
         del m[key]  # checked: the receiver keeps only what it goes on with
-    return m, tag_hex, staged
+    return m, msg[:_TAG_HEX], staged
+
+
+def _staged(m, msg):
+    """The bytes of this offer's stream on flash already, or -1 when there is no staging of it."""
+    try:
+        with open(OTA_HEAD, "rb") as f:
+            if f.read(_TAG_HEX) != msg[:_TAG_HEX]:
+                return -1
+        staged = os.stat(OTA_STREAM)[6]
+    except OSError:
+        return -1
+    return staged if staged <= m["list_bytes"] + m["bytes"] else -1
 
 
 def _room(m, staged, statvfs):
