@@ -61,15 +61,19 @@ lib: lib/umqtt/simple.py
 # What the tools for a real board need: Python packages only.
 hostdeps: $(HOST_STAMP) lib
 
-# libc6-i386 only where MICROPYTHON is a 32-bit program (a machine without i386 packages never
-# needs it).
-I386 = $(shell [ -f "$(MICROPYTHON)" ] && [ "$$(od -An -tx1 -j4 -N1 "$(MICROPYTHON)" | tr -d ' ')" = 01 ] \
-	&& head -c4 "$(MICROPYTHON)" | grep -q ELF && echo libc6-i386)
+# libc6-i386 only where MICROPYTHON, or the 32-bit port the tests use (../shared/mp32), is a
+# 32-bit program (a machine without i386 packages never needs it); lib32gcc-s1 with it, which a
+# 32-bit process with threads (the simulated machine.Timer) needs to exit without aborting.
+MP32 := $(abspath ../shared/mp32/micropython32)
+is_i386 = [ -f "$(1)" ] && [ "$$(od -An -tx1 -j4 -N1 "$(1)" | tr -d ' ')" = 01 ] \
+	&& head -c4 "$(1)" | grep -q ELF
+I386 = $(shell { $(call is_i386,$(MICROPYTHON)); } || { $(call is_i386,$(MP32)); } && echo libc6-i386)
+I386_OPTIONAL = $(if $(I386),lib32gcc-s1)
 
 # faketime: the simulated board's RTC (2000-01-01 at power-on), found only where Debian puts it;
 # without it the simulator says so and runs the board on the host's clock.
 deps: $(STAMP) lib
-	@tools/system-packages.sh mosquitto openssl $(I386) --optional faketime
+	@tools/system-packages.sh mosquitto openssl $(I386) --optional faketime $(I386_OPTIONAL)
 
 sim: deps
 	$(PY) -m sim.host.run --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
@@ -136,7 +140,7 @@ broker: deps
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: $(STAMP) lib
-	$(if $(I386),@tools/system-packages.sh $(I386))
+	$(if $(I386),@tools/system-packages.sh $(I386) --optional $(I386_OPTIONAL))
 	MICROPYTHON="$(MICROPYTHON)" $(PY) -m sim.host.fakeboard --baud 115200
 
 repl: hostdeps
