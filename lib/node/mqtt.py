@@ -57,12 +57,9 @@ _SUBSCRIBE_REFUSED = const(0x80)
 _MBEDTLS_MIN_ERRNO = const(-256)
 _MBEDTLS_CONN_EOF = const(-0x7280)  # the peer closed the TCP connection during the handshake
 _MBEDTLS_FATAL_ALERT = const(-0x7780)  # the peer sent a fatal alert
-# Not in MicroPython's errno module; Linux and lwIP both number it 32. A write to a connection
+# Not in MicroPython's errno module; Linux and lwIP both number it 32: a write to a connection
 # the peer has closed.
 _EPIPE = const(32)
-# How a broker that turns down the node's certificate ends the handshake, as the node sees it:
-# the alert it sends, or, as the node is still writing its last flight, the connection closed.
-_PEER_ENDED = (_EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN)
 # mbedtls_x509_crt_verify_info()'s text for MBEDTLS_X509_BADCERT_FUTURE.
 _NOT_YET_VALID = "The certificate validity starts in the future"
 _REFUSALS = ("unacceptable protocol version", "identifier rejected", "server unavailable",
@@ -85,22 +82,10 @@ class ClientCertRefused(TlsError):
     """The broker ended the handshake after its certificate had been checked, before it
     finished: it refused the node's certificate (mqtt.cert), or wanted one and got none."""
 
-    def __init__(self, cert_path, cause):
-        if cert_path is None:
-            text = ("the broker ended the TLS handshake after sending its certificate: it "
-                    "requires a client certificate (set mqtt.cert and mqtt.key)")
-        else:
-            text = ("the broker refused the client certificate %s (its CA is not one the broker"
-                    " trusts, or it expired or was revoked)" % cert_path)
-        super().__init__("%s [%s]" % (text, _cause(cause)))
 
-
-def _cause(e):
-    """The socket's or TLS module's own word for how the handshake ended, for the log."""
-    code = e.errno if isinstance(e, OSError) else None
-    if isinstance(code, int) and code > 0:
-        return "EPIPE" if code == _EPIPE else errno.errorcode.get(code, "errno %d" % code)
-    return str(e)
+# Short: the node keeps them in RAM. README "A certificate per node" says what to check.
+_CERT_REFUSED = "the broker refused the client certificate %s"
+_CERT_WANTED = "the broker requires a client certificate (mqtt.cert, mqtt.key)"
 
 
 class Refused(MQTTException):
@@ -113,16 +98,6 @@ class Refused(MQTTException):
 
 
 LINK_ERRORS = (OSError, MQTTException)
-
-
-def _ended_by_peer(e):
-    """True for an error from the TLS socket that says the peer broke the connection off: a
-    fatal alert, the end of the stream, or the socket closed under a write."""
-    code = e.errno if isinstance(e, OSError) else None
-    if not isinstance(code, int):
-        return False
-    # mbedTLS passes a socket's errno through as -errno; its own codes are <= -0x100.
-    return code in (_MBEDTLS_FATAL_ALERT, _MBEDTLS_CONN_EOF) or abs(code) in _PEER_ENDED
 
 
 def _tls_error(e):
@@ -306,8 +281,15 @@ class Client(MQTTClient):
             if not isinstance(e, (OSError, ValueError)):
                 raise  # cancelled, or a fault of ours
             err = _tls_error(e)
-            if self._broker_checked and not handshaken and _ended_by_peer(e):
-                raise ClientCertRefused(self._client_cert, err)
+            # How a broker that turns the node's certificate down ends the handshake, as the
+            # node sees it: the alert it sends, the end of the stream, or, as the node is still
+            # writing its last flight, the connection closed (the TLS module raises a socket's
+            # errno as it is).
+            if self._broker_checked and not handshaken and getattr(e, "errno", None) in (
+                    _MBEDTLS_FATAL_ALERT, _MBEDTLS_CONN_EOF, _EPIPE, errno.ECONNRESET,
+                    errno.ECONNABORTED, errno.ENOTCONN):
+                cert = self._client_cert
+                raise ClientCertRefused(_CERT_WANTED if cert is None else _CERT_REFUSED % cert)
             if not tcp_up and isinstance(err, OSError):
                 self._addr = None  # moved, or never ours: ask the resolver again next time
             raise err

@@ -648,7 +648,7 @@ def open_client_cert_refusals():
             (OSError(-0x7780), True, 0, "/node-cert.der"),  # the broker's fatal alert
             (OSError(-0x7280), True, 0, None),  # end of stream, no certificate configured
             (OSError(errno.ECONNRESET), True, 0, None),
-            (OSError(-errno.ECONNRESET), True, 0, "/c.der"),
+            (OSError(errno.ENOTCONN), True, 0, "/c.der"),
             (OSError(errno.ECONNRESET), False, 0, "/c.der"),  # before the broker's certificate
             (ValueError("\nThe certificate is not correctly signed by the trusted CA\n"), True, 0,
              "/c.der"),  # the broker's certificate itself failed
@@ -1028,18 +1028,16 @@ def test_open_tls_refusals(results):
 def test_open_client_cert_refusals(results):
     """A handshake the broker ends after its certificate was checked, before it finished, was
     ended over the node's certificate: ClientCertRefused (a TlsError) names the file, or says
-    that the broker wants one; the socket's own error stays in the text."""
+    that the broker wants one."""
     refused = ["ClientCertRefused", "TlsError"]
-    with_cert = ("the broker refused the client certificate %s (its CA is not one the broker"
-                 " trusts, or it expired or was revoked) [%s]")
-    without = ("the broker ended the TLS handshake after sending its certificate: it requires"
-               " a client certificate (set mqtt.cert and mqtt.key) [%s]")
+    with_cert = "the broker refused the client certificate %s"
+    without = "the broker requires a client certificate (mqtt.cert, mqtt.key)"
     assert results["open_client_cert_refusals"] == [
-        (refused, with_cert % ("/node-cert.der", "EPIPE"), True),
-        (refused, with_cert % ("/node-cert.der", "mbedTLS error -0x7780"), True),
-        (refused, without % "ECONNRESET", True),
-        (refused, without % "ECONNRESET", True),
-        (refused, with_cert % ("/c.der", "ECONNRESET"), True),
+        (refused, with_cert % "/node-cert.der", True),
+        (refused, with_cert % "/node-cert.der", True),
+        (refused, without, True),
+        (refused, without, True),
+        (refused, with_cert % "/c.der", True),
         (["OSError"], "ECONNRESET", True),
         (["TlsError"], "The certificate is not correctly signed by the trusted CA", True),
         (["OSError"], "EHOSTUNREACH", True),
