@@ -229,6 +229,50 @@ def test_handshake_cost_with_and_without_a_client_certificate(brokers, broker_fa
     print("\nsimulated board (SIM_TLS_MS=1000, SIM_TLS_CERT_MS=100): " + "; ".join(figures))
 
 
+# --- as a user sets it up: make broker CLIENT_CERTS=1, make provision, make deploy ----------
+def test_make_broker_client_certs_and_make_provision_as_printed(tmp_path):
+    """tools/broker.py --client-certs runs mosquitto with its own files; tools/provision.py
+    issues the node's pair beside config.json (where make deploy, and make_flash here, take
+    it); the node and the operator (the printed make plot settings) get in."""
+    from sim.host.simnode import Node, make_flash, sim_secrets, write_json
+    from sim.net.broker import HOST, free_port
+    from tests.e2e.infra import node_config
+    from tests.e2e.test_broker import ToolRun, config_fragment
+    from tools import provision
+
+    cfg = node_config(8883)
+    cfg["mqtt"].update(host="mqtt.example.lan", server_hostname=None)  # as config.json ships
+    config_path = write_json(tmp_path / "config.json", cfg)
+    port = free_port()
+    run = ToolRun("--dir", str(tmp_path / "broker"), "--config", str(config_path), "--names",
+                  "127.0.0.1 localhost", "--port", str(port), "--bind", HOST, "--client-certs",
+                  "--secrets", str(tmp_path / "secrets.json"))
+    node = None
+    try:
+        run.wait_listening(port, 30)
+        cfg["mqtt"].update(config_fragment(run.text()))
+        assert provision.main(["--node", NODE, "--dir", str(tmp_path / "broker"), "--config",
+                               str(config_path)]) == 0
+        cfg["mqtt"].update(cert="node-cert.der", key="node-key.der")  # as provision printed
+        write_json(config_path, cfg)
+        plot = re.search(r"make plot BROKER=(\S+):(\d+) CA=(\S+) CERT=(\S+) KEY=(\S+)",
+                         run.text())
+        assert plot, run.text()
+        host, port_, ca, cert, key = plot.groups()
+        op = Subscriber(host, int(port_), "#", ca=ca, certfile=cert, keyfile=key).connect(5)
+        flash = make_flash(tmp_path / "flash", REPO, config_path=config_path,
+                           secrets_path=write_json(tmp_path / "wifi.json", sim_secrets()))
+        node = Node(flash, audio="sine:1000:-20", clock="host").start()
+        node.wait_for_line(CONNECTED_RX, CONNECT_TIMEOUT_S)
+        op.wait_for(rf"^nodes/{NODE}/climate$", timeout=10)
+        op.wait_for(rf"^homeassistant/sensor/{NODE}/\w+/config$", timeout=5)
+        op.close()
+    finally:
+        if node is not None:
+            node.stop()
+        run.stop()
+
+
 # --- the 32-bit port, the board's word size: the x86 bundle in the heap the node runs in -------
 HEAP_32_BIT = "128k"  # as tests/e2e/test_e2e.py
 
@@ -261,8 +305,9 @@ def test_x86_bundle_with_a_client_certificate_runs_in_the_32_bit_heap(fleet, bro
     assert "MemoryError" not in node.text(), node.text()
     # What the loader takes while it runs, as .mpy on this port (dropped after: see
     # tests/unit/test_clientcert.py).
+    path = f"{REPO / 'sim' / 'board'}:{app / 'lib'}:.frozen"
     loader = subprocess.run([str(MP32), "-c", _LOADER_HEAP], cwd=app, capture_output=True,
-                            text=True, env={"MICROPYPATH": f"{REPO / 'sim' / 'board'}:{app / 'lib'}:.frozen"})
+                            text=True, env={"MICROPYPATH": path})
     assert loader.returncode == 0, loader.stderr
     print(f"\nx86 bundle with a client certificate on micropython32 at HEAP={HEAP_32_BIT}: "
           f"heap_free {tele['heap_free']}, heap_min_free {tele['heap_min_free']} bytes; "
