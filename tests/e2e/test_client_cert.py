@@ -196,10 +196,10 @@ def test_a_certificate_from_another_ca_is_refused_then_reported(brokers, watcher
     op = watchers(brk, fleet["operator"])
     node.wait_for_line(CONNECTED_RX, timeout=15)
     tele = op.wait_for(rf"^nodes/{NODE}/telemetry$", timeout=10).json()
-    assert tele["last_link_error"] == (
+    assert tele["last_link_failure"] == (
         "TLS refused: the broker refused the client certificate node-cert.der"), tele
-    print(f"\nanother CA: {first.group(0)}\ntelemetry once in: last_link_error = "
-          f"{tele['last_link_error']!r}")
+    print(f"\nanother CA: {first.group(0)}\ntelemetry once in: last_link_failure = "
+          f"{tele['last_link_failure']!r}")
 
 
 def test_handshake_cost_with_and_without_a_client_certificate(brokers, broker_factory, fleet,
