@@ -6,7 +6,9 @@ The broker is `make broker CLIENT_CERTS=1`'s: `require_certificate true`,
 `use_identity_as_username true` (the certificate's CN is the user name) and the ACL of
 tools/broker.py, with the simulator's CA as the fleet CA (it signed the broker's certificate and
 signs the nodes'). The watcher is the operator (CN "operator"), as make plot would be. The key
-of the node never appears in its log or in any message on the broker.
+of the node never appears in its log or in any message on the broker. A bad pair of files is
+safe mode naming the file; `make broker CLIENT_CERTS=1` and `make provision` set up as printed
+let the node in.
 
 Figures printed (-s): the TLS handshake the simulated board blocks for, and connect_ms, with
 and without a client certificate; on the 32-bit port, the x86 bundle's heap with a client
@@ -200,6 +202,32 @@ def test_a_certificate_from_another_ca_is_refused_then_reported(brokers, watcher
         "TLS refused: the broker refused the client certificate node-cert.der"), tele
     print(f"\nanother CA: {first.group(0)}\ntelemetry once in: last_link_failure = "
           f"{tele['last_link_failure']!r}")
+
+
+@pytest.mark.parametrize("case", ["another key", "missing key", "garbage certificate"])
+def test_a_bad_pair_is_safe_mode_naming_the_file_never_a_crash(case, fleet, brokers,
+                                                               node_factory):
+    files = node_files(fleet["node"])
+    if case == "another key":
+        files["node-key.der"] = fleet["other"].key_der.read_bytes()
+        reason = ('mqtt.key: node-key.der is not the key of "CN=test-node" in node-cert.der: they'
+                  " do not belong together")
+    elif case == "missing key":  # deleted from the flash below: make_flash wants it here
+        reason = "mqtt.key: cannot read the private key file node-key.der (missing?)"
+    else:
+        files["node-cert.der"] = b"\x30\x82garbage" * 20
+        reason = "mqtt.cert: node-cert.der: certificate 1: "
+    node = node_factory(brokers(), reboot=True, config=CERT_FILES, files=files,
+                        start=False)
+    if case == "missing key":
+        (node.flash / "node-key.der").unlink()
+    node.start()
+    line = node.wait_for_line(r"main: safe mode: (.*)", 20)
+    assert line.group(1).startswith(reason), line.group(0)
+    assert node.wait(10) == 0 and node.boots == 1
+    assert "crashed" not in node.text() and "Traceback" not in node.text()
+    for trace in key_traces(fleet["node"]) + key_traces(fleet["other"]):
+        assert trace not in node.text()
 
 
 def test_handshake_cost_with_and_without_a_client_certificate(brokers, broker_factory, fleet,
