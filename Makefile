@@ -28,6 +28,8 @@ CLOCK ?=
 RECORDING ?=
 BROKER ?=
 CA ?=
+CERT ?=
+KEY ?=
 OUT ?=
 # make bundle / deploy / flash options (ARCH: xtensawin, x64, or x86 for a 32-bit unix port)
 ARCH ?= xtensawin
@@ -83,7 +85,8 @@ sim: deps
 # Temperature, humidity and sound level over time: a recording, a live broker, or a sim run.
 plot: deps
 	$(PY) -m tools.plot --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
-		--ca "$(CA)" --out "$(OUT)" --audio "$(AUDIO)" --dht "$(DHT)"
+		--ca "$(CA)" --cert "$(CERT)" --key "$(KEY)" --out "$(OUT)" --audio "$(AUDIO)" \
+		--dht "$(DHT)"
 
 # Most tests wait on real time (the simulated board's clock, brokers, the node's intervals)
 # rather than the CPU, so TEST_JOBS pytest workers share them out, a test file each at a time
@@ -130,13 +133,23 @@ flash: hostdeps
 
 # A Mosquitto with TLS for your own network, in broker/ (README "On a real board"): NAMES= what
 # its certificate names (default: this machine's names and address), BROKER_PORT= (8883),
-# RENEW=1 a new server certificate. It keeps the CA and passwords of an earlier run.
-.PHONY: broker
+# RENEW=1 a new server certificate, CLIENT_CERTS=1 clients identified by certificate (an ACL
+# per node; make provision issues the nodes' own). It keeps the CA and passwords of an earlier run.
+.PHONY: broker provision
 NAMES ?=
 BROKER_PORT ?=
 RENEW ?=
+CLIENT_CERTS ?=
 broker: deps
-	$(PY) -m tools.broker --names "$(NAMES)" --port "$(BROKER_PORT)" $(if $(RENEW),--renew)
+	$(PY) -m tools.broker --names "$(NAMES)" --port "$(BROKER_PORT)" $(if $(RENEW),--renew) \
+		$(if $(CLIENT_CERTS),--client-certs)
+
+# A node's key and certificate from the fleet CA (broker/ca.pem, made if missing), CN = NODE,
+# written where config.json's mqtt.cert and mqtt.key say, for make deploy (tools/provision.py).
+NODE ?=
+DAYS ?=
+provision: hostdeps
+	$(PY) -m tools.provision --node "$(NODE)" --days "$(DAYS)"
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: $(STAMP) lib

@@ -167,11 +167,19 @@ def validate(raw, where="config.json"):
     _check_id(cfg["discovery"]["prefix"], where, "discovery.prefix", _TOPIC_PREFIX_MAX_LEN)
 
     src = _section(raw, "mqtt", where)
-    _no_unknown(src, ("host", "port", "ca", "server_hostname", "keepalive_s"), where, "mqtt.")
+    _no_unknown(src, ("host", "port", "ca", "cert", "key", "server_hostname", "keepalive_s"),
+                where, "mqtt.")
     mqtt = cfg["mqtt"] = {}
     mqtt["host"] = _take(src, "host", where, "mqtt.", "str")
     mqtt["port"] = _take(src, "port", where, "mqtt.", "int", 8883, lo=1, hi=65535)
     mqtt["ca"] = _take(src, "ca", where, "mqtt.", "str")
+    # The node's own certificate and its key (files), for a broker that identifies devices by
+    # certificate: one without the other is a mistake, never a node that connects without.
+    mqtt["cert"] = _take(src, "cert", where, "mqtt.", "str", None)
+    mqtt["key"] = _take(src, "key", where, "mqtt.", "str", None)
+    if (mqtt["cert"] is None) != (mqtt["key"] is None):
+        _fail(where, "mqtt.cert/mqtt.key", "both set (the node's certificate and its private "
+              "key) or both null")
     mqtt["server_hostname"] = _take(src, "server_hostname", where, "mqtt.", "str", None)
     if mqtt["server_hostname"] is None:
         mqtt["server_hostname"] = mqtt["host"]
@@ -262,7 +270,12 @@ def folder_of(path):
 
 
 def resolve_paths(cfg, config_path):
-    """Add mqtt.ca_path: a relative CA path resolves against the config file's folder."""
-    ca = cfg["mqtt"]["ca"]
-    cfg["mqtt"]["ca_path"] = ca if ca.startswith("/") else folder_of(config_path) + ca
+    """Add mqtt.ca_path, cert_path and key_path: a relative path resolves against the config
+    file's folder (cert_path and key_path are None without a client certificate)."""
+    mqtt = cfg["mqtt"]
+    folder = folder_of(config_path)
+    for key in ("ca", "cert", "key"):
+        name = mqtt[key]
+        mqtt[key + "_path"] = (name if name is None or name.startswith("/")
+                               else folder + name)
     return cfg

@@ -58,6 +58,9 @@ class Telemetry:
             ("audio_frames_missed", node.sound.frames_missed),
             ("ntp_syncs", node.clock.syncs),
             ("connect_ms", publisher.connect_ms),
+            # Why the link last failed (the broker refused the client certificate, ...): a node
+            # that got back in says what kept it out. null when nothing failed since boot.
+            ("last_link_failure", publisher.last_error),
             ("handler_errors", publisher.handler_errors),
             ("oversized_skipped", publisher.oversized),
             ("commands_dropped", node.command_rate.dropped),

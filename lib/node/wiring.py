@@ -52,7 +52,7 @@ def make_client(cfg, secrets, ctx, node_id):
         node_id.encode(), mqtt["host"], mqtt["port"], ctx, mqtt["server_hostname"],
         user.encode() if user is not None else None,
         password.encode() if password is not None else None,
-        mqtt["keepalive_s"], IO_TIMEOUT_MS,
+        mqtt["keepalive_s"], IO_TIMEOUT_MS, mqtt["cert_path"],
     )
 
 

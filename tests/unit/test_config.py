@@ -52,6 +52,14 @@ BAD_CONFIG = [
     (with_change("mqtt.host", ""), "mqtt.host", "non-empty string"),
     (with_change("mqtt.ca", 5), "mqtt.ca", "string"),
     (with_change("mqtt.keepalive_s", 1), "mqtt.keepalive_s", "5..3600"),
+    (with_change("mqtt.cert", "node-cert.der"), "mqtt.cert/mqtt.key", "both set"),
+    (with_change("mqtt.key", "node-key.der"), "mqtt.cert/mqtt.key", "both set"),
+    (with_change("mqtt.key", None, with_change("mqtt.cert", "c.der")), "mqtt.cert/mqtt.key",
+     "or both null"),
+    (with_change("mqtt.cert", 7, with_change("mqtt.key", "k.der")), "mqtt.cert",
+     "a non-empty string or null"),
+    (with_change("mqtt.key", "", with_change("mqtt.cert", "c.der")), "mqtt.key",
+     "a non-empty string or null"),
     (with_change("mqtt.colour", "red"), "mqtt.colour", "no such key"),
     (with_change("mqtt", "broker"), "mqtt", "an object"),
     (with_change("mqtt", KeyError), "mqtt", "an object"),
@@ -163,7 +171,7 @@ try:
     path = sys.argv[1]
     cfg = config.resolve_paths(config.validate(config.read_json(path), path), path)
     config.validate_secrets(config.read_json(sys.argv[2]), sys.argv[2])
-    print("ca", cfg["mqtt"]["ca_path"])
+    print("ca", cfg["mqtt"]["ca_path"], cfg["mqtt"]["cert_path"], cfg["mqtt"]["key_path"])
 except config.ConfigError as e:
     print("error", e)
 """
@@ -185,9 +193,23 @@ def load(mpy, d, config="config.json", secrets="secrets.json"):
 def test_ca_relative_to_config_folder(mpy, files):
     """The CA file itself is node.cafile's (tests/unit/test_cafile.py)."""
     d = files
-    assert load(mpy, d) == "ca %s/ca.der" % d
+    assert load(mpy, d) == "ca %s/ca.der None None" % d
     (d / "config.json").write_text(json.dumps(with_change("mqtt.ca", "/certs/ca.pem")))
-    assert load(mpy, d) == "ca /certs/ca.pem"
+    assert load(mpy, d) == "ca /certs/ca.pem None None"
+
+
+def test_client_certificate_paths_resolve_as_the_ca_does(mpy, files):
+    """mqtt.cert and mqtt.key: relative to config.json's folder, absolute as given; the files
+    themselves are node.clientcert's (tests/unit/test_clientcert.py)."""
+    d = files
+    both = with_change("mqtt.key", "keys/node-key.der", with_change("mqtt.cert", "node.pem"))
+    (d / "config.json").write_text(json.dumps(both))
+    assert load(mpy, d) == "ca %s/ca.der %s/node.pem %s/keys/node-key.der" % (d, d, d)
+    (d / "config.json").write_text(json.dumps(with_change("mqtt.cert", "/c.der", both)))
+    assert load(mpy, d) == "ca %s/ca.der /c.der %s/keys/node-key.der" % (d, d)
+    nulls = with_change("mqtt.key", None, with_change("mqtt.cert", None))
+    (d / "config.json").write_text(json.dumps(nulls))
+    assert load(mpy, d) == "ca %s/ca.der None None" % d
 
 
 @pytest.mark.parametrize("breakage,expected", [
