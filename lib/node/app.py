@@ -24,6 +24,7 @@ from node.payload import Topics, dumps
 from node.publisher import Publisher, connect
 from node.sntp import Clock
 from node.sound import Sound
+from node.spill import Spill
 from node.supervisor import Supervisor
 from node.telemetry import Telemetry
 
@@ -132,6 +133,8 @@ class Node:
             cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
             self.wifi.up, self.clock.can_verify,
         )
+        # Before any task runs: a journal left on flash is attached now, so its readings go first.
+        self.spill = Spill(cfg["journal"], self.outbox, self.publisher, self.clock.now)
         self.telemetry = Telemetry(self)
         self.commands = Commands(raw_cfg, saved, SETTINGS_PATH, cfg, self._reboot,
                                  self.led.identify, self._settings_changed)
@@ -148,7 +151,7 @@ class Node:
         asyncio.get_event_loop().set_exception_handler(task_died)
         for coro in (self.climate.run(), self.sound.run(), self.publisher.run(), self.lag.run(),
                      self.led.run(), self.led.follow(self.publisher), self.telemetry.run(),
-                     self.clock.run(), self._announcer(),
+                     self.clock.run(), self._announcer(), self.spill.run(),
                      bootcount.watch_stability(BOOT_PATH, self.cfg["stable_after_s"],
                                                self.supervisor)):
             asyncio.create_task(coro)

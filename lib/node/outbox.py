@@ -93,7 +93,7 @@ class Outbox:
             # Cannot happen with the node's own readings; counted, never a crash.
             self.dropped += 1
             return self.seq
-        while len(self) >= self._cap:
+        while self.in_ram() >= self._cap:
             self._drop_oldest()
         at = self._room(n)
         while at < 0:
@@ -151,14 +151,17 @@ class Outbox:
 
     def send_next(self):
         """(seq, topic, payload, dup) of the oldest reading, which is now in flight; dup when it
-        was handed out before (a resend: MQTT's DUP flag).
+        was handed out before (a resend: MQTT's DUP flag). None when nothing waits.
 
-        A ts worked back here is kept, so a resend carries the same one. IndexError when empty.
+        A ts worked back here is kept, so a resend carries the same one.
         """
         journal = self.journal
-        self._from_journal = journal is not None and len(journal) > 0
-        if self._from_journal:
-            return journal.send_next()
+        if journal is not None and len(journal):
+            sent = journal.send_next()  # None if it turned out unreadable, and was set aside
+            if sent is not None:
+                self._from_journal = True
+                return sent
+        self._from_journal = False
         if self._flight_seq:
             meta = self._flight_meta
             meta[0] = self._stamp(meta[0], meta[1])
@@ -171,7 +174,7 @@ class Outbox:
             body = memoryview(self._ring)[at:at + self._lens[head]]
             seq, kind = self._seqs[head], self._kinds[head]
         else:
-            raise IndexError("outbox empty")
+            return None
         dup = seq == self._in_flight
         self._in_flight = seq
         return seq, self._topics[kind], payload.reading(self.boot, seq, ts or None, body), dup

@@ -228,9 +228,10 @@ class Publisher:
                     log("mqtt", "subscribed to %s" % b", ".join(self._handlers).decode())
             client.acked.clear()
             client.subacked.clear()
-            if not in_flight and len(outbox):
+            item = None if in_flight else outbox.send_next()
+            if item is not None:
                 # dup: sent before (a reconnect since, or a reset before it left the journal).
-                in_flight, topic, body, dup = outbox.send_next()
+                in_flight, topic, body, dup = item
                 in_flight_pid = client.publish_qos1(topic, body, dup=dup)
                 sent_ms = last_tx_ms = now
                 continue  # the next reading goes as soon as this one is acknowledged
