@@ -143,8 +143,8 @@ def validate(raw, where="config.json"):
     # Wi-Fi hiccup costs the flash nothing.
     journal["grace_s"] = _take(src, "grace_s", where, "journal.", "int", 30, lo=0, hi=3600)
     # The longest a reading waits in RAM once readings go to flash (what a power cut can
-    # cost), and so how many share a write.
-    journal["flush_s"] = _take(src, "flush_s", where, "journal.", "int", 10, lo=1, hi=300)
+    # cost), and so how many share a write; 0: each is written as soon as it is taken.
+    journal["flush_s"] = _take(src, "flush_s", where, "journal.", "int", 10, lo=0, hi=300)
     # RAM outbox this full (readings or bytes): to flash even while the broker is reachable.
     journal["watermark_pct"] = _take(src, "watermark_pct", where, "journal.", "int", 75, lo=10,
                                      hi=100)

@@ -18,6 +18,9 @@ from node.log import log, uptime_ms
 
 JOURNAL_DIR = "journal"
 _TICK_MS = const(1000)
+# flush_s 0 (every reading to flash as soon as it is taken): readings come a second apart at the
+# fastest, so a power cut costs at most the one being written.
+_PROMPT_MS = const(100)
 _RETRY_S = const(60)  # after the flash refused a write: the outbox keeps the readings meanwhile
 _AWAY = const(1)
 _FULL = const(2)
@@ -83,12 +86,12 @@ class Spill:
 
     async def run(self):
         while True:
-            await asyncio.sleep_ms(_TICK_MS)
+            prompt = self._why and not self._settings["flush_s"]
+            await asyncio.sleep_ms(_PROMPT_MS if prompt else _TICK_MS)
             await self.step()
 
     async def step(self):
-        """Once a second: start or stop spilling, write what is due, let go of an empty
-        journal."""
+        """Every tick: start or stop spilling, write what is due, let go of an empty journal."""
         settings = self._settings
         box = self._outbox
         now_s = uptime_ms() // 1000
