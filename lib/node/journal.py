@@ -10,8 +10,8 @@ earlier boot's segment, whose end a reset may have torn. A segment is deleted wh
 reading in it has been acknowledged (PUBACK), so a reset in between sends its readings again,
 marked DUP: a duplicate, never a loss.
 
-A record is a magic byte, its kind and flags, the payload's length (2 bytes), a CRC-32 of those
-three and the payload (4 bytes), then the payload (integers little-endian):
+A record is a magic byte, a CRC-32 of the rest (4 bytes), its kind and flags, the payload's
+length (2 bytes), then the payload (integers little-endian):
 - SEGMENT, first in every segment: the id of the boot that wrote it (the number of that boot's
   first segment: unique among the segments on flash, and no reliance on boot.json);
 - TOPIC: an index and a topic; readings name their topic by index within their segment;
@@ -26,6 +26,7 @@ and the reader looks for the next magic byte. A journal that cannot be read at a
 """
 
 import binascii
+import errno
 import os
 import struct
 from array import array
@@ -38,7 +39,8 @@ from node.log import log
 SEGMENT_BYTES = const(4096)  # one LittleFS block: a file this size takes exactly one
 _MAGIC = const(0xA7)
 _MAGIC_BYTE = b"\xa7"
-_HEAD_BYTES = const(8)  # magic, kind | flags, payload length (2), CRC-32 (4)
+_HEAD_BYTES = const(8)  # magic, CRC-32 (4) of what follows it, kind | flags, payload length (2)
+_CHECKED = const(5)  # where the bytes the CRC covers start
 _SEGMENT = const(1)
 _TOPIC = const(2)
 _READING = const(3)
@@ -89,6 +91,8 @@ class Journal:
         self._max_segments = max_bytes // SEGMENT_BYTES
         self._rbuf = bytearray(_READ_BYTES)
         self._wbuf = bytearray(_WRITE_BYTES)
+        self._rmv = memoryview(self._rbuf)  # made once: slicing them is the only allocation
+        self._wmv = memoryview(self._wbuf)
         self._ends = array("H", (0 for _ in range(_RECORDS_MAX)))
         self._segments = []  # numbers, oldest first
         self._left = []  # readings in each not yet acknowledged
@@ -137,8 +141,10 @@ class Journal:
         fs = self._fs
         try:
             names = fs.listdir(self._dir)
-        except OSError:
-            return  # no journal yet: the folder is made with the first segment
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                self._set_aside(e)
+            return  # none yet: the folder is made with the first segment
         self._have_dir = True
         numbers = []
         for name in names:
@@ -240,17 +246,15 @@ class Journal:
             p = at - self._win_at
             avail = self._win_len - p if number == self._win_seg and p >= 0 else -1
             if avail >= _HEAD_BYTES:
-                n = buf[p + 2] | buf[p + 3] << 8
+                n = buf[p + 6] | buf[p + 7] << 8
                 if buf[p] != _MAGIC or n > _PAYLOAD_MAX:
                     return _BAD
                 if avail >= _HEAD_BYTES + n:
-                    mv = memoryview(buf)
-                    crc = binascii.crc32(mv[p + _HEAD_BYTES:p + _HEAD_BYTES + n],
-                                         binascii.crc32(mv[p + 1:p + 4]))
-                    if crc != _u32(buf, p + 4):
+                    if binascii.crc32(self._rmv[p + _CHECKED:p + _HEAD_BYTES + n]) != _u32(
+                            buf, p + 1):
                         return _BAD
                     self._p, self._n = p + _HEAD_BYTES, n
-                    return buf[p + 1]
+                    return buf[p + _CHECKED]
             if fresh:
                 # Read afresh from here and still short: the data ends, cleanly or torn.
                 return _END if avail <= 0 else _BAD
@@ -360,7 +364,7 @@ class Journal:
         dup = self._handed or self._c_sent
         self._handed = True
         ts = self._c_ts = self._date()
-        body = memoryview(self._rbuf)[self._c_body:self._c_body + self._c_len]
+        body = self._rmv[self._c_body:self._c_body + self._c_len]
         return (self._c_seq, self._c_topic,
                 payload.reading(self._c_boot, self._c_seq, ts or None, body), dup)
 
@@ -484,13 +488,11 @@ class Journal:
         """Put the header of the record whose n-byte payload is at _wbuf[at + 8:]; its end."""
         buf = self._wbuf
         buf[at] = _MAGIC
-        buf[at + 1] = kind
-        buf[at + 2] = n & 0xFF
-        buf[at + 3] = n >> 8
-        mv = memoryview(buf)
-        crc = binascii.crc32(mv[at + _HEAD_BYTES:at + _HEAD_BYTES + n],
-                             binascii.crc32(mv[at + 1:at + 4]))
-        struct.pack_into("<I", buf, at + 4, crc)
+        buf[at + 5] = kind
+        buf[at + 6] = n & 0xFF
+        buf[at + 7] = n >> 8
+        struct.pack_into("<I", buf, at + 1,
+                         binascii.crc32(self._wmv[at + _CHECKED:at + _HEAD_BYTES + n]))
         return at + _HEAD_BYTES + n
 
     def _write(self, number, records, fresh):
@@ -502,7 +504,7 @@ class Journal:
             except OSError as e:
                 _already_there(fs, self._dir, e)
             self._have_dir = True
-        mv = memoryview(self._wbuf)
+        mv = self._wmv
         path = self._path(number)
         try:
             with fs.open(path, "ab") as f:

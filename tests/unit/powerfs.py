@@ -17,6 +17,9 @@ raise OSError(EIO).
 
 import errno
 
+ENOTEMPTY = 39  # Linux's; MicroPython's errno module names only a few
+ENOSPC = 28
+
 
 class PowerCut(Exception):
     """The power went: the code that was running is gone."""
@@ -106,7 +109,7 @@ class PowerFs:
         if path not in self.dirs:
             raise OSError(errno.ENOENT)
         if self.listdir(path):
-            raise OSError(errno.ENOTEMPTY)
+            raise OSError(ENOTEMPTY)
         if self._change("rmdir") == 0:
             self._cut_now()
         self.dirs.discard(path)
