@@ -133,7 +133,7 @@ class Node:
             cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
             self.wifi.up, self.clock.can_verify,
         )
-        # Before any task runs: a journal left on flash is attached now, so its readings go first.
+        # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
         self.spill = Spill(cfg["journal"], self.outbox, self.publisher, self.clock.now)
         self.telemetry = Telemetry(self)
         self.commands = Commands(raw_cfg, saved, SETTINGS_PATH, cfg, self._reboot,

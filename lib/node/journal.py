@@ -25,10 +25,12 @@ and the reader looks for the next magic byte. A journal that cannot be read at a
 (renamed JOURNAL.bad) with a log line, and a new one starts.
 """
 
+import asyncio
 import binascii
 import errno
 import os
 import struct
+import sys
 from array import array
 
 from micropython import const
@@ -58,6 +60,7 @@ _WRITE_BYTES = const(1024)
 _RECORDS_MAX = const(40)  # records in one batch (a record is at least 9 bytes)
 _END = const(-1)
 _BAD = const(-2)
+_RETRY_S = const(60)  # after the flash refused a write: the outbox keeps the readings meanwhile
 
 
 class Flash:
@@ -73,7 +76,7 @@ class Flash:
 
 class Journal:
     """The readings on flash, oldest first: send_next()/pop() for the publisher (through the
-    outbox, which sends these first), append() for node.spill.
+    outbox, which sends these first), spill() for node.spill (append() one batch).
 
     `counts` has the counters telemetry reports (journaled, replayed, dropped, skipped): node.spill
     keeps them, as they outlive this object. At most `max_bytes` of segments are kept; past that
@@ -128,6 +131,7 @@ class Journal:
         self._w_topics = []
         self._undated = False  # a reading of this boot went to flash without its ts
         self._anchored = False
+        self._retry_at_s = 0
         self._open()
 
     def __len__(self):
@@ -403,6 +407,31 @@ class Journal:
         return True
 
     # --- writing -----------------------------------------------------------------------------
+    async def spill(self, outbox, now_s, settings):
+        """node.spill's tick while readings go to flash: write the outbox's readings in batches
+        once the oldest has waited `flush_s` (all of them while it is past its watermark), and
+        the anchor when due. After the flash refused a write, nothing for _RETRY_S."""
+        if now_s < self._retry_at_s:
+            return
+        while outbox.in_ram() and (now_s - outbox.peek(0)[2] >= settings["flush_s"]
+                                   or outbox.fill_pct() >= settings["watermark_pct"]):
+            if not await self._spill_batch(outbox, now_s):
+                return
+        if self.anchor_due():
+            await self._spill_batch(outbox, now_s)
+
+    async def _spill_batch(self, outbox, now_s):
+        """One batch; True if it took readings and more may follow."""
+        try:
+            taken = self.append(outbox)
+        except OSError as e:
+            log("journal", "cannot write to flash (%s): readings stay in RAM; trying again in"
+                " %d s" % (e, _RETRY_S))
+            self._retry_at_s = now_s + _RETRY_S
+            return False
+        await asyncio.sleep_ms(0)  # a batch blocks the loop for a flash write: one at a time
+        return taken > 0
+
     def anchor_due(self):
         """This boot's readings went to flash undated and the clock is known now."""
         return self._undated and not self._anchored and self._clock() is not None
@@ -425,11 +454,8 @@ class Journal:
         room = min(_WRITE_BYTES, SEGMENT_BYTES - (0 if fresh else self._w_size))
         buf = self._wbuf
         ends = self._ends
-        at = records = 0
-        if fresh:
-            struct.pack_into("<I", buf, _HEAD_BYTES, self._run)
-            at = ends[0] = self._seal(0, _SEGMENT, 4)
-            records = 1
+        records = self._heading(fresh)
+        at = ends[0] if records else 0
         anchored = self.anchor_due() and at + _HEAD_BYTES + 12 <= room
         if anchored:
             struct.pack_into("<III", buf, at + _HEAD_BYTES, self._run,
@@ -473,16 +499,28 @@ class Journal:
             self._segments.append(number)
             self._left.append(0)
         self._w_size += at
+        self._undated = self._undated or undated
+        self._anchored = self._anchored or anchored
+        if taken:
+            self._written(outbox, number, taken, first, last)
+        return taken
+
+    def _written(self, outbox, number, taken, first, last):
+        """Readings first..last (`taken` of them) are on flash now: out of RAM."""
         self._left[-1] += taken
         self._waiting += taken
         self._counts.journaled += taken
-        self._undated = self._undated or undated
-        self._anchored = self._anchored or anchored
         outbox.forget(taken)
-        if taken:
-            log("journal", "seq %d..%d to flash (%s, %d bytes), %d readings there"
-                % (first, last, self._path(number), self._w_size, self._waiting))
-        return taken
+        log("journal", "seq %d..%d to flash (%s, %d bytes), %d readings there"
+            % (first, last, self._path(number), self._w_size, self._waiting))
+
+    def _heading(self, fresh):
+        """A fresh segment starts with its header record: how many records that is (0 or 1)."""
+        if not fresh:
+            return 0
+        struct.pack_into("<I", self._wbuf, _HEAD_BYTES, self._run)
+        self._ends[0] = self._seal(0, _SEGMENT, 4)
+        return 1
 
     def _seal(self, at, kind, n):
         """Put the header of the record whose n-byte payload is at _wbuf[at + 8:]; its end."""
@@ -539,7 +577,8 @@ class Journal:
 
     def close(self):
         """Nothing waits on flash any more: delete what is left (headers, anchors) and the
-        folder. OSError is logged: a leftover folder only makes the next boot look."""
+        folder, and unload this module, so its RAM goes back to the heap until the next outage
+        imports it afresh. OSError is logged: a leftover folder only makes the next boot look."""
         fs = self._fs
         try:
             for number in self._segments:
@@ -550,6 +589,12 @@ class Journal:
                 self._have_dir = False
         except OSError as e:
             log("journal", "cannot remove %s (%s)" % (self._dir, e))
+        log("journal", "empty: deleted (%d readings journaled, %d replayed so far)"
+            % (self._counts.journaled, self._counts.replayed))
+        sys.modules.pop(__name__, None)
+        package = sys.modules.get("node")
+        if hasattr(package, "journal"):
+            delattr(package, "journal")
 
 
 def _u32(buf, at):

@@ -59,6 +59,8 @@ class Outbox:
         self._in_flight = 0  # seq handed out by send_next() and not yet popped
         self._from_journal = False  # the reading in flight came from the journal
         self.journal = None
+        # node.spill: a journal found on flash at boot is not loaded yet, and goes first.
+        self.hold = False
         self.boot = boot
         self.seq = 0  # the last seq handed out
         self.taken = 0
@@ -162,6 +164,8 @@ class Outbox:
                 self._from_journal = True
                 return sent
         self._from_journal = False
+        if self.hold:
+            return None
         if self._flight_seq:
             meta = self._flight_meta
             meta[0] = self._stamp(meta[0], meta[1])
@@ -196,14 +200,6 @@ class Outbox:
         seq = self._seqs[slot]
         return (seq, ts, self._taken_s[slot], self._topics[self._kinds[slot]],
                 memoryview(self._ring)[at:at + self._lens[slot]], seq == self._in_flight)
-
-    def oldest_taken_s(self):
-        """The uptime (s) when the oldest reading in RAM was taken; IndexError when none is."""
-        if self._flight_seq:
-            return self._flight_meta[1]
-        if not self._len:
-            raise IndexError("no reading in RAM")
-        return self._taken_s[self._head]
 
     def forget(self, n):
         """The n oldest readings in RAM are kept elsewhere now (the journal): out of RAM,
