@@ -111,7 +111,7 @@ class Journal:
         # The head: the oldest segment, read record by record from _head_at.
         self._head_at = 0
         self._head_run = 0  # its writer's boot id (0: unknown, its header was lost)
-        self._head_topics = [None] * _TOPICS_MAX
+        self._head_topics = [b""] * _TOPICS_MAX  # b"": not named (yet)
         self._dup_segment = 0  # the oldest at start: its replay may have begun before a reset
         # The reading at the head (loaded by _head_reading(), kept until popped).
         self._cur = False
@@ -120,7 +120,6 @@ class Journal:
         self._c_topic = b""
         self._c_body = 0  # its body in _rbuf: _rbuf[_c_body:_c_body + _c_len]
         self._c_len = 0
-        self._c_end = 0  # where the next record starts in the head segment
         self._c_sent = False
         # Writing: this boot's id (its first segment's number), the next number, the segment
         # being appended to (0: none yet), its size, the topics it named.
@@ -160,23 +159,19 @@ class Journal:
         if numbers:
             self._run = self._next = numbers[-1] + 1
         skipped = self._counts.skipped
-        empty = []
         try:
             for number in numbers:
+                # One without readings (a header and an anchor, or garbled) stays in line: it
+                # is deleted when its turn comes, and its anchor still dates earlier ones.
                 readings = self._scan(number)
-                if readings:
-                    self._segments.append(number)
-                    self._left.append(readings)
-                    self._waiting += readings
-                else:
-                    empty.append(number)  # a header and an anchor, or only garbled records
+                self._segments.append(number)
+                self._left.append(readings)
+                self._waiting += readings
+                if readings and not self._dup_segment:
+                    self._dup_segment = number
         except OSError as e:
             self._set_aside(e)
             return
-        for number in empty:
-            self._remove(number)
-        if self._segments:
-            self._dup_segment = self._segments[0]
         skipped = self._counts.skipped - skipped
         log("journal", "%d readings on flash from earlier boots, in %d segments%s"
             % (self._waiting, len(self._segments),
@@ -219,7 +214,7 @@ class Journal:
         self._segments, self._left, self._waiting, self._anchors = [], [], 0, {}
         self._cur = self._handed = False
         self._head_at = self._head_run = self._w_segment = self._win_len = 0
-        self._head_topics = [None] * _TOPICS_MAX
+        self._head_topics = [b""] * _TOPICS_MAX  # b"": not named (yet)
         self._have_dir = False
         try:
             _remove_folder(fs, bad)
@@ -308,8 +303,8 @@ class Journal:
             at += _HEAD_BYTES + n
             if kind == _READING and n >= _READING_FIELDS:
                 index = buf[p + 16]
-                topic = self._head_topics[index] if index < _TOPICS_MAX else None
-                if topic is None:
+                topic = self._head_topics[index] if index < _TOPICS_MAX else b""
+                if not topic:
                     continue  # its topic record was lost: counted when first read
                 self._cur = True
                 self._handed = False
@@ -317,7 +312,7 @@ class Journal:
                 self._c_ts, self._c_taken = _u32(buf, p + 8), _u32(buf, p + 12)
                 self._c_topic = topic
                 self._c_body, self._c_len = p + _READING_FIELDS, n - _READING_FIELDS
-                self._c_end = self._head_at = at
+                self._head_at = at  # where the next one starts
                 self._c_sent = bool(flags & _SENT) or number == self._dup_segment
                 return True
             if kind == _TOPIC and n >= 2 and buf[p] < _TOPICS_MAX:
@@ -340,7 +335,7 @@ class Journal:
         if not i:
             self._cur = self._handed = False
             self._head_at = self._head_run = 0
-            self._head_topics = [None] * _TOPICS_MAX
+            self._head_topics = [b""] * _TOPICS_MAX  # b"": not named (yet)
         if number == self._w_segment:
             self._w_segment = 0  # the next batch starts a new one
         if number == self._win_seg:
@@ -398,7 +393,6 @@ class Journal:
                 self._handed or (self._c_boot == self._boot and self._head_run == self._run)):
             return False
         self._cur = self._handed = False
-        self._head_at = self._c_end
         self._left[0] -= 1
         self._waiting -= 1
         self._counts.replayed += 1
