@@ -35,6 +35,7 @@ class Telemetry:
         heap = self._sample_heap()
         outbox = node.outbox
         publisher = node.publisher
+        spill = node.spill
         lag = node.lag.summary()
         log("telemetry", "taken %d delivered %d queued %d dropped %d heap %d lag %s"
             % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap, lag))
@@ -53,6 +54,10 @@ class Telemetry:
             ("readings_delivered", outbox.delivered),
             ("readings_queued", len(outbox)),
             ("dropped", outbox.dropped),
+            ("journaled", spill.journaled),
+            ("replayed", spill.replayed),
+            ("journal_dropped", spill.dropped),
+            ("journal_skipped", spill.skipped),
             ("sensor_errors", node.climate.errors),
             ("audio_frames", node.sound.frames),
             ("audio_frames_missed", node.sound.frames_missed),

@@ -22,6 +22,7 @@ from node.publisher import Publisher
 from node.ratelimit import RateLimit
 from node.sntp import Clock
 from node.sound import Sound
+from node.spill import Spill
 from node.supervisor import Supervisor
 from node.telemetry import Telemetry
 
@@ -108,6 +109,8 @@ class Node:
             cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
             self.wifi.up, self.clock.can_verify,
         )
+        # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
+        self.spill = Spill(cfg["journal"], self.outbox, self.publisher, self.clock.now)
         self.telemetry = Telemetry(self)
         self._raw_cfg = raw_cfg
         self._saved = saved
@@ -125,7 +128,7 @@ class Node:
         asyncio.get_event_loop().set_exception_handler(task_died)
         for coro in (self.climate.run(), self.sound.run(), self.publisher.run(), self.lag.run(),
                      self.led.run(), self.led.follow(self.publisher), self.telemetry.run(),
-                     self.clock.run(), self._announcer(),
+                     self.clock.run(), self._announcer(), self.spill.run(),
                      bootcount.watch_stability(BOOT_PATH, self.cfg["stable_after_s"],
                                                self.supervisor)):
             asyncio.create_task(coro)

@@ -109,6 +109,15 @@ BAD_CONFIG = [
     (with_change("led.brightness", 0.5, WS2812), "led.brightness", "an integer"),
     (with_change("led.count", 2, WS2812), "led.count",
      "no such key (known: brightness, kind, pin)"),
+    (with_change("journal.bytes", 8192), "journal.bytes",
+     "0 (no journal) or at least 16384 (four 4 KB segments), got 8192"),
+    (with_change("journal.bytes", 2 ** 21), "journal.bytes", "0..1048576"),
+    (with_change("journal.bytes", "128k"), "journal.bytes", "an integer"),
+    (with_change("journal.grace_s", -1), "journal.grace_s", "0..3600"),
+    (with_change("journal.flush_s", 301), "journal.flush_s", "0..300"),
+    (with_change("journal.watermark_pct", 5), "journal.watermark_pct", "10..100"),
+    (with_change("journal.path", "/sd"), "journal.path", "no such key"),
+    (with_change("journal", [131072]), "journal", "an object"),
     (with_change("wifi", "x"), "wifi", "no such key"),
     ([1, 2], "(top level)", "an object"),
     ("config", "(top level)", "an object"),
@@ -139,6 +148,21 @@ def test_good_config_and_defaults(mpy, tmp_path):
         minimal.pop(key)
     assert run_cases(mpy, tmp_path, [["config", GOOD], ["config", minimal],
                                      ["secrets", GOOD_SECRETS]]) == ["ok", "ok", "ok"]
+
+
+def test_journal_defaults_and_off(mpy, tmp_path):
+    out = mpy("""
+import json
+from node import config
+raw = json.load(open("config.json"))
+raw.pop("journal")
+print(json.dumps(config.validate(raw)["journal"]))
+raw["journal"] = {"bytes": 0}
+print(json.dumps(config.validate(raw)["journal"]["bytes"]))
+""").stdout.splitlines()
+    assert json.loads(out[0]) == {"bytes": 131072, "grace_s": 30, "flush_s": 10,
+                                  "watermark_pct": 75}
+    assert out[1] == "0"
 
 
 def test_the_largest_outbox_the_board_takes(mpy, tmp_path):
