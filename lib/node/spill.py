@@ -17,6 +17,7 @@ import os
 
 from micropython import const
 
+from node import unload
 from node.log import log, uptime_ms
 
 JOURNAL_DIR = "journal"
@@ -28,6 +29,9 @@ _AWAY = const(1)
 _FULL = const(2)
 # After the heap had no room to load the journal: it is fragmented, and waiting may help.
 _RETRY_S = const(60)
+# What the rest of the node must still have free with the journal loaded: a reconnect's
+# discovery announcement and TLS session, telemetry's message (measured on the 32-bit port).
+_HEADROOM_BYTES = const(8192)
 
 
 class Spill:
@@ -72,12 +76,23 @@ class Spill:
             box.journal = journal.Journal(journal.Flash(), JOURNAL_DIR, self, box.boot,
                                           self._clock, uptime_ms, self._settings["bytes"])
         except MemoryError as e:  # a failed import leaves nothing behind: tried afresh later
-            self._retry_at_s = now_s + _RETRY_S
-            log("journal", "no room in RAM to load it (%s): readings stay in RAM; trying again "
-                "in %d s" % (e, _RETRY_S))
-            return None
+            return self._no_room(now_s, str(e))
+        gc.collect()
+        free = gc.mem_free()
+        if free < _HEADROOM_BYTES:
+            # Loaded, but the other tasks would starve (telemetry, the discovery announcement
+            # at the reconnect): let it go again. Nothing was written; what is on flash stays.
+            box.journal = None
+            unload("journal")
+            return self._no_room(now_s, "it would leave %d bytes free, under %d"
+                                 % (free, _HEADROOM_BYTES))
         self._found = False
         return box.journal
+
+    def _no_room(self, now_s, why):
+        self._retry_at_s = now_s + _RETRY_S
+        log("journal", "no room in RAM to load it (%s): readings stay in RAM; trying again "
+            "in %d s" % (why, _RETRY_S))
 
     def _reason(self, now_s):
         settings = self._settings

@@ -6,6 +6,7 @@ pattern in node.led, the commands in node.commands); this module builds them and
 """
 
 import asyncio
+import sys
 import time
 
 from node import VERSION, board, bootcount, unload, wdtfeed
@@ -43,7 +44,10 @@ MANUFACTURER = "sensor-node project"
 
 def task_died(loop, context):
     # The supervisor stops feeding the watchdog for the dead task; say why before the reset.
-    log("main", "task died: %r" % context.get("exception"))
+    e = context.get("exception")
+    log("main", "task died: %r" % e)
+    if e is not None:
+        sys.print_exception(e)  # where: the console is all there is to read on the board
 
 
 def make_client(cfg, secrets, ctx, node_id):
