@@ -98,13 +98,20 @@ def make_server_cert(folder, name, ca_pem, ca_key, hosts=DEFAULT_HOSTS, ips=DEFA
     _ec_key(key)
     san = ",".join([f"DNS:{h}" for h in hosts] + [f"IP:{i}" for i in ips])
     cn = hosts[0] if hosts else ips[0]
+    _sign_leaf(key, cert, cn, ca_pem, ca_key, days, f"subjectAltName={san}\n", "serverAuth")
+    return ServerCert(cert=cert, key=key, ca=Path(ca_pem))
+
+
+def _sign_leaf(key, cert, cn, ca_pem, ca_key, days, san_line, usage):
+    """Sign a certificate for `key` with CN=cn by the CA: not a CA itself, for `usage`
+    (serverAuth or clientAuth) only."""
     with tempfile.TemporaryDirectory() as tmp:
-        csr, ext = Path(tmp) / "server.csr", Path(tmp) / "ext.cnf"
+        csr, ext = Path(tmp) / "leaf.csr", Path(tmp) / "ext.cnf"
         ext.write_text(
-            f"subjectAltName={san}\n"
-            "basicConstraints=critical,CA:FALSE\n"
+            san_line
+            + "basicConstraints=critical,CA:FALSE\n"
             "keyUsage=critical,digitalSignature\n"
-            "extendedKeyUsage=serverAuth\n"
+            f"extendedKeyUsage={usage}\n"
             "authorityKeyIdentifier=keyid\n"
         )
         _run("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={cn}")
@@ -113,7 +120,6 @@ def make_server_cert(folder, name, ca_pem, ca_key, hosts=DEFAULT_HOSTS, ips=DEFA
             "0x" + os.urandom(8).hex(), "-days", days, "-sha256", "-extfile", ext,
             "-out", cert,
         )  # fmt: skip
-    return ServerCert(cert=cert, key=key, ca=Path(ca_pem))
 
 
 @dataclass
@@ -131,20 +137,7 @@ def make_client_cert(folder, name, cn, ca_pem, ca_key, days=DEFAULT_DAYS):
     key, cert = folder / f"{name}.key", folder / f"{name}.pem"
     key_der, cert_der = folder / f"{name}-key.der", folder / f"{name}.der"
     _ec_key(key)
-    with tempfile.TemporaryDirectory() as tmp:
-        csr, ext = Path(tmp) / "client.csr", Path(tmp) / "ext.cnf"
-        ext.write_text(
-            "basicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature\n"
-            "extendedKeyUsage=clientAuth\n"
-            "authorityKeyIdentifier=keyid\n"
-        )
-        _run("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={cn}")
-        _run(
-            "x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-set_serial",
-            "0x" + os.urandom(8).hex(), "-days", days, "-sha256", "-extfile", ext,
-            "-out", cert,
-        )  # fmt: skip
+    _sign_leaf(key, cert, cn, ca_pem, ca_key, days, "", "clientAuth")
     _run("x509", "-in", cert, "-outform", "DER", "-out", cert_der)
     _run("pkey", "-in", key, "-outform", "DER", "-out", key_der)
     os.chmod(key_der, 0o600)
