@@ -1,6 +1,7 @@
 # boot.py: runs first on every boot, soft resets included. Count the boot, see an update over
-# MQTT through (finish its swap, count its trial, roll it back) and decide on safe mode, nothing
-# more: an error here must never keep main.py or the REPL from running.
+# MQTT through (swap a staged one in, count its trial, roll it back) and decide on safe mode,
+# nothing more: an error here must never keep main.py or the REPL from running. Every name in
+# this file stays in RAM (the firmware compiles it): what an update needs is in node.otaboot.
 try:
     import os
 
@@ -15,23 +16,22 @@ try:
     print("boot.py: boot %d (%d in a row without a stable run%s)"
           % (_boot, _unstable, "; a soft reset, not counted" if _soft else ""))
     try:
-        os.stat("ota.json")  # only while an update is swapped in, on trial, or undone
-        _ota = True
+        os.stat("ota.json")  # only while an update is staged, swapped in, on trial, or undone
     except OSError:
-        _ota = False
-    if _ota:
+        pass  # the usual boot: nothing of an update is loaded
+    else:
         try:
-            from node import otaboot, unload
+            from node import otaboot  # which unloads itself and what it used
 
-            _said, _trial_ms = otaboot.at_boot(not _soft, machine.reset)
-            print("boot.py: " + _said)
-            if _trial_ms:
+            # (what to say, the ms this trial boot gets before the board resets, or 0)
+            _ota = otaboot.at_boot(not _soft, machine.reset)
+            print("boot.py: %s" % _ota[0])
+            if _ota[1]:
                 # The trial's deadline: the board resets unless the app confirms it first.
                 machine.Timer(otaboot.GUARD_TIMER_ID).init(
-                    mode=machine.Timer.ONE_SHOT, period=_trial_ms,
+                    mode=machine.Timer.ONE_SHOT, period=_ota[1],
                     callback=lambda t: machine.reset())
-            del otaboot
-            unload("otaboot", "otaswap", "fsops")
+            del otaboot, _ota
         except Exception as e:  # noqa: BLE001 - whatever it is, the app must still start
             print("boot.py: update: %r" % (e,))
     if _unstable > _limit:

@@ -114,8 +114,7 @@ def manifest_message(update, node_id, key, update_id):
         "v": MANIFEST_VERSION, "id": update_id, "node": node_id, "version": update.version,
         "arch": update.arch, "arch_number": m["arch_number"], "mpy": m["mpy_version"],
         "native": bool(m["native"]), "files": len(update.files), "bytes": update.size,
-        "list_bytes": len(update.listing),
-        "list_sha256": hashlib.sha256(update.listing).hexdigest(),
+        "list_bytes": len(update.listing), "sha256": hashlib.sha256(update.stream).hexdigest(),
     }, separators=(",", ":")).encode()  # fmt: skip
     tag = hmac.new(key.encode(), body, hashlib.sha256).hexdigest().encode()
     return tag + b"\n" + body

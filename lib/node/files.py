@@ -10,7 +10,8 @@ DEPLOY_MARKER = "deploying"
 # An update over MQTT being swapped in, on trial or undone (node.otaswap); boot.py looks for it.
 OTA_STATE = "ota.json"
 # An update's files: the manifest message accepted and the stream as it arrives (the file
-# list, then the files); node.otaswap names those of the swap in the same folder.
+# list, then the files); node.otaswap names those of the swap in the same folder. (Names of
+# more than 10 characters: shorter ones are interned, and take RAM for good.)
 OTA_DIR = "ota"
-OTA_HEAD = "ota/head"
-OTA_STREAM = "ota/stream"
+OTA_HEAD = "ota/manifest"
+OTA_STREAM = "ota/stream.bin"

@@ -1,5 +1,5 @@
 """Filesystem steps the update modules share (node.ota*, node.otaswap), and the update's file
-list read from its stream."""
+list read from its stream (at boot, node.otafinish)."""
 
 import os
 
@@ -14,14 +14,6 @@ def exists(path):
     except OSError:
         return False
     return True
-
-
-def size_of(path):
-    """The file's size; 0 when there is none."""
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return 0
 
 
 def makedirs(path):
@@ -44,11 +36,11 @@ def rmtree(path):
     os.rmdir(path)
 
 
-def entries(m):
-    """(size, sha256 hex, path) for each line of the file list at the stream's start (the
-    manifest `m` says how long it is); ValueError on a line that is not one."""
+def entries(list_bytes):
+    """(size, sha256 hex, path) for each line of the file list at the stream's start,
+    `list_bytes` long; ValueError on a line that is not one."""
     with open(OTA_STREAM, "rb") as f:
-        left = m["list_bytes"]
+        left = list_bytes
         while left > 0:
             line = f.readline()
             left -= len(line)

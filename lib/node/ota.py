@@ -1,37 +1,43 @@
-"""Updates over MQTT, the receiving side: the stream of an authenticated update onto flash.
+"""Updates over MQTT, the running node's side: the stream of an authenticated update onto
+flash, checked against the manifest's SHA-256, then handed to the next boot.
 
 node.wiring has the offer checked by node.otaoffer (its tag first) and only then loads this
-module, which leaves the heap again when the update ends. It appends each chunk to one file,
-ota/stream, and nothing more: what happens once in an update is in modules loaded for that
-moment only: node.otafinish, once the stream is in (the file list checked, every file taken
-out of the stream and hashed, the journal, the swap by node.otaswap, the reboot), which this
-module leaves the heap for.
+module, which leaves the heap again when the update ends. A running node never holds more of
+an update than this module, a chunk and a 512-byte buffer: the heavy part (each file taken out
+of the stream and hashed as it is on flash, the swap) runs at the next boot, before the app's
+modules load (node.otaboot, node.otafinish), where the heap is empty.
 Topics, under <prefix>/<node>/:
 - ota/manifest (in): 64 hex digits of HMAC-SHA256(ota_key, J), a newline, then J, the manifest
   as JSON: {"v": 1, "id", "node", "version", "arch", "arch_number", "mpy": [v, sub or null],
-  "native", "files", "bytes", "list_bytes", "list_sha256"};
+  "native", "files", "bytes", "list_bytes", "sha256"};
 - ota/chunk (in): a 4-byte big-endian offset into the stream, then the stream's bytes there.
-  The stream is the file list (a line "<size> <sha256> <path>" a file: list_bytes long, its
-  SHA-256 list_sha256, so the tag covers it), then each file's bytes in the list's order;
+  The stream is the file list (a line "<size> <sha256> <path>" a file: list_bytes long), then
+  each file's bytes in the list's order; "sha256" is the whole stream's, so the tag covers
+  every byte of it;
 - ota (out, retained): node.otastate.say(); while receiving with "next" (the offset wanted),
   "bytes" (the stream's length) and "chunk_max" (the most a chunk may carry).
-A chunk at another offset than "next" is not taken: the node says where it is (with a
-"reason"), and the sender goes on from there. The stream stays across a lost link or a reboot:
-the same manifest offered again goes on where it stands. Nothing is written before the tag
-verifies; no file is taken out of the stream before the list is checked, nothing swapped in
-before every file's SHA-256 matches the list.
+A chunk at another offset than "next" is not taken: the node says where it is (with a "reason"), and the sender goes on from there. The
+stream stays across a lost link or a reboot: the same manifest offered again goes on where it
+stands. Nothing is written before the tag verifies, nothing handed to the boot before the
+stream's SHA-256 matches the manifest's.
 """
 
+import binascii
 import gc
+import hashlib
+import json
+import os
 import time
 
 from micropython import const
 
-from node.files import OTA_STREAM
+from node import VERSION, unload
+from node.files import OTA_STATE, OTA_STREAM
 from node.log import log
 from node.mqtt import MAX_INCOMING_BYTES
-from node.otastate import claims, end, hand_over, say
+from node.otastate import clear, say
 
+_TAG_HEX = const(64)
 # A chunk is held twice in RAM as it arrives (node.mqtt's packet and the message's copy): at
 # most 1 KB, and less when the heap is short (a tenth of what is free, in steps of 256 bytes);
 # four in flight fit the ESP32's TCP window.
@@ -39,64 +45,75 @@ _CHUNK_MAX_BYTES = const(1024)
 _CHUNK_STEP = const(256)
 _HEAP_PER_CHUNK = const(10)
 _OFFSET_BYTES = const(4)
-_TAG_HEX = const(64)
+_BLOCK = const(512)
 _STALL_MS = const(60000)  # a transfer silent this long gives way to another offer
 # Every 8 KB of the stream: synced to flash (littlefs keeps what was synced through a power
 # cut, so a resume loses no more), and the heap's low point sampled.
 _CHECKPOINT_BYTES = const(8192)
+_DRAIN_MS = const(10000)
+_REPLY_MS = const(1000)  # the last message before the reset needs a moment to leave
 
 
 class Receiver:
-    """The update under way, which puts itself on `node.ota` (node.wiring.Node: its publisher,
-    topics, outbox, lag probe); `offer` is what node.otaoffer made of the manifest; `reset()`
-    reboots the board. When the update ends it takes itself out again (node.otastate)."""
+    """The update under way, on `node.ota` from its offer to its end, when it takes itself out
+    again with this module; `offer` is what node.otaoffer made of the manifest (the manifest,
+    its tag, how much of its stream is on flash already); `reset()` reboots the board."""
 
-    def __init__(self, node, offer, reset, statvfs=None):
+    def __init__(self, node, offer, reset):
         node.ota = self
         self.node = node
-        # The manifest, its tag verified, and how much of its stream is on flash already.
-        self.m, self.tag_hex, self.next = offer
-        self.reset = reset
-        self.statvfs = statvfs  # None: os.statvfs (node.otafinish)
-        self.total = self.m["list_bytes"] + self.m["bytes"]
-        self.phase = None  # "receiving", then "verifying" (node.otafinish takes over)
-        self._file = None  # the stream, open for appending
-        self._asked = -1  # the offset last asked for after a chunk out of order
-        self.start_ms = self._last_ms = time.ticks_ms()
+        m, self.tag, self.next = offer
+        self.m, self.reset = m, reset
+        self.size = m["list_bytes"] + m["bytes"]
+        self.phase = None  # "receiving", then "verifying"
+        self.file = None  # the stream, open for appending
+        self._last = -1  # the offset last asked for after a chunk out of order
+        self._t0 = self._last_ms = time.ticks_ms()  # the offer's, the last chunk's
         self.heap_min_free = None
         gc.collect()
         fits = gc.mem_free() // _HEAP_PER_CHUNK // _CHUNK_STEP * _CHUNK_STEP
-        self.chunk_max = max(_CHUNK_STEP, min(_CHUNK_MAX_BYTES, fits, MAX_INCOMING_BYTES - 2
-                                              - len(node.topics.ota_chunk) - 2 - _OFFSET_BYTES))
-        log("ota", "at byte %d of %d, in chunks of %d bytes" % (self.next, self.total,
+        # What node.mqtt takes in: the packet's 2-byte topic length, the topic (ota/chunk), the
+        # offset, the bytes.
+        self.chunk_max = max(_CHUNK_STEP, min(_CHUNK_MAX_BYTES, fits, MAX_INCOMING_BYTES - 4
+                                              - len(node.topics.ota) - 6 - _OFFSET_BYTES))
+        log("ota", "at byte %d of %d, in chunks of %d bytes" % (self.next, self.size,
                                                                  self.chunk_max))
         self.step()
 
     def step(self, reason=None):
-        """Take chunks, or, once all is in, hand over to node.otafinish."""
-        if self.next < self.total:
+        """Take chunks, or, once all is in, check the stream and hand it to the boot."""
+        if self.next < self.size:
             self.phase = "receiving"
             self.say("receiving", reason)
             return
-        self._close()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
         self.phase = "verifying"
         self.say("verifying")
-        self._sample_heap()
-        hand_over(self.node, self.m, self.tag_hex,
-                  (self.total, self.start_ms, self.heap_min_free, self.statvfs, self.reset))
+        import asyncio
+
+        asyncio.create_task(self.check())
 
     # --- messages in ---------------------------------------------------------------------
     def manifest(self, msg):
-        """Another manifest while this update is under way."""
-        if msg[:_TAG_HEX] == self.tag_hex:  # this one again (a lost link, a reboot)
+        """Another manifest while this update is under way: True when this one gave way."""
+        if msg[:_TAG_HEX] == self.tag:  # this one again (a lost link, a reboot)
             self.say(self.phase)
         elif self.phase != "receiving" or time.ticks_diff(time.ticks_ms(),
                                                           self._last_ms) < _STALL_MS:
-            say(self.node, "refused", claims(msg), "busy: the update to %s is %s "
-                "(%d of %d bytes)" % (self.m["version"], self.phase, self.next, self.total))
-        else:  # this one stalled: it gives way (node.wiring then takes the offer)
+            try:  # what the other offer says of itself (its id, version), unchecked
+                said = json.loads(msg[_TAG_HEX + 1:])
+            except ValueError:
+                said = None
+            say(self.node, "refused", said if isinstance(said, dict) else {}, "busy: the update "
+                "to %s is %s (%d of %d bytes)" % (self.m["version"], self.phase, self.next,
+                                                  self.size))
+        else:  # this one stalled: it gives way (node.wiring then takes the new offer)
             self.end("failed", "stalled at byte %d of %d: replaced by another offer"
-                     % (self.next, self.total))
+                     % (self.next, self.size))
+            return True
+        return False
 
     def chunk(self, msg):
         if self.phase != "receiving" or len(msg) <= _OFFSET_BYTES:
@@ -105,45 +122,104 @@ class Receiver:
         if at != self.next:
             # Later than wanted: one went missing (or came out of order); ask once for the
             # offset wanted. Earlier: a copy of what is here already.
-            if at > self.next and self._asked != self.next:
-                self._asked = self.next
+            if at > self.next and self._last != self.next:
+                self._last = self.next
                 self.say("receiving", "chunk at byte %d, expected %d" % (at, self.next))
             return
         n = len(msg) - _OFFSET_BYTES
-        if at + n > self.total:
+        if at + n > self.size:
             self.end("failed", "a chunk at byte %d runs past the stream's end (%d bytes)"
-                     % (at, self.total))
+                     % (at, self.size))
             return
         try:
-            if self._file is None:
-                self._file = open(OTA_STREAM, "ab")
-            self._file.write(memoryview(msg)[_OFFSET_BYTES:_OFFSET_BYTES + n])
+            if self.file is None:
+                self.file = open(OTA_STREAM, "ab")
+            self.file.write(memoryview(msg)[_OFFSET_BYTES:_OFFSET_BYTES + n])
             self.next += n
             self._last_ms = time.ticks_ms()
             if self.next // _CHECKPOINT_BYTES != at // _CHECKPOINT_BYTES:
-                self._file.flush()
+                self.file.flush()
                 self._sample_heap()
             self.step()
         except OSError as e:
-            self.end("failed", "flash: %r" % (e,))
+            self.end("failed", "flash error: %r" % (e,))
         except MemoryError:
             self.end("failed", "not enough heap")
 
-    # --- the end -------------------------------------------------------------------------
-    def _close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    # --- all is in -------------------------------------------------------------------------
+    async def check(self):
+        """The stream's SHA-256 against the manifest's, a block at a time (the loop goes on
+        in between); then ota.json for the boot, the readings queued so far let out, the
+        reset."""
+        import asyncio
 
-    def end(self, outcome, reason):
-        """The update ends with `outcome` ("failed"): none of it stays."""
-        self._close()
+        m, node = self.m, self.node
+        ms = max(1, time.ticks_diff(time.ticks_ms(), self._t0))
+        self._sample_heap()
+        log("ota", "received %d bytes in %d ms (%d B/s); heap free at least %s bytes; loop late "
+            "by p99 %d ms, at most %d ms since the last telemetry" % (
+                self.size, ms, self.size * 1000 // ms, self.heap_min_free,
+                node.lag.percentile(99), node.lag.max_ms))
+        try:
+            h = hashlib.sha256()
+            buf = memoryview(bytearray(_BLOCK))
+            with open(OTA_STREAM, "rb") as f:
+                while True:
+                    n = f.readinto(buf)
+                    if not n:
+                        break
+                    h.update(buf[:n])
+                    await asyncio.sleep_ms(0)
+            buf = None
+            self._sample_heap()
+            if binascii.hexlify(h.digest()).decode() != m["sha256"]:
+                self.end("failed", "the stream's SHA-256 differs from the manifest's")
+                return
+            # ota.json, "staged": what node.otafinish needs at the next boot.
+            tmp = OTA_STATE + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"phase": "staged", "id": m["id"], "target": m["version"],
+                           "from": VERSION, "files": m["files"], "bytes": m["bytes"],
+                           "list_bytes": m["list_bytes"]}, f)
+            os.rename(tmp, OTA_STATE)  # atomic on littlefs: staged wholly, or not at all
+        except OSError as e:
+            self.end("failed", "flash error: %r" % (e,))
+            return
+        except MemoryError:
+            self.end("failed", "not enough heap")
+            return
+        log("ota", "stream verified; heap free at least %d bytes during the update"
+            % self.heap_min_free)
+        self.say("verifying", "verified; rebooting into %s (its %d files are swapped in at "
+                 "boot)" % (m["version"], m["files"]))
+        # Every reading queued so far reaches the broker before the reset (bounded).
+        waited = 0
+        outbox = node.outbox
+        while waited < _REPLY_MS or (len(outbox) and waited < _DRAIN_MS):
+            await asyncio.sleep_ms(100)
+            waited += 100
+        if len(outbox):
+            log("ota", "rebooting with %d readings not delivered" % len(outbox))
+        log("ota", "staged: rebooting to swap %s in" % m["version"])
+        self.reset()
+
+    # --- the end -------------------------------------------------------------------------
+    def end(self, state, reason):
+        """The update ends as `state` ("failed"): said, none of it stays on flash, and this
+        module leaves the heap (node.wiring holds nothing else of it)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
         self.phase = None
-        end(self.node, self.m, outcome, reason)
+        log("ota", "%s: %s" % (state, reason))
+        say(self.node, state, self.m, reason)
+        clear()
+        self.node.ota = None
+        unload("ota", "otastate")
 
     def say(self, state, reason=None):
         say(self.node, state, self.m, reason,
-            (self.next, self.total, self.chunk_max) if state == "receiving" else None)
+            (self.next, self.size, self.chunk_max) if state == "receiving" else None)
 
     def _sample_heap(self):
         gc.collect()

@@ -1,5 +1,6 @@
 """An update over MQTT around a reboot: what boot.py does about it at every boot while ota.json
-exists (at_boot), and how the app, once it runs, reports how it ended (report).
+exists (at_boot: the staged stream taken apart and swapped in, trials counted, rollbacks), and
+how the app, once it runs, reports how it ended (report).
 
 The phases are node.otaswap's. A trial's boots are counted here, and each one gets a one-shot
 timer that resets the board after `ota_trial_s` unless the app has confirmed the update by
@@ -16,15 +17,39 @@ _MIN_TRIAL_S = 10
 
 
 def at_boot(counted, reset):
-    """boot.py's part when ota.json exists: finish a swap or an undo a reset cut short, count a
-    trial boot (`counted`: not a soft reset), or roll back past the limit and reset. Returns
-    (what to print, the ms boot.py's one-shot timer gives this trial boot before it resets the
-    board, or 0): boot.py arms it, so that nothing of this module stays in the heap for it."""
+    """boot.py's part when ota.json exists: take a staged update apart and swap it in, finish a
+    swap or an undo a reset cut short, count a trial boot (`counted`: not a soft reset), or roll
+    back past the limit; `reset()` after each of those but the count. Returns (what to print,
+    the ms boot.py's one-shot timer gives this trial boot before it resets the board, or 0):
+    boot.py arms it, so that nothing of these modules stays in the heap for it. They leave the
+    heap here, so that boot.py names none of them: the names a source file holds stay in RAM."""
+    from node import unload
+
+    try:
+        return _at_boot(counted, reset)
+    finally:
+        unload("otaboot", "otafinish", "otaswap", "fsops")
+
+
+def _at_boot(counted, reset):
     state = otaswap.load()
     if state is None:
         return "ota.json is damaged: ignored", 0
     phase = state["phase"]
     target = state.get("target")
+    if phase == "staged" and counted:
+        # The stream is in and its SHA-256 checked (node.ota): taken apart and swapped in here,
+        # where the heap is empty, then a fresh boot, the new version's first.
+        from node import otafinish
+
+        import gc
+
+        why = otafinish.finish(state)
+        gc.collect()
+        print("boot.py: update to %s %s (heap free %d bytes); resetting" % (
+            target, "%s: %s" % (state["phase"], why) if why else "swapped in", gc.mem_free()))
+        reset()
+        return "update to %s: %s" % (target, state["phase"]), 0
     if phase == "swap":
         otaswap.finish_swap(state)
         phase = "trial"
@@ -69,8 +94,8 @@ async def report(node):
         while node.supervisor.stale() or not node.publisher.connected:
             await asyncio.sleep(1)
         outcome, reason = "applied", "runs stably with a broker connection"
-    elif phase == "rolled_back":
-        outcome, reason = "rolled_back", state.get("reason")
+    elif phase in ("rolled_back", "refused", "failed"):  # undone, or not swapped in at boot
+        outcome, reason = phase, state.get("reason")
     else:
         log("ota", "ota.json says %s: left to boot.py" % phase)
         unload("otaboot", "otaswap", "fsops")

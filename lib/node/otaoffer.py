@@ -2,7 +2,8 @@
 before the receiver's code (node.ota) is loaded, and dropped from the heap again after.
 
 Its tag first (HMAC-SHA256 under ota_key, compared in constant time), then the offer: its
-fields, this node, the firmware's .mpy, no update unfinished.
+fields, this node, the firmware's .mpy, the free flash, no update unfinished. The manifest's
+format is node.ota's.
 """
 
 import binascii
@@ -20,9 +21,53 @@ from node.log import log
 _TAG_HEX = const(64)
 _MAX_FILES = const(256)
 _MAX_LIST_BYTES = const(32768)
-_FIELDS = (("id", str), ("node", str), ("version", str), ("arch", str), ("arch_number", int),
-           ("mpy", list), ("native", bool), ("files", int), ("bytes", int),
-           ("list_bytes", int), ("list_sha256", str))
+
+
+def check(node, msg, statvfs=os.statvfs):
+    """The offer in the manifest message `msg` for node.ota's Receiver: (manifest, its tag in
+    hex, the bytes of its stream on flash already) when `node` (node.wiring.Node) takes it,
+    the staging ready. Else None, nothing written, and its state is published: "refused" with
+    the reason, or "applied" when it offers the version running."""
+    state, staged = "refused", -1
+    m, why = _read(node.ota_key, msg)
+    if why is None:
+        why = _offer(m, node.node_id)
+    if why is None and m["version"] == VERSION:
+        state, why = "applied", "already running %s" % VERSION
+    if why is None:
+        # This offer's stream on flash already, if the manifest kept there is this one.
+        try:
+            with open(OTA_HEAD, "rb") as f:
+                if f.read(_TAG_HEX) == msg[:_TAG_HEX]:
+                    staged = os.stat(OTA_STREAM)[6]
+        except OSError:
+            pass  # none
+        if staged > m["list_bytes"] + m["bytes"]:
+            staged = -1
+        why = _room(m, max(staged, 0), statvfs)
+    if why is not None:
+        log("ota", "%s: %s" % (state, why))
+        from node.otastate import say
+
+        say(node, state, m, why)
+        return None
+    log("ota", "%s %s: %d files, %d bytes" % (
+        "resuming the update to" if staged >= 0 else "receiving the update to", m["version"],
+        m["files"], m["list_bytes"] + m["bytes"]))
+    if staged < 0:  # anything staged is another offer's: it goes, this one's manifest stays
+        from node.otastate import clear
+
+        clear()
+        try:
+            os.mkdir(OTA_DIR)
+        except OSError:
+            pass  # left with something in it: what the boot needs it clears itself
+        with open(OTA_HEAD, "wb") as f:
+            f.write(msg)
+        staged = 0
+    for key in ("v", "node", "arch", "arch_number", "mpy", "native"):
+        del m[key]  # checked: the receiver keeps only what it goes on with
+    return m, msg[:_TAG_HEX], staged
 
 
 def hmac_sha256(key, msg):
@@ -51,68 +96,6 @@ def same(a, b):
     return diff == 0
 
 
-def check(node, key, msg, statvfs=os.statvfs):
-    """The offer in the manifest message `msg`, for node.ota's Receiver: (manifest, its tag in
-    hex, the bytes of its stream on flash already) when `node` takes it, the staging ready. Else
-    None, nothing written, and its state is published: "refused" with the reason, or "applied"
-    when it offers the version running."""
-    state, staged = "refused", -1
-    m, why = _read(key, msg)
-    if why is None:
-        why = _offer(m, node.node_id)
-    if why is None and m["version"] == VERSION:
-        state, why = "applied", "already running %s" % VERSION
-    if why is None:
-        staged = _staged(m, msg)
-        why = _room(m, max(staged, 0), statvfs)
-    if why is not None:
-        log("ota", "%s: %s" % (state, why))
-        from node import otastate
-
-        otastate.say(node, state, m, why)
-        return None
-    log("ota", "%s the update to %s: %d files, %d bytes" % (
-        "resuming" if staged >= 0 else "receiving", m["version"], m["files"],
-        m["list_bytes"] + m["bytes"]))
-    if staged < 0:  # anything staged is another offer's: it goes, this one's manifest stays
-        from node.fsops import rmtree
-
-        rmtree(OTA_DIR)
-        os.mkdir(OTA_DIR)
-        with open(OTA_HEAD, "wb") as f:
-            f.write(msg)
-        staged = 0
-    for key in ("v", "node", "arch", "arch_number", "mpy", "native"):
-        del m[key]  # checked: the receiver keeps only what it goes on with
-    return m, msg[:_TAG_HEX], staged
-
-
-def _staged(m, msg):
-    """The bytes of this offer's stream on flash already, or -1 when there is no staging of it."""
-    try:
-        with open(OTA_HEAD, "rb") as f:
-            if f.read(_TAG_HEX) != msg[:_TAG_HEX]:
-                return -1
-        staged = os.stat(OTA_STREAM)[6]
-    except OSError:
-        return -1
-    return staged if staged <= m["list_bytes"] + m["bytes"] else -1
-
-
-def _room(m, staged, statvfs):
-    """Why the flash cannot hold the update, or None: at most its stream, whole blocks of
-    littlefs, then each file taken out of it, less what is staged already."""
-    st = statvfs("/")
-    block = st[0]
-    total = m["list_bytes"] + m["bytes"]
-    need = ((total + block - 1) // block - staged // block + (m["bytes"] + block - 1) // block
-            + m["files"])
-    if need <= st[3]:
-        return None
-    return "the bundle needs up to %d KB of flash (its stream, then its files), %d KB are free" \
-        % (need * block // 1024, st[3] * block // 1024)
-
-
 def _read(key, msg):
     """(what the manifest says, why it is not a genuine one, or None)."""
     if len(msg) < _TAG_HEX + 2 or msg[_TAG_HEX] != 0x0A:
@@ -134,7 +117,9 @@ def _read(key, msg):
 
 def _offer(m, node_id):
     """Why the genuine offer `m` cannot be taken here, or None."""
-    for key, kind in _FIELDS:
+    for key, kind in (("id", str), ("node", str), ("version", str), ("arch", str),
+                      ("arch_number", int), ("mpy", list), ("native", bool), ("files", int),
+                      ("bytes", int), ("list_bytes", int), ("sha256", str)):
         if not isinstance(m.get(key), kind):
             return "the manifest's %s is missing or not a %s" % (key, kind.__name__)
     if m.get("v") != 1:
@@ -165,3 +150,17 @@ def _offer(m, node_id):
             return "the bundle holds native .mpy v%s.%s, this firmware loads v%d.%d" % (
                 want[0], want[1], ver, sub)
     return None
+
+
+def _room(m, staged, statvfs):
+    """Why the flash cannot hold the update, or None: at most its stream, whole blocks of
+    littlefs, then each file taken out of it, less what is staged already."""
+    st = statvfs("/")
+    block = st[0]
+    total = m["list_bytes"] + m["bytes"]
+    need = ((total + block - 1) // block - staged // block + (m["bytes"] + block - 1) // block
+            + m["files"])
+    if need <= st[3]:
+        return None
+    return "the bundle needs up to %d KB of flash (its stream, then its files), %d KB are free" \
+        % (need * block // 1024, st[3] * block // 1024)

@@ -1,10 +1,12 @@
 """An update over MQTT on flash: the staged files swapped in (main.py last, the old ones kept
-aside), undone, and confirmed (node.otaboot decides when, node.ota stages).
+aside), undone, and confirmed (node.otaboot decides when, node.otafinish stages).
 
-node.ota stages the files as ota/new/<n>, n their place in the update's list, and writes
-ota/journal: one line per file in the order of the swap, "M <path>" a file the new version no
-longer has (moved aside), "R <n> <path>" one it replaces (the old copy moved aside), "A <n>
-<path>" one it adds. ota.json says how far the update got:
+node.otafinish takes the files out of the stream as ota/new/<n>, n their place in the update's
+list, and writes ota/journal: one line per file in the order of the swap, "M <path>" a file the
+new version no longer has (moved aside), "R <n> <path>" one it replaces (the old copy moved
+aside), "A <n> <path>" one it adds. ota.json says how far the update got:
+- "staged": the stream is in and checked (node.ota); the next boot takes it apart
+  (node.otafinish), or says why not ("failed", with the reason, for the app to report);
 - "swap": the files are being swapped in. Every step is a rename (atomic on littlefs) that is
   skipped when it is done already, so a reset in the middle is finished by the next boot;
 - "trial": the new version runs (node.otaboot counts its boots and times them), until it is
@@ -83,7 +85,7 @@ def undo():
 
 
 def swap(state):
-    """The receiver's last step, the journal written: from here a reset finishes the swap."""
+    """node.otafinish's last step, the journal written: from here a reset finishes the swap."""
     state["phase"] = "swap"
     save(state)
     install()

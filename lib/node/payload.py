@@ -14,10 +14,9 @@ class Topics:
         self.telemetry = base + "telemetry"
         self.cmd = base + "cmd"
         self.reply = base + "reply"
-        # Updates over MQTT (node.ota): the outcome out, the manifest and the chunks in.
+        # Updates over MQTT (node.ota): how one stands out; the manifest and the chunks in, on
+        # ota/manifest and ota/chunk below it (node.wiring, only with an ota_key).
         self.ota = base + "ota"
-        self.ota_manifest = base + "ota/manifest"
-        self.ota_chunk = base + "ota/chunk"
 
 
 def fields(pairs):

@@ -128,13 +128,15 @@ class Node:
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
             self.publisher.on_connect = self._announce
-        # Updates over MQTT, only for a node given a key to check them with: node.ota is
-        # loaded from the first update message to the end of the update.
-        self._ota_key = secrets["ota_key"]
+        # Updates over MQTT, only for a node given a key to check them with: node.otaoffer is
+        # loaded for an offer, node.ota from then to the update's end.
         self.ota = None  # node.ota's Receiver while an update is under way
-        if self._ota_key is not None:
-            self.publisher.subscribe(topics.ota_manifest, self._on_ota_manifest)
-            self.publisher.subscribe(topics.ota_chunk, self._on_ota_chunk)
+        self.ota_key = secrets["ota_key"]
+        if self.ota_key is not None:
+            self.publisher.subscribe(topics.ota + "/manifest", self._on_ota_manifest)
+            # A chunk of no update under way is dropped: the sender offers the manifest again.
+            self.publisher.subscribe(topics.ota + "/chunk", lambda msg, retained: (
+                self.ota is not None and not retained and self.ota.chunk(msg)))
 
     async def run(self):
         asyncio.get_event_loop().set_exception_handler(task_died)
@@ -160,17 +162,13 @@ class Node:
         if retained:
             return  # it would be offered again at every connect: nobody is sending it now
         try:
-            if self.ota is not None:
-                self.ota.manifest(msg)
-                if self.ota is not None:
-                    return
-                # The update under way had stalled and gave way: this offer is a new one.
-            # The offer is checked, its tag first, before the receiver's code is loaded.
-            from node import otaoffer
+            if self.ota is not None and not self.ota.manifest(msg):
+                return  # the update under way answered it (it gave way: this offer is new)
+            from node import otaoffer  # checked, its tag first, before the receiver loads
 
-            offer = otaoffer.check(self, self._ota_key, msg)
+            offer = otaoffer.check(self, msg)
             del otaoffer
-            unload("otaoffer", "otastate", "fsops")
+            unload("otaoffer", "otastate")
             if offer is not None:
                 from node.ota import Receiver
 
@@ -178,13 +176,8 @@ class Node:
         except MemoryError:
             # The update's code did not fit in the heap: it goes again, the node goes on.
             self.ota = None
-            unload("ota", "otaoffer", "otastate", "fsops")
+            unload("ota", "otaoffer", "otastate")
             log("ota", "not enough heap for an update")
-
-    def _on_ota_chunk(self, msg, retained):
-        # A chunk of no update under way is dropped: the sender offers the manifest again.
-        if self.ota is not None and not retained:
-            self.ota.chunk(msg)
 
     def _announce(self):
         # Needed once a session: its 2.5 KB leave the heap again after.

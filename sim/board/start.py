@@ -89,13 +89,6 @@ def _watchdog_armed():
     return machine._wdt[1] > 0
 
 
-def _at_the_repl():
-    # main.py has ended: a one-shot timer (boot.py's update trial) still fires at the REPL.
-    import machine
-
-    return machine.wait_for_one_shot()
-
-
 def _exit_code(exc):
     code = exc.args[0] if exc.args else None
     if code is None:
@@ -134,7 +127,9 @@ def main():
         if _simenv.wdt_fired[0]:
             return _simenv.EXIT_WDT
         sys.print_exception(e, sys.stderr)
-        code = _at_the_repl()
+        import machine  # a one-shot Timer (boot.py's update trial) fires at the REPL too
+
+        code = machine.wait_for_one_shot()
         if code is not None:
             return code
         if _watchdog_armed():
@@ -146,7 +141,9 @@ def main():
         return _simenv.EXIT_EXCEPTION
     if _simenv.wdt_fired[0]:
         return _simenv.EXIT_WDT
-    code = _at_the_repl()
+    import machine  # a one-shot Timer (boot.py's update trial) fires at the REPL too
+
+    code = machine.wait_for_one_shot()
     if code is not None:
         return code
     if _watchdog_armed():

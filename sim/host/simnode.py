@@ -192,6 +192,11 @@ def native_board(micropython):
     out = _NATIVE_DIR / arch
     with _NATIVE_LOCK:
         out.mkdir(parents=True, exist_ok=True)
+        # A module whose source is gone would still be imported from here, and take its heap.
+        wanted = {src.stem for src in _BOARD_SOURCES.glob("*.py")}
+        for old in [*out.glob("*.mpy"), *out.glob("*.py")]:
+            if old.stem not in wanted:
+                old.unlink(missing_ok=True)
         for src in sorted(_BOARD_SOURCES.glob("*.py")):
             as_source = src.name in _BOARD_AS_SOURCE
             dest = out / (src.name if as_source else src.stem + ".mpy")

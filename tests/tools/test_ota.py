@@ -57,7 +57,7 @@ def test_the_manifest_is_tagged_over_its_exact_bytes(built):
     assert m == {"v": 1, "id": "abcd", "node": "node-1", "version": "4.5.6", "arch": "x64",
                  "arch_number": 2, "mpy": u.manifest["mpy_version"], "native": False,
                  "files": 4, "bytes": u.size, "list_bytes": len(u.listing),
-                 "list_sha256": hashlib.sha256(u.listing).hexdigest()}
+                 "sha256": hashlib.sha256(u.stream).hexdigest()}
     assert ota.chunk_message(u.stream, 5, 3) == b"\x00\x00\x00\x05" + u.stream[5:8]
 
 

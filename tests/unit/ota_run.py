@@ -8,7 +8,9 @@ STEPS.json: {"node": id, "key": ota_key, "free": bytes of flash free (None: the 
 "steps": [[kind, arg], ...]}; kinds: "manifest" / "chunk" (arg: a file holding the message),
 "wait" (arg: ms of asyncio), "reboot" (the Receiver forgotten, as after a reset), "state"
 (arg: text for ota.json). Prints one line per event: PUB <json> for each state published, RESET,
-DONE (an offer refused, or an update ended), and the node's log lines.
+DONE (an offer refused, or an update ended), and the node's log lines. A reset by the Receiver
+is followed by what boot.py does at the next boot (node.otaboot.at_boot: the stream taken
+apart and swapped in), printed as BOOT <what it says>.
 """
 
 import asyncio
@@ -50,6 +52,7 @@ class Node:
         self.publisher = Publisher()
         self.outbox = Outbox()
         self.ota = None  # the Receiver, as node.wiring holds it (it clears this at its end)
+        self.ota_key = spec["key"]
 
 
 def statvfs(path):
@@ -62,22 +65,38 @@ NODE = Node(spec["node"])
 
 
 def manifest(msg):
-    # node.wiring's _on_ota_manifest (the node's statvfs given to the receiver)
-    if NODE.ota is not None:
-        NODE.ota.manifest(msg)
-        if NODE.ota is not None:
-            return
+    # node.wiring's _on_ota_manifest (the offer checked against the given statvfs)
+    if NODE.ota is not None and not NODE.ota.manifest(msg):
+        return
     from node import otaoffer
 
-    offer = otaoffer.check(NODE, spec["key"], msg, statvfs)
+    offer = otaoffer.check(NODE, msg, statvfs)
     del otaoffer
-    unload("otaoffer", "otastate", "fsops")
+    unload("otaoffer", "otastate")
     if offer is None:
         print("DONE")
         return
     from node.ota import Receiver
 
-    Receiver(NODE, offer, lambda: print("RESET"), statvfs)  # which is NODE.ota from here on
+    Receiver(NODE, offer, reset)  # which is NODE.ota from here on
+
+
+RESETS = []
+
+
+def reset():
+    print("RESET")
+    RESETS.append(True)
+
+
+def boot():
+    """The board after a reset: the app's RAM gone, then boot.py's part of the update."""
+    NODE.ota = None
+    unload("ota", "otaoffer", "otastate")
+    from node import otaboot
+
+    print("BOOT", otaboot.at_boot(True, lambda: print("RESET"))[0])
+    del otaboot
 
 
 def read(path):
@@ -102,12 +121,15 @@ async def main():
             await asyncio.sleep_ms(arg)
         elif kind == "reboot":  # what the update had in RAM is gone
             NODE.ota = None
-            unload("ota", "otaoffer", "otafinish", "otaswap", "otastate", "fsops")
+            unload("ota", "otaoffer", "otastate")
             had = False
         elif kind == "state":
             write("ota.json", arg)
         await asyncio.sleep_ms(0)  # what the update starts as a task runs between messages
-        if had and NODE.ota is None:
+        if RESETS:
+            RESETS.clear()
+            boot()
+        elif had and NODE.ota is None:
             print("DONE")  # the update ended
 
 

@@ -138,7 +138,8 @@ def test_an_update_is_staged_checked_swapped_in_main_py_last_and_rebooted(mpy_ea
     assert [s["next"] for s in r.states if s["state"] == "receiving"][-1] < len(u.stream)
     rebooting = r.last("verifying")
     assert "rebooting into 9.9.9" in rebooting["reason"], r.out
-    assert r.resets == 1
+    assert "boot.py: update to 9.9.9 swapped in (heap free" in r.out
+    assert r.resets == 2  # the app's, once the stream is checked; the boot's, after the swap
     # The new version in place; config.json is the node's own; the old files kept aside,
     # lib/node/a.py too (it would shadow a.mpy), and gone.mpy, which the new one lacks.
     assert applied_files(root) == {**NEW, "config.json": b"{}"}
@@ -243,7 +244,7 @@ def test_chunks_out_of_order_truncated_or_repeated_are_asked_for_again(mpy, tmp_
                                            f"chunk at byte {d + 2048}, expected {d + 1124}"], \
         r.out
     assert [a["next"] for a in asks] == [d + 1024, d + 1124]
-    assert "rebooting into 9.9.9" in r.last("verifying")["reason"] and r.resets == 1
+    assert "rebooting into 9.9.9" in r.last("verifying")["reason"] and r.resets == 2
     assert applied_files(root) == {**NEW, "config.json": b"{}"}
 
 
@@ -258,29 +259,51 @@ def test_a_chunk_past_the_end_fails_the_update_and_nothing_stays(mpy, tmp_path):
     assert tree(root) == OLD and not (root / "ota").exists()
 
 
-def test_a_file_whose_hash_differs_fails_the_update_before_the_swap(mpy, tmp_path):
+def test_a_stream_whose_hash_differs_fails_the_update_before_the_reboot(mpy, tmp_path):
     root = flash(tmp_path)
     u = update_for(mpy)
-    # The list (covered by the tag) promises one main.py; other bytes of its size arrive.
+    s = Script(tmp_path, u)  # the manifest covers the stream as it was made
     at = u.stream.index(NEW["main.py"], len(u.listing))
     u.stream = u.stream[:at] + b"# evil ma\n\n" + u.stream[at + len(NEW["main.py"]):]
-    r = Script(tmp_path, u).manifest().chunks().wait(1500).run(mpy, root)
+    r = s.manifest().chunks().wait(1500).run(mpy, root)
     assert r.last()["state"] == "failed", r.out
-    assert r.last()["reason"] == "main.py: its SHA-256 differs from the manifest's"
+    assert r.last()["reason"] == "the stream's SHA-256 differs from the manifest's"
     assert r.resets == 0 and r.done == 1
     assert tree(root) == OLD and not (root / "ota").exists()
 
 
+def test_a_file_whose_hash_differs_fails_at_boot_before_the_swap(mpy, tmp_path):
+    root = flash(tmp_path)
+    u = update_for(mpy)
+    # The list promises one main.py; other bytes of its size come, and the manifest (made by
+    # whoever holds the key) covers them: the boot finds it before anything is swapped.
+    at = u.stream.index(NEW["main.py"], len(u.listing))
+    u.stream = u.stream[:at] + b"# evil ma\n\n" + u.stream[at + len(NEW["main.py"]):]
+    r = Script(tmp_path, u).manifest().chunks().wait(1500).run(mpy, root)
+    assert "boot.py: update to 9.9.9 failed: main.py: its SHA-256 on flash differs from the " \
+           "list's" in r.out, r.out
+    assert r.resets == 2
+    state = json.loads((root / "ota.json").read_text())
+    assert state["phase"] == "failed" and "main.py" in state["reason"], state
+    assert tree(root) == {**OLD, "ota.json": (root / "ota.json").read_bytes()}
+    assert not (root / "ota").exists()
+
+
 def test_a_list_naming_files_outside_the_app_is_refused(mpy, tmp_path):
     root = flash(tmp_path)
+    # Only a holder of the key can send such a list: the boot refuses it before taking out a
+    # file, and the version that runs on says so (node.otaboot.report).
     for name in ("secrets.json", "lib/../boot.json", "lib/node/.hidden"):
         u = update_for(mpy, files={**NEW, name: b"x"})
-        r = Script(tmp_path, u).manifest().chunks().wait(300).run(mpy, root)
-        assert r.last()["state"] == "refused" and name in r.last()["reason"], r.out
+        r = Script(tmp_path, u).manifest().chunks().wait(1500).run(mpy, root)
+        state = json.loads((root / "ota.json").read_text())
+        assert state["phase"] == "refused" and name in state["reason"], r.out
+        assert f"boot.py: update to 9.9.9 refused: {name}" in r.out
+        (root / "ota.json").unlink()
         assert tree(root) == OLD and not (root / "ota").exists()
     u = update_for(mpy, files={k: v for k, v in NEW.items() if k != "main.py"})
-    r = Script(tmp_path, u).manifest().chunks().wait(300).run(mpy, root)
-    assert r.last()["reason"] == "the bundle has no main.py", r.out
+    r = Script(tmp_path, u).manifest().chunks().wait(1500).run(mpy, root)
+    assert "boot.py: update to 9.9.9 refused: the bundle has no main.py" in r.out, r.out
 
 
 def test_a_second_update_while_one_runs_is_refused_and_the_first_goes_on(mpy, tmp_path):
@@ -297,7 +320,7 @@ def test_a_second_update_while_one_runs_is_refused_and_the_first_goes_on(mpy, tm
                                  f"{len(u.stream)} bytes)")
     again = r.states[r.states.index(refused) + 1]
     assert again["state"] == "receiving" and again["next"] == 3072 and again["id"] == "u1"
-    assert r.resets == 1 and applied_files(root) == {**NEW, "config.json": b"{}"}
+    assert r.resets == 2 and applied_files(root) == {**NEW, "config.json": b"{}"}
 
 
 def test_an_update_on_trial_refuses_the_next_one(mpy, tmp_path):
@@ -319,7 +342,7 @@ def test_a_transfer_resumes_after_a_reboot_where_the_staging_stands(mpy, tmp_pat
     at_reboot = [x["next"] for x in resumed].index(4096)
     assert resumed[at_reboot + 1]["next"] == 4096, r.out  # the offer after the reboot
     assert "resuming the update to 9.9.9" in r.out and "at byte 4096 of" in r.out
-    assert r.resets == 1 and applied_files(root) == {**NEW, "config.json": b"{}"}
+    assert r.resets == 2 and applied_files(root) == {**NEW, "config.json": b"{}"}
 
 
 def test_a_staging_cut_inside_a_file_resumes_inside_it(mpy, tmp_path):
