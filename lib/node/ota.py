@@ -32,10 +32,10 @@ import time
 from micropython import const
 
 from node import VERSION, unload
-from node.files import OTA_STATE, OTA_STREAM
+from node.files import OTA_DIR, OTA_HEAD, OTA_STATE, OTA_STREAM
 from node.log import log
 from node.mqtt import MAX_INCOMING_BYTES
-from node.otastate import clear, say
+from node.otastate import claims, say
 
 _TAG_HEX = const(64)
 # A chunk is held twice in RAM as it arrives (node.mqtt's packet and the message's copy): at
@@ -102,13 +102,8 @@ class Receiver:
             self.say(self.phase)
         elif self.phase != "receiving" or time.ticks_diff(time.ticks_ms(),
                                                           self._last_ms) < _STALL_MS:
-            try:  # what the other offer says of itself (its id, version), unchecked
-                said = json.loads(msg[_TAG_HEX + 1:])
-            except ValueError:
-                said = None
-            say(self.node, "refused", said if isinstance(said, dict) else {}, "busy: the update "
-                "to %s is %s (%d of %d bytes)" % (self.m["version"], self.phase, self.next,
-                                                  self.size))
+            say(self.node, "refused", claims(msg), "busy: the update to %s is %s (%d of %d "
+                "bytes)" % (self.m["version"], self.phase, self.next, self.size))
         else:  # this one stalled: it gives way (node.wiring then takes the new offer)
             self.end("failed", "stalled at byte %d of %d: replaced by another offer"
                      % (self.next, self.size))
@@ -213,7 +208,15 @@ class Receiver:
         self.phase = None
         log("ota", "%s: %s" % (state, reason))
         say(self.node, state, self.m, reason)
-        clear()
+        for path in (OTA_HEAD, OTA_STREAM):
+            try:
+                os.remove(path)
+            except OSError:
+                pass  # not there
+        try:
+            os.rmdir(OTA_DIR)
+        except OSError:
+            pass  # holding what a boot left: node.otafinish clears it
         self.node.ota = None
         unload("ota", "otastate")
 

@@ -9,11 +9,13 @@ is given `ota_trial_boots` boots and no more, then the old one is put back.
 Boot-time code: no node.config, no node.board; boot.py imports it only when ota.json exists.
 """
 
+from micropython import const
+
 from node import bootcount, otaswap
 from node.files import CONFIG_PATH
 
 GUARD_TIMER_ID = 2  # node.safemode blinks from timer 0, node.wdtfeed feeds from timer 1
-_MIN_TRIAL_S = 10
+_MIN_TRIAL_S = const(10)
 
 
 def at_boot(counted, reset):
@@ -28,7 +30,7 @@ def at_boot(counted, reset):
     try:
         return _at_boot(counted, reset)
     finally:
-        unload("otaboot", "otafinish", "otaswap", "fsops")
+        unload("otaboot", "otafinish", "otaswap")
 
 
 def _at_boot(counted, reset):
@@ -47,7 +49,7 @@ def _at_boot(counted, reset):
         why = otafinish.finish(state)
         gc.collect()
         print("boot.py: update to %s %s (heap free %d bytes); resetting" % (
-            target, "%s: %s" % (state["phase"], why) if why else "swapped in", gc.mem_free()))
+            target, "%s: %s" % (state["phase"], why) if why else "taken apart and swapped in", gc.mem_free()))
         reset()
         return "update to %s: %s" % (target, state["phase"]), 0
     if phase == "swap":
@@ -98,7 +100,7 @@ async def report(node):
         outcome, reason = phase, state.get("reason")
     else:
         log("ota", "ota.json says %s: left to boot.py" % phase)
-        unload("otaboot", "otaswap", "fsops")
+        unload("otaboot", "otaswap")
         return
     offer = {"id": state.get("id"), "version": state.get("target")}
     while not otastate.say(node, outcome, offer, reason):
@@ -109,4 +111,4 @@ async def report(node):
     else:
         otaswap.clear()
     log("ota", "%s: %s (%s)" % (outcome, state.get("target"), reason))
-    unload("otaboot", "otaswap", "fsops", "otastate")  # the caller keeps no reference
+    unload("otaboot", "otaswap", "otastate")  # the caller keeps no reference

@@ -17,8 +17,7 @@ from micropython import const
 
 from node import bootcount, otaswap
 from node.files import BOOT_PATH, OTA_DIR, OTA_STREAM
-from node.fsops import entries, exists, rmtree
-from node.otaswap import BACKUP, JOURNAL, STAGE
+from node.otaswap import BACKUP, JOURNAL, STAGE, exists, rmtree
 
 _BLOCK = const(4096)  # the heap is the boot's: a littlefs block at a time
 _DIR = const(0x4000)
@@ -146,3 +145,20 @@ def _write_journal(state):
             j.write("%s %d %s\n" % ("R" if exists(paths[n]) else "A", n, paths[n]))
     os.rename(JOURNAL + ".tmp", JOURNAL)
     rmtree(BACKUP[:-1])  # an old backup a power cut left is not this one's
+
+
+def entries(list_bytes):
+    """(size, sha256 hex, path) for each line of the file list at the stream's start,
+    `list_bytes` long; ValueError on a line that is not one."""
+    with open(OTA_STREAM, "rb") as f:
+        left = list_bytes
+        while left > 0:
+            line = f.readline()
+            left -= len(line)
+            try:
+                parts = line.decode().rstrip("\n").split(" ")
+            except UnicodeError:
+                parts = ()
+            if left < 0 or len(parts) != 3 or len(parts[1]) != 64:
+                raise ValueError("not a line of a file list: %r" % line[:80])
+            yield int(parts[0]), parts[1], parts[2]

@@ -55,13 +55,14 @@ def check(node, msg, statvfs=os.statvfs):
         "resuming the update to" if staged >= 0 else "receiving the update to", m["version"],
         m["files"], m["list_bytes"] + m["bytes"]))
     if staged < 0:  # anything staged is another offer's: it goes, this one's manifest stays
-        from node.otastate import clear
-
-        clear()
+        try:
+            os.remove(OTA_STREAM)
+        except OSError:
+            pass  # none
         try:
             os.mkdir(OTA_DIR)
         except OSError:
-            pass  # left with something in it: what the boot needs it clears itself
+            pass  # there already
         with open(OTA_HEAD, "wb") as f:
             f.write(msg)
         staged = 0

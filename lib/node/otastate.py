@@ -1,20 +1,23 @@
-"""How an update over MQTT stands, on <prefix>/<node>/ota (retained): node.otaoffer and node.ota
-say it while one runs, node.otaboot after the reboot that ends one; and the staging cleared.
+"""How an update over MQTT stands, on <prefix>/<node>/ota (retained): said by node.otaoffer and
+node.ota while one runs, by node.otaboot after the reboot that ends one, and by node.wiring for
+an offer the heap has no room for. Loaded for the moment it speaks.
 """
 
 import json
-import os
 
 from node import VERSION
-from node.files import OTA_DIR, OTA_HEAD, OTA_STREAM
+
+_TAG_HEX = 64
 
 
 def say(node, state, m, reason=None, at=None):
-    """{"state", "id", "version" (running), "target", "reason"?} and while receiving "next",
-    "bytes", "chunk_max" (`at`). `m` is the manifest, or what an offer said of itself: its
-    words come back as text of at most 40 characters, or null."""
-    out = {"state": state, "id": _text(m.get("id")), "version": VERSION,
-           "target": _text(m.get("version"))}
+    """{"state", "id", "version" (the one running), "target", "reason"?}, and while receiving
+    "next", "bytes", "chunk_max" (`at`). `m` is the manifest, or what an offer said of itself:
+    its words come back as text of at most 40 characters, or null."""
+    out = {"state": state, "version": VERSION}
+    for key, word in (("id", "id"), ("target", "version")):
+        word = m.get(word)
+        out[key] = word if isinstance(word, str) and len(word) <= 40 else None
     if at is not None:
         out["next"], out["bytes"], out["chunk_max"] = at
     if reason is not None:
@@ -23,19 +26,11 @@ def say(node, state, m, reason=None, at=None):
                                       retain=True)
 
 
-def _text(value):
-    return value if isinstance(value, str) and len(value) <= 40 else None
-
-
-def clear():
-    """ota/ gone: while the app runs it holds the manifest and the stream, nothing else (the
-    boot's files in it exist only while ota.json does, when no offer is taken)."""
-    for path in (OTA_HEAD, OTA_STREAM):
-        try:
-            os.remove(path)
-        except OSError:
-            pass  # not there
+def claims(msg):
+    """What a manifest message `msg` says of itself (its id, version), unchecked: for a
+    refusal's reply, which its sender knows by the id."""
     try:
-        os.rmdir(OTA_DIR)
-    except OSError:
-        pass  # not there, or holding what a boot left (node.otafinish clears it)
+        said = json.loads(msg[_TAG_HEX + 1:])
+    except ValueError:
+        return {}
+    return said if isinstance(said, dict) else {}

@@ -19,13 +19,15 @@ Boot-time code: no node.config, no node.board.
 import json
 import os
 
+from micropython import const
+
 from node import bootcount
 from node.files import BOOT_PATH, OTA_DIR, OTA_STATE
-from node.fsops import exists, makedirs, rmtree
 
 JOURNAL = OTA_DIR + "/journal"
 STAGE = OTA_DIR + "/new/"  # the files taken out of the stream, by their number in the list
 BACKUP = OTA_DIR + "/old/"  # the files they replace, under their own paths
+_DIR = const(0x4000)
 
 
 def load():
@@ -127,3 +129,32 @@ def clear():
     """The rollback has been reported."""
     os.remove(OTA_STATE)
     rmtree(OTA_DIR)
+
+
+# --- the flash steps of an update's boot-time modules (node.otaboot, node.otafinish) --------
+def exists(path):
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def makedirs(path):
+    """Create the folders of the file `path` that do not exist yet."""
+    cut = path.find("/")
+    while cut > 0:
+        if not exists(path[:cut]):
+            os.mkdir(path[:cut])
+        cut = path.find("/", cut + 1)
+
+
+def rmtree(path):
+    if not exists(path):
+        return
+    for name, kind in [(e[0], e[1]) for e in os.ilistdir(path)]:
+        if kind & _DIR:
+            rmtree(path + "/" + name)
+        else:
+            os.remove(path + "/" + name)
+    os.rmdir(path)

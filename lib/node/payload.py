@@ -53,3 +53,4 @@ def telemetry(pairs):
 
 def dumps(obj):
     return json.dumps(obj).encode()
+

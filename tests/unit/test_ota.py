@@ -138,7 +138,7 @@ def test_an_update_is_staged_checked_swapped_in_main_py_last_and_rebooted(mpy_ea
     assert [s["next"] for s in r.states if s["state"] == "receiving"][-1] < len(u.stream)
     rebooting = r.last("verifying")
     assert "rebooting into 9.9.9" in rebooting["reason"], r.out
-    assert "boot.py: update to 9.9.9 swapped in (heap free" in r.out
+    assert "boot.py: update to 9.9.9 taken apart and swapped in (heap free" in r.out
     assert r.resets == 2  # the app's, once the stream is checked; the boot's, after the swap
     # The new version in place; config.json is the node's own; the old files kept aside,
     # lib/node/a.py too (it would shadow a.mpy), and gone.mpy, which the new one lacks.

@@ -25,7 +25,7 @@ STATE = {"id": "u1", "target": "2.0", "from": "1.0"}
 
 _PRELUDE = """
 import json, os, sys
-from node import fsops, otaboot, otaswap
+from node import otaboot, otaswap
 
 class PowerCut(Exception):
     pass
@@ -72,14 +72,14 @@ def reset():
 
 def cut(k, fn, *args):
     cutter = CutOs(k)
-    otaswap.os = fsops.os = cutter
+    otaswap.os = cutter
     try:
         fn(*args)
         print("DONE", cutter.n)
     except PowerCut:
         print("CUT", k)
     finally:
-        otaswap.os = fsops.os = os
+        otaswap.os = os
 """
 
 
@@ -212,7 +212,7 @@ def test_confirm_drops_the_state_then_the_backup(mpy, tmp_path):
 otaswap.swap({STATE!r})
 cut(1, otaswap.confirm)
 print(otaswap.load())
-fsops.rmtree("ota")
+otaswap.rmtree("ota")
 """, cwd=root).stdout
     # Cut after the state went: the next boot sees no update (never a trial without backup).
     assert out.split() == ["CUT", "1", "None"]
