@@ -9,13 +9,17 @@ is given `ota_trial_boots` boots and no more, then the old one is put back.
 Boot-time code: no node.config, no node.board; boot.py imports it only when ota.json exists.
 """
 
+import json
+import os
+
 from micropython import const
 
-from node import bootcount, otaswap
-from node.files import CONFIG_PATH
+from node import bootcount
+from node.files import CONFIG_PATH, OTA_DIR, OTA_STATE
 
 GUARD_TIMER_ID = 2  # node.safemode blinks from timer 0, node.wdtfeed feeds from timer 1
 _MIN_TRIAL_S = const(10)
+_DIR = const(0x4000)
 
 
 def at_boot(counted, reset):
@@ -34,7 +38,7 @@ def at_boot(counted, reset):
 
 
 def _at_boot(counted, reset):
-    state = otaswap.load()
+    state = load()
     if state is None:
         return "ota.json is damaged: ignored", 0
     phase = state["phase"]
@@ -52,13 +56,15 @@ def _at_boot(counted, reset):
             target, "%s: %s" % (state["phase"], why) if why else "taken apart and swapped in", gc.mem_free()))
         reset()
         return "update to %s: %s" % (target, state["phase"]), 0
-    if phase == "swap":
-        otaswap.finish_swap(state)
-        phase = "trial"
-    if phase == "undo":
-        otaswap.roll_back(state, state.get("reason"))
+    if phase in ("swap", "undo"):
+        from node import otaswap  # a reset cut these short: finished, then a fresh boot
+
+        if phase == "swap":
+            otaswap.finish_swap(state)
+        else:
+            otaswap.roll_back(state, state.get("reason"))
         reset()
-        return "update to %s undone" % target, 0
+        return "update to %s: %s finished" % (target, phase), 0
     if phase != "trial" or not counted:
         return "update to %s: %s" % (target, phase), 0
     boots = state.get("boots", 0) + 1
@@ -69,13 +75,15 @@ def _at_boot(counted, reset):
     if boots > limit:
         print("boot.py: update to %s failed its trial: putting %s back" % (target,
                                                                           state.get("from")))
+        from node import otaswap
+
         otaswap.roll_back(state, "%s did not run stably with a broker connection within %d "
                                  "boots of %d s (ota_trial_boots, ota_trial_s)"
                           % (target, limit, trial_s))
         reset()
         return "update to %s undone" % target, 0
     state["boots"] = boots
-    otaswap.save(state)
+    save(state)
     return "update to %s on trial: boot %d of %d, %d s to run stably with a broker connection" \
         % (target, boots, limit, trial_s), trial_s * 1000
 
@@ -89,7 +97,7 @@ async def report(node):
     from node import board, otastate, unload
     from node.log import log
 
-    state = otaswap.load()
+    state = load()
     phase = state["phase"] if state is not None else None
     if phase == "trial":
         await asyncio.sleep(node.cfg["stable_after_s"])
@@ -100,15 +108,67 @@ async def report(node):
         outcome, reason = phase, state.get("reason")
     else:
         log("ota", "ota.json says %s: left to boot.py" % phase)
-        unload("otaboot", "otaswap")
+        unload("otaboot")
         return
     offer = {"id": state.get("id"), "version": state.get("target")}
     while not otastate.say(node, outcome, offer, reason):
         await asyncio.sleep(1)
     if outcome == "applied":
         board.timer(GUARD_TIMER_ID).deinit()
-        otaswap.confirm()
-    else:
-        otaswap.clear()
+    done()
     log("ota", "%s: %s (%s)" % (outcome, state.get("target"), reason))
-    unload("otaboot", "otaswap", "otastate")  # the caller keeps no reference
+    unload("otaboot", "otastate")  # the caller keeps no reference
+
+
+# --- ota.json and the flash steps the update's boot-time modules share (node.otaswap,
+# node.otafinish); here, so that a trial boot and its report load no other module.
+def done():
+    """The update is over (confirmed, or its end reported): ota.json goes first, as a trial
+    without its backup could not be undone, then ota/ with the backup."""
+    os.remove(OTA_STATE)
+    rmtree(OTA_DIR)
+
+
+def load():
+    """ota.json as a dict with its "phase", or None when there is none (or it is damaged)."""
+    try:
+        with open(OTA_STATE) as f:
+            state = json.load(f)
+    except (OSError, ValueError, UnicodeError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("phase"), str) else None
+
+
+def save(state):
+    tmp = OTA_STATE + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.rename(tmp, OTA_STATE)  # atomic on littlefs: the old state or the new one, never half
+
+
+def exists(path):
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
+
+
+def makedirs(path):
+    """Create the folders of the file `path` that do not exist yet."""
+    cut = path.find("/")
+    while cut > 0:
+        if not exists(path[:cut]):
+            os.mkdir(path[:cut])
+        cut = path.find("/", cut + 1)
+
+
+def rmtree(path):
+    if not exists(path):
+        return
+    for name, kind in [(e[0], e[1]) for e in os.ilistdir(path)]:
+        if kind & _DIR:
+            rmtree(path + "/" + name)
+        else:
+            os.remove(path + "/" + name)
+    os.rmdir(path)

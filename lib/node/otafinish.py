@@ -17,7 +17,8 @@ from micropython import const
 
 from node import bootcount, otaswap
 from node.files import BOOT_PATH, OTA_DIR, OTA_STREAM
-from node.otaswap import BACKUP, JOURNAL, STAGE, exists, rmtree
+from node.otaboot import exists, rmtree, save
+from node.otaswap import BACKUP, JOURNAL, STAGE
 
 _BLOCK = const(4096)  # the heap is the boot's: a littlefs block at a time
 _DIR = const(0x4000)
@@ -49,7 +50,7 @@ def finish(state, statvfs=os.statvfs):
         why = "not enough heap at boot"
     state["phase"] = kind
     state["reason"] = why
-    otaswap.save(state)  # first: the reason is what the app reports (node.otaboot)
+    save(state)  # first: the reason is what the app reports (node.otaboot)
     rmtree(OTA_DIR)
     bootcount.mark_stable(BOOT_PATH)  # the version that runs on is not to blame
     return why

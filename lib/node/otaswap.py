@@ -16,35 +16,15 @@ aside), "A <n> <path>" one it adds. ota.json says how far the update got:
 Boot-time code: no node.config, no node.board.
 """
 
-import json
 import os
 
-from micropython import const
-
 from node import bootcount
-from node.files import BOOT_PATH, OTA_DIR, OTA_STATE
+from node.files import BOOT_PATH, OTA_DIR
+from node.otaboot import exists, makedirs, rmtree, save
 
 JOURNAL = OTA_DIR + "/journal"
 STAGE = OTA_DIR + "/new/"  # the files taken out of the stream, by their number in the list
 BACKUP = OTA_DIR + "/old/"  # the files they replace, under their own paths
-_DIR = const(0x4000)
-
-
-def load():
-    """ota.json as a dict with its "phase", or None when there is none (or it is damaged)."""
-    try:
-        with open(OTA_STATE) as f:
-            state = json.load(f)
-    except (OSError, ValueError, UnicodeError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("phase"), str) else None
-
-
-def save(state):
-    tmp = OTA_STATE + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.rename(tmp, OTA_STATE)  # atomic on littlefs: the old state or the new one, never half
 
 
 def _journal():
@@ -117,44 +97,3 @@ def roll_back(state, reason):
     save(state)
     rmtree(OTA_DIR)
     bootcount.mark_stable(BOOT_PATH)  # the old version starts afresh too
-
-
-def confirm():
-    """The new version has run well: the update is done, its backup goes."""
-    os.remove(OTA_STATE)  # first: a trial without its backup could not be undone
-    rmtree(OTA_DIR)
-
-
-def clear():
-    """The rollback has been reported."""
-    os.remove(OTA_STATE)
-    rmtree(OTA_DIR)
-
-
-# --- the flash steps of an update's boot-time modules (node.otaboot, node.otafinish) --------
-def exists(path):
-    try:
-        os.stat(path)
-    except OSError:
-        return False
-    return True
-
-
-def makedirs(path):
-    """Create the folders of the file `path` that do not exist yet."""
-    cut = path.find("/")
-    while cut > 0:
-        if not exists(path[:cut]):
-            os.mkdir(path[:cut])
-        cut = path.find("/", cut + 1)
-
-
-def rmtree(path):
-    if not exists(path):
-        return
-    for name, kind in [(e[0], e[1]) for e in os.ilistdir(path)]:
-        if kind & _DIR:
-            rmtree(path + "/" + name)
-        else:
-            os.remove(path + "/" + name)
-    os.rmdir(path)

@@ -25,7 +25,10 @@ STATE = {"id": "u1", "target": "2.0", "from": "1.0"}
 
 _PRELUDE = """
 import json, os, sys
+import node
 from node import otaboot, otaswap
+
+node.unload = lambda *names: None  # the modules stay, with the os a test gives them
 
 class PowerCut(Exception):
     pass
@@ -72,14 +75,14 @@ def reset():
 
 def cut(k, fn, *args):
     cutter = CutOs(k)
-    otaswap.os = cutter
+    otaswap.os = otaboot.os = cutter
     try:
         fn(*args)
         print("DONE", cutter.n)
     except PowerCut:
         print("CUT", k)
     finally:
-        otaswap.os = os
+        otaswap.os = otaboot.os = os
 """
 
 
@@ -122,8 +125,13 @@ def test_a_swap_cut_at_any_step_is_finished_by_the_next_boot(mpy, tmp_path):
         root = staged(tmp_path, f"flash{k}")
         out = mpy(_PRELUDE + f"""
 cut({k}, otaswap.swap, {STATE!r})
-if otaswap.exists("ota.json"):  # boot.py's test
-    print(show(otaboot.at_boot(True, reset)))
+for _ in range(2):
+    if not otaboot.exists("ota.json"):  # boot.py's test
+        break
+    said = show(otaboot.at_boot(True, reset))  # a swap finished, then a reset
+    print(said)
+    if "on trial" in said:
+        break
 """, cwd=root).stdout
         if "DONE" in out:
             total = int(out.split("DONE ")[1].split()[0])
@@ -135,7 +143,7 @@ if otaswap.exists("ota.json"):  # boot.py's test
         assert tree(root, "ota/old") == OLD_APP, (k, out)
         state = json.loads((root / "ota.json").read_text())
         assert state == {**STATE, "phase": "trial", "boots": 1}, (k, out)
-        assert "TIMER 30000" in out and "RESET" not in out, out
+        assert "TIMER 30000" in out, out
         assert "update to 2.0 on trial: boot 1 of 2, 30 s to run stably" in out
         assert not (root / "ota" / "new").exists()
         k += 1
@@ -210,9 +218,9 @@ def test_confirm_drops_the_state_then_the_backup(mpy, tmp_path):
     root = _swapped(tmp_path, "flash")
     out = mpy(_PRELUDE + f"""
 otaswap.swap({STATE!r})
-cut(1, otaswap.confirm)
-print(otaswap.load())
-otaswap.rmtree("ota")
+cut(1, otaboot.done)
+print(otaboot.load())
+otaboot.rmtree("ota")
 """, cwd=root).stdout
     # Cut after the state went: the next boot sees no update (never a trial without backup).
     assert out.split() == ["CUT", "1", "None"]
