@@ -1,13 +1,38 @@
 """How an update over MQTT stands, on <prefix>/<node>/ota (retained): said by node.otaoffer and
-node.ota while one runs, by node.otaboot after the reboot that ends one, and by node.wiring for
-an offer the heap has no room for. Loaded for the moment it speaks.
+node.ota while one runs, by node.otaboot after the reboot that ends one; and whether a manifest
+that arrives is let through to node.otaoffer. Loaded for those moments only (a few hundred
+bytes): node.wiring keeps none of the update's code.
 """
 
+import gc
 import json
 
-from node import VERSION
+from micropython import const
 
-_TAG_HEX = 64
+from node import VERSION
+from node.log import log
+
+_TAG_HEX = const(64)
+# The heap an update takes at its peak (node.otaoffer, then node.ota with a chunk in flight:
+# 7.3 to 7.9 KB on the 32-bit port, tests/benchmarks/test_ota_figures.py), with a margin.
+HEAP_BYTES = const(8704)
+
+
+def admit(node, msg):
+    """A manifest message `msg` for node.wiring.Node `node`: True when it is to be checked as
+    an offer. Else the update under way has answered it, or it is refused for the heap before
+    any of the update's code loads (a load that fails part way leaves its names and its holes
+    in the heap for good)."""
+    if node.ota is not None and not node.ota.manifest(msg):
+        return False  # (when the update under way gave way, this offer is a new one)
+    gc.collect()
+    free = gc.mem_free()
+    if free >= HEAP_BYTES:
+        return True
+    why = "not enough heap for an update: %d bytes free, it needs %d" % (free, HEAP_BYTES)
+    log("ota", "refused: " + why)
+    say(node, "refused", claims(msg), why)
+    return False
 
 
 def say(node, state, m, reason=None, at=None):

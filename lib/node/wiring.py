@@ -6,12 +6,9 @@ pattern in node.led, the commands in node.commands); this module builds them and
 """
 
 import asyncio
-import gc
 import os
 import sys
 import time
-
-from micropython import const
 
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
@@ -42,10 +39,6 @@ PUBLISHER_SILENCE_MS = 15000
 REBOOT_DELAY_MS = 1000  # lets the command's reply reach the broker first
 # Discovery is announced again at most this often however many "online" arrive.
 ANNOUNCE_QUIET_MS = 1000
-# The heap an update over MQTT takes at its peak (node.otaoffer, then node.ota with a chunk in
-# flight: 7.2 KB on the 32-bit port, tests/e2e/test_ota.py), with a margin: an offer that finds
-# less free is refused before any of its code loads.
-_OTA_HEAP_BYTES = const(8192)
 MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
 
@@ -169,30 +162,21 @@ class Node:
         if retained:
             return  # it would be offered again at every connect: nobody is sending it now
         try:
-            if self.ota is not None and not self.ota.manifest(msg):
-                return  # the update under way answered it (it gave way: this offer is new)
-            gc.collect()
-            if gc.mem_free() < _OTA_HEAP_BYTES:
-                # Loading the update's code would fail part way and leave its names and holes
-                # in the heap for good: refused before anything is loaded.
-                why = "not enough heap for an update: %d bytes free, it needs %d" % (
-                    gc.mem_free(), _OTA_HEAP_BYTES)
-                log("ota", "refused: " + why)
-                from node import otastate  # a few hundred bytes, for the answer
+            from node import otastate  # the update under way answers, or the heap is checked
 
-                otastate.say(self, "refused", otastate.claims(msg), why)
-                del otastate
+            if otastate.admit(self, msg):
+                from node import otaoffer  # checked, its tag first, before the receiver loads
+
+                offer = otaoffer.check(self, msg)
+                del otaoffer
+                unload("otaoffer")
+                if offer is not None:
+                    from node.ota import Receiver
+
+                    Receiver(self, offer, board.reset)  # which is self.ota from here on
+            del otastate
+            if self.ota is None:
                 unload("otastate")
-                return
-            from node import otaoffer  # checked, its tag first, before the receiver loads
-
-            offer = otaoffer.check(self, msg)
-            del otaoffer
-            unload("otaoffer", "otastate")
-            if offer is not None:
-                from node.ota import Receiver
-
-                Receiver(self, offer, board.reset)  # which is self.ota from here on
         except MemoryError:
             # The update's code did not fit in the heap after all: the node goes on.
             self.ota = None

@@ -66,7 +66,9 @@ NODE = Node(spec["node"])
 
 def manifest(msg):
     # node.wiring's _on_ota_manifest (the offer checked against the given statvfs)
-    if NODE.ota is not None and not NODE.ota.manifest(msg):
+    from node import otastate
+
+    if not otastate.admit(NODE, msg):
         return
     from node import otaoffer
 
