@@ -16,10 +16,10 @@ Topics, under <prefix>/<node>/:
   every byte of it;
 - ota (out, retained): node.otastate.say(); while receiving with "next" (the offset wanted),
   "bytes" (the stream's length) and "chunk_max" (the most a chunk may carry).
-A chunk at another offset than "next" is not taken: the node says where it is (with a "reason"), and the sender goes on from there. The
-stream stays across a lost link or a reboot: the same manifest offered again goes on where it
-stands. Nothing is written before the tag verifies, nothing handed to the boot before the
-stream's SHA-256 matches the manifest's.
+A chunk at another offset than "next" is not taken: the node says where it is (with a
+"reason"), and the sender goes on from there. The stream stays across a lost link or a reboot:
+the same manifest offered again goes on where it stands. Nothing is written before the tag
+verifies, nothing handed to the boot before the stream's SHA-256 matches the manifest's.
 """
 
 import binascii
@@ -157,26 +157,13 @@ class Receiver:
                 node.lag.percentile(99), node.lag.max_ms))
         try:
             h = hashlib.sha256()
-            buf = memoryview(bytearray(_BLOCK))
-            with open(OTA_STREAM, "rb") as f:
-                while True:
-                    n = f.readinto(buf)
-                    if not n:
-                        break
-                    h.update(buf[:n])
-                    await asyncio.sleep_ms(0)
-            buf = None
+            for _ in self._read(h):
+                await asyncio.sleep_ms(0)  # a block at a time: the loop goes on meanwhile
             self._sample_heap()
             if binascii.hexlify(h.digest()).decode() != m["sha256"]:
                 self.end("failed", "the stream's SHA-256 differs from the manifest's")
                 return
-            # ota.json, "staged": what node.otafinish needs at the next boot.
-            tmp = OTA_STATE + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"phase": "staged", "id": m["id"], "target": m["version"],
-                           "from": VERSION, "files": m["files"], "bytes": m["bytes"],
-                           "list_bytes": m["list_bytes"]}, f)
-            os.rename(tmp, OTA_STATE)  # atomic on littlefs: staged wholly, or not at all
+            self.save()
         except OSError as e:
             self.end("failed", "flash error: %r" % (e,))
             return
@@ -197,6 +184,27 @@ class Receiver:
             log("ota", "rebooting with %d readings not delivered" % len(outbox))
         log("ota", "staged: rebooting to swap %s in" % m["version"])
         self.reset()
+
+    def _read(self, h):
+        """The stream into the hash `h`, a block per step (a generator)."""
+        buf = memoryview(bytearray(_BLOCK))
+        with open(OTA_STREAM, "rb") as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    return
+                h.update(buf[:n])
+                yield
+
+    def save(self):
+        """ota.json, "staged": what node.otafinish needs at the next boot."""
+        m = self.m
+        tmp = OTA_STATE + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"phase": "staged", "id": m["id"], "target": m["version"],
+                       "from": VERSION, "files": m["files"], "bytes": m["bytes"],
+                       "list_bytes": m["list_bytes"]}, f)
+        os.rename(tmp, OTA_STATE)  # atomic on littlefs: staged wholly, or not at all
 
     # --- the end -------------------------------------------------------------------------
     def end(self, state, reason):

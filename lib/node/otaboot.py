@@ -46,14 +46,15 @@ def _at_boot(counted, reset):
     if phase == "staged" and counted:
         # The stream is in and its SHA-256 checked (node.ota): taken apart and swapped in here,
         # where the heap is empty, then a fresh boot, the new version's first.
-        from node import otafinish
-
         import gc
+
+        from node import otafinish
 
         why = otafinish.finish(state)
         gc.collect()
-        print("boot.py: update to %s %s (heap free %d bytes); resetting" % (
-            target, "%s: %s" % (state["phase"], why) if why else "taken apart and swapped in", gc.mem_free()))
+        said = "%s: %s" % (state["phase"], why) if why else "taken apart and swapped in"
+        print("boot.py: update to %s %s (heap free %d bytes); resetting" % (target, said,
+                                                                          gc.mem_free()))
         reset()
         return "update to %s: %s" % (target, state["phase"]), 0
     if phase in ("swap", "undo"):

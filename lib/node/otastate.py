@@ -40,9 +40,8 @@ def say(node, state, m, reason=None, at=None):
     "next", "bytes", "chunk_max" (`at`). `m` is the manifest, or what an offer said of itself:
     its words come back as text of at most 40 characters, or null."""
     out = {"state": state, "version": VERSION}
-    for key, word in (("id", "id"), ("target", "version")):
-        word = m.get(word)
-        out[key] = word if isinstance(word, str) and len(word) <= 40 else None
+    for key, said in (("id", m.get("id")), ("target", m.get("version"))):
+        out[key] = said if isinstance(said, str) and len(said) <= 40 else None
     if at is not None:
         out["next"], out["bytes"], out["chunk_max"] = at
     if reason is not None:
