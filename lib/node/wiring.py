@@ -12,7 +12,7 @@ import time
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
 from node.dsp import LevelMeter
-from node.files import BOOT_PATH, CLOCK_PATH, SETTINGS_PATH
+from node.files import BOOT_PATH, CLOCK_PATH, CONFIG_PATH, SETTINGS_PATH
 from node.lagprobe import LagProbe
 from node.led import StatusLed
 from node.log import log, uptime_ms
@@ -78,7 +78,7 @@ class Node:
     command changes them there (node.commands), so it is the one place they live.
     """
 
-    def __init__(self, cfg, raw_cfg, saved, secrets, ctx):
+    def __init__(self, cfg, saved, secrets, ctx):
         self.cfg = cfg
         self.boot = bootcount.read(BOOT_PATH)
         self.cause = board.reset_cause()
@@ -116,7 +116,6 @@ class Node:
         # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
         self.spill = Spill(cfg["journal"], self.outbox, self.publisher, self.clock.now)
         self.telemetry = Telemetry(self)
-        self._raw_cfg = raw_cfg
         self._saved = saved
         self.commands = None  # node.commands, made when the first command arrives
         self.command_rate = RateLimit(cfg["commands_per_s"], time.ticks_ms)
@@ -187,9 +186,9 @@ class Node:
             # Many nodes never get a command: their 5 KB of code are not loaded until one does.
             from node.commands import Commands
 
-            self.commands = Commands(self._raw_cfg, self._saved, SETTINGS_PATH, self.cfg,
+            self.commands = Commands(CONFIG_PATH, self._saved, SETTINGS_PATH, self.cfg,
                                      self._reboot, self.led.identify, self._settings_changed)
-            self._raw_cfg = self._saved = None  # the commands own them from here on
+            self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
         self.publisher.publish_now(self.topics.reply.encode(), reply)
 
