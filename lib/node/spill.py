@@ -75,7 +75,10 @@ class Spill:
 
             box.journal = journal.Journal(journal.Flash(), JOURNAL_DIR, self, box.boot,
                                           self._clock, uptime_ms, self._settings["bytes"])
-        except MemoryError as e:  # a failed import leaves nothing behind: tried afresh later
+        except MemoryError as e:
+            # A failed import leaves nothing behind; a journal that could not be made would
+            # leave its module's code: it goes too, so the other tasks keep their room.
+            unload("journal")
             return self._no_room(now_s, str(e))
         gc.collect()
         free = gc.mem_free()
