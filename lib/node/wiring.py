@@ -125,7 +125,7 @@ class Node:
         self.publisher.subscribe(topics.cmd, self._on_command)
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
-            self.publisher.on_connect = self._announce
+            self.publisher.on_connect = self._on_session
 
     async def run(self):
         asyncio.get_event_loop().set_exception_handler(task_died)
@@ -136,6 +136,16 @@ class Node:
                                                self.supervisor)):
             asyncio.create_task(coro)
         await self.supervisor.run()
+
+    def _on_session(self):
+        if self.outbox.journal is None:
+            self._announce()
+            return
+        # The journal (11 KB) and an announcement (3 KB, with the new session's TLS) do not fit
+        # the board's heap at once: the announcement waits until the journal is drained and
+        # let go. Home Assistant keeps the sensors announced before (retained) meanwhile.
+        self._announce_due = True
+        log("discovery", "announcing once the journal is drained")
 
     def _announce(self):
         # Needed once a session: its 2.5 KB leave the heap again after.
@@ -165,7 +175,8 @@ class Node:
     async def _announcer(self):
         while True:
             await asyncio.sleep_ms(ANNOUNCE_QUIET_MS)
-            if self._announce_due and self.publisher.connected:
+            if (self._announce_due and self.publisher.connected
+                    and self.outbox.journal is None):
                 self._announce_due = False
                 self._announce()
 

@@ -15,6 +15,8 @@ import re
 import time
 from collections import Counter
 
+import pytest
+
 from sim.net.fakentp import server_answer
 from tests.e2e.faultkit import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     ANY_TAKEN_RX,
@@ -25,9 +27,12 @@ from tests.e2e.faultkit import (  # noqa: F401  (fixtures are found by pytest in
 from tests.e2e.infra import (  # noqa: F401
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
+    HEAP_32_BIT,
+    REPO,
     certs,
     node_factory,
 )
+from tools.hosttools import MP32
 
 JOURNAL = {"grace_s": 3, "flush_s": 0}
 TO_FLASH_RX = r"\bjournal: seq (\d+)\.\.(\d+) to flash"
@@ -142,11 +147,36 @@ def test_power_cut_in_an_outage_then_everything_on_flash_arrives(
     broker a few seconds later: every reading arrives (but the one being written at the cut, if
     any) under its own boot and seq, with a true ts, and the second boot's readings after
     them."""
+    _cut_in_an_outage(pbroker_factory, psub_factory, node_factory, ntp_server, "unix port")
+
+
+@pytest.mark.skipif(not MP32.is_file(), reason="no 32-bit MicroPython (../shared/mp32) here")
+def test_the_same_on_the_32_bit_port_in_its_heap(
+        pbroker_factory, psub_factory, node_factory, ntp_server, tmp_path):
+    """The same run from the x86 bundle on the 32-bit 1.27 port at the heap the node must run
+    in (HEAP_32_BIT): the journal is loaded during the outage and at the next boot (a first
+    attempt may find the heap short and wait), and no task dies for want of RAM."""
+    from tools import bundle
+
+    app = tmp_path / "build" / "x86"
+    bundle.build(REPO, app, "x86", log=lambda line: None)
+    boots = _cut_in_an_outage(pbroker_factory, psub_factory, node_factory, ntp_server,
+                              f"x86 bundle at HEAP={HEAP_32_BIT}", app_root=app,
+                              heap=HEAP_32_BIT, micropython=str(MP32))
+    for b in boots:
+        assert b["on_flash"], f"boot {b['boot']}: nothing went to flash"
+        died = [line for line in b["lines"] if "task died" in line or "MemoryError" in line]
+        assert not died, died
+        short = [line for line in b["lines"] if "no room in RAM" in line]
+        print(f"  boot {b['boot']}: {len(short)} time(s) the heap was short: {short}")
+
+
+def _cut_in_an_outage(pbroker_factory, psub_factory, node_factory, ntp_server, port, **node):
     ntp = ntp_server(lambda req: server_answer(int(time.time())))
     seed = int(time.time())
     rng = random.Random(seed)
     brk, sub, node = _start(pbroker_factory, psub_factory, node_factory, "cut", clock="board",
-                            ntp={"server": "127.0.0.1", "port": ntp.port})
+                            ntp={"server": "127.0.0.1", "port": ntp.port}, **node)
     mark = node.mark()
     brk.stop()
     t_stop = time.monotonic()
@@ -175,7 +205,7 @@ def test_power_cut_in_an_outage_then_everything_on_flash_arrives(
     errors = [p["ts"] - taken_at[key] for key, arrivals in got.items() if key in taken_at
               for _, p in arrivals if p["ts"] is not None]
     nulls = sum(1 for arrivals in got.values() for _, p in arrivals if p["ts"] is None)
-    print("\n".join(_report(f"\njournal, a power cut {cut_s:.1f} s into an outage "
+    print("\n".join(_report(f"\njournal ({port}), a power cut {cut_s:.1f} s into an outage "
                             f"(seed {seed}):", boots[-2:], got)))
     print(f"  broker back -> connected {connected_s:.2f} s (the backoff), every reading of boot "
           f"{first['boot']} delivered {drained_s:.2f} s; ts - taken {min(errors):+.2f}.."
@@ -188,6 +218,7 @@ def test_power_cut_in_an_outage_then_everything_on_flash_arrives(
                                       key=lambda kv: kv[1])]
     mine = [k for k in order if k[0] in (first["boot"], second["boot"])]
     assert mine == sorted(mine), "not oldest first"
+    return boots[-2:]
 
 
 def test_power_cuts_at_random_moments_never_cost_a_reading_on_flash(
