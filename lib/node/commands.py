@@ -133,9 +133,9 @@ class Commands:
     `live` is the validated config the tasks read their intervals from: the one place that
     holds the settings in force; `saved` (what settings.accepted() kept) is what settings_path
     holds on top of the file at config_path (config.json), which is read again for each
-    command that changes settings: its parsed form is not kept in RAM between them. The node's own actions come as callables: `reboot()` schedules
-    a reset, `identify(seconds)` flickers the LED, `changed()` hears that settings
-    changed.
+    command that changes settings: its parsed form is not kept in RAM between them. The
+    node's own actions come as callables: `reboot()` schedules a reset, `identify(seconds)`
+    flickers the LED, `changed()` hears that settings changed.
     """
 
     def __init__(self, config_path, saved, settings_path, live, reboot, identify, changed):
