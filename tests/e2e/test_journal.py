@@ -214,7 +214,9 @@ def _cut_in_an_outage(pbroker_factory, psub_factory, node_factory, ntp_server, p
           f"{first['boot']} delivered {drained_s:.2f} s; ts - taken {min(errors):+.2f}.."
           f"{max(errors):+.2f} s over {len(errors)} arrivals, {nulls} with ts null")
     _check(boots[-2:], got, [first], most_lost=1)  # at most the reading being written
-    assert all(abs(e) <= 2 for e in errors), errors
+    # ts is whole seconds, and so is the time NTP gives the node (the fake server's answer):
+    # each truncates, up to 1 s behind; the log line reaches the test a little after.
+    assert all(-3 <= e <= 1 for e in errors), errors
     assert second["on_flash"], "the second boot's readings never went to flash"
     # Delivered in order: every reading of the boot before the cut first.
     order = [key for key, _ in sorted(((k, min(t for t, _ in v)) for k, v in got.items()),
