@@ -132,13 +132,14 @@ class Commands:
 
     `live` is the validated config the tasks read their intervals from: the one place that
     holds the settings in force; `saved` (what settings.accepted() kept) is what settings_path
-    holds on top of raw_config. The node's own actions come as callables: `reboot()` schedules
-    a reset, `identify(seconds)` flickers the LED, `changed()` hears that settings
-    changed.
+    holds on top of the file at config_path (config.json), which is read again for each
+    command that changes settings: its parsed form is not kept in RAM between them. The
+    node's own actions come as callables: `reboot()` schedules a reset, `identify(seconds)`
+    flickers the LED, `changed()` hears that settings changed.
     """
 
-    def __init__(self, raw_config, saved, settings_path, live, reboot, identify, changed):
-        self._raw = raw_config
+    def __init__(self, config_path, saved, settings_path, live, reboot, identify, changed):
+        self._config_path = config_path
         self._saved = saved
         self._path = settings_path
         self._live = live
@@ -181,7 +182,7 @@ class Commands:
         if not given:
             raise CommandError("set: expected at least one of " + ", ".join(store.SETTABLE))
         # The ranges (DHT11 >= 1 s, DHT22 >= 2 s, ...) come from config.py alone.
-        cfg = _validated(store.overlay(self._raw, merged), "set")
+        cfg = _validated(self._config_path, merged, "set")
         try:
             store.save(self._path, merged)
         except OSError as e:
@@ -191,12 +192,13 @@ class Commands:
         reply["settings"] = merged
 
     def _reset_settings(self, msg, reply):
+        cfg = _validated(self._config_path, {}, "config.json")  # first: it may fail now
         try:
             store.clear(self._path)
         except OSError as e:
             raise CommandError("reset_settings: cannot delete %s (%s)" % (self._path, e))
         self._saved = {}
-        self._apply(_validated(self._raw, "config.json"))
+        self._apply(cfg)
         reply["settings"] = self._saved
 
     def _identify_led(self, msg, reply):
@@ -241,13 +243,14 @@ _TABLE = (
 _NAMES = tuple(entry[0] for entry in _TABLE)
 
 
-def _validated(raw, where):
-    """config.validate(raw), its error as the reply's. The config code (7 KB of the board's heap)
-    is loaded for the few commands that change settings, and leaves the heap again after."""
+def _validated(config_path, saved, where):
+    """config.validate() of the file at config_path with the settings `saved` on top, its error
+    as the reply's. The config code (7 KB of the board's heap) is loaded for the few commands
+    that change settings, and leaves the heap again after."""
     from node import config
 
     try:
-        return config.validate(raw, where)
+        return config.validate(store.overlay(config.read_json(config_path), saved), where)
     except config.ConfigError as e:
         raise CommandError(str(e))
     finally:

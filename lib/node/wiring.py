@@ -13,7 +13,7 @@ import time
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
 from node.dsp import LevelMeter
-from node.files import BOOT_PATH, CLOCK_PATH, OTA_STATE, SETTINGS_PATH
+from node.files import BOOT_PATH, CLOCK_PATH, CONFIG_PATH, OTA_STATE, SETTINGS_PATH
 from node.lagprobe import LagProbe
 from node.led import StatusLed
 from node.log import log, uptime_ms
@@ -79,7 +79,7 @@ class Node:
     command changes them there (node.commands), so it is the one place they live.
     """
 
-    def __init__(self, cfg, raw_cfg, saved, secrets, ctx):
+    def __init__(self, cfg, saved, secrets, ctx):
         self.cfg = cfg
         self.boot = bootcount.read(BOOT_PATH)
         self.cause = board.reset_cause()
@@ -117,7 +117,6 @@ class Node:
         # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
         self.spill = Spill(cfg["journal"], self.outbox, self.publisher, self.clock.now)
         self.telemetry = Telemetry(self)
-        self._raw_cfg = raw_cfg
         self._saved = saved
         self.commands = None  # node.commands, made when the first command arrives
         self.command_rate = RateLimit(cfg["commands_per_s"], time.ticks_ms)
@@ -127,7 +126,7 @@ class Node:
         self.publisher.subscribe(topics.cmd, self._on_command)
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
-            self.publisher.on_connect = self._announce
+            self.publisher.on_connect = self._on_session
         # Updates over MQTT, only for a node given a key to check them with: node.otaoffer is
         # loaded for an offer, node.ota from then to the update's end.
         self.ota = None  # node.ota's Receiver while an update is under way
@@ -183,6 +182,16 @@ class Node:
             unload("ota", "otaoffer", "otastate")
             log("ota", "not enough heap for an update")
 
+    def _on_session(self):
+        if self.outbox.journal is None:
+            self._announce()
+            return
+        # The journal (11 KB) and an announcement (3 KB, with the new session's TLS) do not fit
+        # the board's heap at once: the announcement waits until the journal is drained and
+        # let go. Home Assistant keeps the sensors announced before (retained) meanwhile.
+        self._announce_due = True
+        log("discovery", "announcing once the journal is drained")
+
     def _announce(self):
         # Needed once a session: its 2.5 KB leave the heap again after.
         from node import discovery
@@ -211,7 +220,8 @@ class Node:
     async def _announcer(self):
         while True:
             await asyncio.sleep_ms(ANNOUNCE_QUIET_MS)
-            if self._announce_due and self.publisher.connected:
+            if (self._announce_due and self.publisher.connected
+                    and self.outbox.journal is None):
                 self._announce_due = False
                 self._announce()
 
@@ -232,9 +242,9 @@ class Node:
             # Many nodes never get a command: their 5 KB of code are not loaded until one does.
             from node.commands import Commands
 
-            self.commands = Commands(self._raw_cfg, self._saved, SETTINGS_PATH, self.cfg,
+            self.commands = Commands(CONFIG_PATH, self._saved, SETTINGS_PATH, self.cfg,
                                      self._reboot, self.led.identify, self._settings_changed)
-            self._raw_cfg = self._saved = None  # the commands own them from here on
+            self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
         self.publisher.publish_now(self.topics.reply.encode(), reply)
 
