@@ -1,7 +1,7 @@
-"""How an update over MQTT stands, on <prefix>/<node>/ota (retained): said by node.otaoffer and
-node.ota while one runs, by node.otaboot after the reboot that ends one; and whether a manifest
-that arrives is let through to node.otaoffer. Loaded for those moments only (a few hundred
-bytes): node.wiring keeps none of the update's code.
+"""Updates over MQTT in the running node: what a manifest that arrives leads to (offered()),
+and how an update stands, on <prefix>/<node>/ota (retained: say()), from node.otaoffer and
+node.ota while one runs, from node.otaboot after the reboot that ends one. Loaded for those
+moments only (a few hundred bytes): node.wiring keeps none of the update's code.
 """
 
 import gc
@@ -9,13 +9,39 @@ import json
 
 from micropython import const
 
-from node import VERSION
+from node import VERSION, unload
 from node.log import log
 
 _TAG_HEX = const(64)
 # The heap an update takes at its peak (node.otaoffer, then node.ota with a chunk in flight:
 # 7.3 to 7.9 KB on the 32-bit port, tests/benchmarks/test_ota_figures.py), with a margin.
 HEAP_BYTES = const(8704)
+
+
+def offered(node, msg, reset, *statvfs):
+    """node.wiring's handler for ota/manifest (`node`: its Node): the update under way answers
+    it; or, with room in the heap, node.otaoffer checks it (against `statvfs`, a test's, or
+    os.statvfs), leaves the heap again, and node.ota takes the update (as node.ota, until its
+    end; `reset()` reboots the board). This module leaves the heap with the rest of the
+    update's code when none goes on."""
+    try:
+        if admit(node, msg):
+            from node import otaoffer  # its tag first, before the receiver loads
+
+            offer = otaoffer.check(node, msg, *statvfs)
+            del otaoffer
+            unload("otaoffer")
+            if offer is not None:
+                from node.ota import Receiver
+
+                Receiver(node, offer, reset)  # which is node.ota from here on
+    except MemoryError:
+        # The update's code did not fit in the heap after all: the node goes on.
+        node.ota = None
+        unload("ota", "otaoffer")
+        log("ota", "not enough heap for an update")
+    if node.ota is None:
+        unload("otastate")  # once this call returns
 
 
 def admit(node, msg):

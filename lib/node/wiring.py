@@ -127,8 +127,8 @@ class Node:
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
             self.publisher.on_connect = self._on_session
-        # Updates over MQTT, only for a node given a key to check them with: node.otaoffer is
-        # loaded for an offer, node.ota from then to the update's end.
+        # Updates over MQTT, only for a node given a key to check them with: node.otastate is
+        # loaded for a manifest, node.otaoffer to check it, node.ota from then to the end.
         self.ota = None  # node.ota's Receiver while an update is under way
         self.ota_key = secrets["ota_key"]
         if self.ota_key is not None:
@@ -158,29 +158,11 @@ class Node:
         await self.supervisor.run()
 
     def _on_ota_manifest(self, msg, retained):
-        if retained:
-            return  # it would be offered again at every connect: nobody is sending it now
-        try:
-            from node import otastate  # the update under way answers, or the heap is checked
+        if not retained:  # a retained one would be offered again at every connect
+            from node import otastate  # which loads the rest of an update as it goes ahead
 
-            if otastate.admit(self, msg):
-                from node import otaoffer  # checked, its tag first, before the receiver loads
-
-                offer = otaoffer.check(self, msg)
-                del otaoffer
-                unload("otaoffer")
-                if offer is not None:
-                    from node.ota import Receiver
-
-                    Receiver(self, offer, board.reset)  # which is self.ota from here on
+            otastate.offered(self, msg, board.reset)
             del otastate
-            if self.ota is None:
-                unload("otastate")
-        except MemoryError:
-            # The update's code did not fit in the heap after all: the node goes on.
-            self.ota = None
-            unload("ota", "otaoffer", "otastate")
-            log("ota", "not enough heap for an update")
 
     def _on_session(self):
         if self.outbox.journal is None:

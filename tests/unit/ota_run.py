@@ -68,19 +68,10 @@ def manifest(msg):
     # node.wiring's _on_ota_manifest (the offer checked against the given statvfs)
     from node import otastate
 
-    if not otastate.admit(NODE, msg):
-        return
-    from node import otaoffer
-
-    offer = otaoffer.check(NODE, msg, statvfs)
-    del otaoffer
-    unload("otaoffer", "otastate")
-    if offer is None:
+    otastate.offered(NODE, msg, reset, statvfs)
+    del otastate
+    if NODE.ota is None:
         print("DONE")
-        return
-    from node.ota import Receiver
-
-    Receiver(NODE, offer, reset)  # which is NODE.ota from here on
 
 
 RESETS = []
