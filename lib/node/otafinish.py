@@ -39,10 +39,12 @@ def finish(state, statvfs=os.statvfs):
             why = _extract(state)
         if not why:
             _write_journal(state)
-            os.remove(OTA_STREAM)  # every file is out of it: its flash is free again
             for key in ("files", "bytes", "list_bytes"):
                 del state[key]  # the trial goes on without them
-            otaswap.swap(state)
+            state["phase"] = "swap"
+            save(state)  # from here a reset finishes the swap, which needs no stream
+            os.remove(OTA_STREAM)  # every file is out of it: its flash is free again
+            otaswap.finish_swap(state)
             return None
     except OSError as e:
         why = "flash: %r" % (e,)

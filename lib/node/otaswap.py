@@ -19,7 +19,7 @@ Boot-time code: no node.config, no node.board.
 import os
 
 from node import bootcount
-from node.files import BOOT_PATH, OTA_DIR
+from node.files import BOOT_PATH, OTA_DIR, OTA_STREAM
 from node.otaboot import exists, makedirs, rmtree, save
 
 JOURNAL = OTA_DIR + "/journal"
@@ -66,22 +66,17 @@ def undo():
             os.rename(BACKUP + path, path)
 
 
-def swap(state):
-    """node.otafinish's last step, the journal written: from here a reset finishes the swap."""
-    state["phase"] = "swap"
-    save(state)
-    install()
-    _start_trial(state)
-
-
 def finish_swap(state):
-    """A swap a reset cut short, finished (boot.py): the trial starts."""
+    """The swap ota.json records ("swap"), done or finished after a reset cut it short: the
+    trial starts (node.otafinish, then node.otaboot after a reset)."""
     install()
     _start_trial(state)
 
 
 def _start_trial(state):
     rmtree(STAGE[:-1])  # empty by now
+    if exists(OTA_STREAM):  # a reset came between the swap recorded and the stream's removal
+        os.remove(OTA_STREAM)
     state["phase"] = "trial"
     state["boots"] = 0
     save(state)

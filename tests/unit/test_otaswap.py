@@ -11,6 +11,8 @@ import json
 
 import pytest
 
+from tests.conftest import REPO
+
 OLD = {"boot.py": "old boot", "main.py": "old main", "lib/node/a.py": "old a",
        "lib/node/gone.mpy": "old gone", "config.json": '{"ota_trial_boots": 2, '
                                                       '"ota_trial_s": 30}'}
@@ -29,6 +31,13 @@ import node
 from node import otaboot, otaswap
 
 node.unload = lambda *names: None  # the modules stay, with the os a test gives them
+
+
+def swap(state):
+    # node.otafinish's last steps once the files are staged and the journal written
+    state["phase"] = "swap"
+    otaboot.save(state)
+    otaswap.finish_swap(state)
 
 class PowerCut(Exception):
     pass
@@ -124,7 +133,7 @@ def test_a_swap_cut_at_any_step_is_finished_by_the_next_boot(mpy, tmp_path):
     while total is None or k <= total:
         root = staged(tmp_path, f"flash{k}")
         out = mpy(_PRELUDE + f"""
-cut({k}, otaswap.swap, {STATE!r})
+cut({k}, swap, {STATE!r})
 for _ in range(2):
     if not otaboot.exists("ota.json"):  # boot.py's test
         break
@@ -162,7 +171,7 @@ def test_a_rollback_cut_at_any_step_is_finished_by_the_next_boot(mpy, tmp_path):
     while total is None or k <= total:
         root = _swapped(tmp_path, f"flash{k}")
         out = mpy(_PRELUDE + f"""
-otaswap.swap({STATE!r})
+swap({STATE!r})
 for _ in range(2):
     show(otaboot.at_boot(True, reset))
 cut({k}, otaboot.at_boot, True, reset)
@@ -187,7 +196,7 @@ print(show(otaboot.at_boot(True, reset)))
 def test_trial_boots_are_counted_timed_and_soft_resets_are_not(mpy, tmp_path):
     root = _swapped(tmp_path, "flash")
     out = mpy(_PRELUDE + f"""
-otaswap.swap({STATE!r})
+swap({STATE!r})
 print(show(otaboot.at_boot(True, reset)))
 print(show(otaboot.at_boot(False, reset)))
 print(json.load(open("ota.json"))["boots"])
@@ -217,7 +226,7 @@ print(show(otaboot.at_boot(True, reset)))
 def test_confirm_drops_the_state_then_the_backup(mpy, tmp_path):
     root = _swapped(tmp_path, "flash")
     out = mpy(_PRELUDE + f"""
-otaswap.swap({STATE!r})
+swap({STATE!r})
 cut(1, otaboot.done)
 print(otaboot.load())
 otaboot.rmtree("ota")
@@ -240,7 +249,88 @@ def test_trial_limits_fall_back_to_their_defaults(mpy, tmp_path):
     root = _swapped(tmp_path, "flash")
     (root / "config.json").write_text('{"ota_trial_boots": "x", "ota_trial_s": 3}')
     out = mpy(_PRELUDE + f"""
-otaswap.swap({STATE!r})
+swap({STATE!r})
 print(show(otaboot.at_boot(True, reset)))
 """, cwd=root).stdout
     assert "boot 1 of 3, 300 s" in out and "TIMER 300000" in out
+
+
+def _stream_staged(tmp_path, name):
+    """A flash folder as node.ota leaves it when the stream is in: ota/stream.bin (the list,
+    then the files) and ota.json "staged"."""
+    from tools import ota
+
+    root = tmp_path / name
+    write(root, OLD)
+    u = ota.make_update({"version": "2.0", "arch": "test"}, [(p, NEW[p].encode()) for p in LIST])
+    (root / "ota").mkdir()
+    (root / "ota" / "stream.bin").write_bytes(u.stream)
+    (root / "ota.json").write_text(json.dumps({
+        **STATE, "phase": "staged", "files": len(LIST), "bytes": u.size,
+        "list_bytes": len(u.listing)}))
+    return root
+
+
+def test_a_staged_update_cut_at_any_step_at_boot_is_taken_apart_again(mpy, tmp_path):
+    total = None
+    k = 0
+    while total is None or k <= total:
+        root = _stream_staged(tmp_path, f"flash{k}")
+        out = mpy(_PRELUDE + f"""
+from node import otafinish
+cutter_os = CutOs({k})
+otafinish.os = otaswap.os = otaboot.os = cutter_os
+state = otaboot.load()
+try:
+    otafinish.finish(state)
+    print("DONE", cutter_os.n)
+except PowerCut:
+    print("CUT", {k})
+otafinish.os = otaswap.os = otaboot.os = os
+for _ in range(3):  # the boots after the cut: finished, reset, then the trial's first
+    said = show(otaboot.at_boot(True, reset))
+    print(said)
+    if "on trial" in said:
+        break
+""", cwd=root).stdout
+        if "DONE" in out:
+            total = int(out.split("DONE ")[1].split()[0])
+        assert app(root) == NEW_APP, (k, out)
+        assert tree(root, "ota/old") == OLD_APP, (k, out)
+        assert not (root / "ota" / "stream.bin").exists() and not (root / "ota" / "new").exists()
+        assert json.loads((root / "ota.json").read_text())["phase"] == "trial", (k, out)
+        assert "on trial: boot 1 of 2" in out, (k, out)
+        k += 1
+    assert total > 2 * len(LIST), "each file is a change when taken out and when swapped in"
+
+
+def test_how_an_update_ended_at_boot_is_reported_once_connected(mpy, tmp_path):
+    root = tmp_path / "flash"
+    write(root, OLD)
+    (root / "ota").mkdir()
+    (root / "ota.json").write_text(json.dumps({**STATE, "phase": "refused",
+                                               "reason": "x.txt: not a plain path"}))
+    out = mpy("""
+import asyncio
+from node import otaboot
+from node.payload import Topics
+
+class Publisher:
+    connected = True
+    def publish_now(self, topic, body, retain=False):
+        print("PUB", topic.decode(), body.decode(), retain)
+        return True
+
+class Node:
+    topics = Topics("nodes", "n1")
+    publisher = Publisher()
+    cfg = {"stable_after_s": 5}
+
+asyncio.run(otaboot.report(Node()))
+""", cwd=root, path=[REPO / "sim" / "board"]).stdout
+    pub = [line for line in out.splitlines() if line.startswith("PUB ")]
+    assert len(pub) == 1 and pub[0].startswith("PUB nodes/n1/ota {") and pub[0].endswith(" True")
+    said = json.loads(pub[0].split(" ", 2)[2].rsplit(" ", 1)[0])
+    assert said == {"state": "refused", "id": "u1", "version": "0.1.0", "target": "2.0",
+                    "reason": "x.txt: not a plain path"}, out
+    assert not (root / "ota.json").exists() and not (root / "ota").exists()
