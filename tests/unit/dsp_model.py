@@ -1,21 +1,32 @@
-"""Pure-Python model of the viper kernels of lib/node/dsp.py, for differential tests on the host.
+"""Pure-Python model of the viper kernels of lib/node/dsp.py and lib/node/weighting.py, for
+differential tests on the host.
 
 Each function repeats its kernel's arithmetic step by step on a copy of the kernel's state (a
 list of ints) and passes every intermediate value through `Int32`, which fails if it leaves
 int32 and records the largest magnitude seen under each name. Running the model and the viper
 kernel on the same input and comparing their states word for word shows that the kernel computes
 exactly this, so its intermediates fit the ESP32's 32-bit viper integers too. The state layout
-constants are read from dsp.py itself, so the two cannot drift apart.
+constants are read from the modules themselves, so the two cannot drift apart.
 """
 
 import re
 from pathlib import Path
 
-DSP_SRC = Path(__file__).resolve().parents[2] / "lib" / "node" / "dsp.py"
-K = {
-    name: int(value, 0)
-    for name, value in re.findall(r"^(_\w+) = const\(([^)]+)\)", DSP_SRC.read_text(), re.M)
-}
+NODE = Path(__file__).resolve().parents[2] / "lib" / "node"
+
+
+def consts(*names):
+    """The `_NAME = const(...)` integers of the named lib/node modules."""
+    out = {}
+    for name in names:
+        src = (NODE / f"{name}.py").read_text()
+        for key, value in re.findall(r"^(_\w+) = const\(([^)]+)\)", src, re.M):
+            assert out.get(key, int(value, 0)) == int(value, 0), key
+            out[key] = int(value, 0)
+    return out
+
+
+K = consts("dsp", "weighting")
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 
@@ -100,8 +111,9 @@ def frame32(st, data, ck):
     _fold(ck, st, K["_R_BINS"] + 2 * k, acc, carry)
 
 
-def a_frame(st, data, ck):
-    """_a_frame: _a_filter over each chunk, _a_sub_block for each sub-block that fills."""
+def a_frame(st, hist, data, ck, hook=None):
+    """_a_frame: _a_filter over each chunk, _a_sub_block for each sub-block that fills, and
+    hook(level, energy, k) after each (node.events' model)."""
     wide = st[K["_A_WIDE"]]
     size = 4 if wide else 2
     if wide:
@@ -122,7 +134,9 @@ def a_frame(st, data, ck):
         _a_filter(st, xs[src : src + count], K["_A_SCR"] + fill, ck)
         src += count
         if fill + count == m:
-            _a_sub_block(st, ck)
+            _a_sub_block(st, hist, ck)
+            if hook:
+                hook(st[K["_A_LVL"]] - K["_A_BIAS"], st[K["_A_SUBE"]], st[K["_A_SUBK"]])
         else:
             st[K["_A_FILL"]] = fill + count
 
@@ -131,9 +145,10 @@ def _a_filter(st, xs, at, ck):
     bias = K["_A_BIAS"]
     c_lp, c1, c2, c3 = st[K["_A_C"] : K["_A_C"] + 4]
     y = [v - bias for v in st[K["_A_Y"] : K["_A_Y"] + 6]]
-    e = st[K["_A_E"]]
+    ea, ec = st[K["_A_E"]], st[K["_A_E"] + 1]
     xp = st[K["_A_XP"]] - bias
-    mask = st[K["_A_OR"]]
+    mask, mask_c = st[K["_A_OR"]], st[K["_A_OR"] + 1]
+    m = st[K["_A_M"]]
     for x in xs:
         d = ck("d", (ck("u", x + xp) >> 1) - (ck("cy", c_lp * y[0]) >> K["_A_SH_LP"]))
         xp = x
@@ -141,37 +156,56 @@ def _a_filter(st, xs, at, ck):
         y[0] = ck("y1", y[0] + d)
         d = ck("d", u - (ck("cy", c_lp * y[1]) >> K["_A_SH_LP"]))
         y[1] = ck("y2", y[1] + d)
-        for i, (c, sh) in enumerate(((c1, "_A_SH_HP1"), (c2, "_A_SH_HP2"), (c3, "_A_SH_HP3"))):
-            d = ck("d", d - (ck("cy", c * y[2 + i]) >> K[sh]))
-            y[2 + i] = ck(f"y{3 + i}", y[2 + i] + d)
-        t = ck("cy_e", ck("cy", c3 * y[5]) + e)
-        e = t & K["_A_REM_MASK"]
+        d = ck("d", d - (ck("cy", c3 * y[2]) >> K["_A_SH_HP3"]))
+        y[2] = ck("y3", y[2] + d)
+        t = ck("cy_e", ck("cy", c3 * y[3]) + ec)
+        ec = t & K["_A_REM3"]
         d = ck("d", d - (t >> K["_A_SH_HP3"]))
+        y[3] = ck("y4", y[3] + d)
+        st[at + m] = ck("out", y[3] + bias)
+        mask_c |= y[3] ^ (y[3] >> 31)
+        d = ck("d", d - (ck("cy", c2 * y[4]) >> K["_A_SH_HP2"]))
+        y[4] = ck("y5", y[4] + d)
+        t = ck("cy_e", ck("cy", c1 * y[5]) + ea)
+        ea = t & K["_A_REM1"]
+        d = ck("d", d - (t >> K["_A_SH_HP1"]))
         y[5] = ck("y6", y[5] + d)
         st[at] = ck("out", y[5] + bias)
         mask |= y[5] ^ (y[5] >> 31)
         at += 1
     st[K["_A_Y"] : K["_A_Y"] + 6] = [ck("y_store", v + bias) for v in y]
-    st[K["_A_E"]] = e
+    st[K["_A_E"]], st[K["_A_E"] + 1] = ea, ec
     st[K["_A_XP"]] = xp + bias
-    st[K["_A_OR"]] = mask
+    st[K["_A_OR"]], st[K["_A_OR"] + 1] = mask, mask_c
 
 
-def _a_sub_block(st, ck):
-    n = st[K["_A_M"]]
-    mask = st[K["_A_OR"]]
+def _block_squares(st, at, n, mask, ck):
+    """(k, sum of v*v, largest v*v) of the n scratch words from st[at], v = round(y / 2**k)."""
     k = 0
     while mask >> (K["_A_MANT_BITS"] + k):
         k += 1
     r = ((1 << k) >> 1) - K["_A_BIAS"]
-    acc = 0
+    acc = top = 0
     for i in reversed(range(n)):
-        v = ck("v", st[K["_A_SCR"] + i] + r) >> k
-        acc = ck("acc", acc + ck("square", v * v))
-    b = K["_A_BINS"] + 2 * k
+        v = ck("v", st[at + i] + r) >> k
+        sq = ck("square", v * v)
+        acc = ck("acc", acc + sq)
+        top = max(top, sq)
+    return k, acc, top
+
+
+def _add_bin(st, b, acc, ck):
     lo = ck("lo", st[b] + acc)
     st[b + 1] = ck("hi", st[b + 1] + (lo >> K["_LOW_BITS"]))
     st[b] = lo & K["_LOW_MASK"]
+
+
+def _a_sub_block(st, hist, ck):
+    n = st[K["_A_M"]]
+    bias = K["_A_BIAS"]
+    k, acc, _ = _block_squares(st, K["_A_SCR"], n, st[K["_A_OR"]], ck)
+    st[K["_A_SUBE"]], st[K["_A_SUBK"]] = acc, k
+    _add_bin(st, K["_A_BINS"] + 2 * k, acc, ck)
     if st[K["_A_RUN"]]:
         fm, fx = st[K["_A_FM"]], st[K["_A_FX"]]
         if k > fx:
@@ -193,12 +227,47 @@ def _a_sub_block(st, ck):
     if first or (fx, fm) < (st[K["_A_MINX"]], st[K["_A_MINM"]]):
         st[K["_A_MINM"]], st[K["_A_MINX"]] = fm, fx
     st[K["_A_NSUB"]] += 1
-    st[K["_A_OR"]] = 0
+    lvl = -bias
+    if fm:
+        b = fm.bit_length()
+        i = (fm >> (b - 9)) & 255 if b > 9 else (fm << (9 - b)) & 255
+        lvl = ck("lvl", ck("lvl_mul", ((b - 1) + 2 * fx) * K["_H_LOG2"]) >> 8) + hist[
+            K["_H_NBINS"] + i
+        ]
+    st[K["_A_LVL"]] = lvl + bias
+    tick = st[K["_A_HTICK"]]
+    st[K["_A_HTICK"]] = ck("tick", tick + 1)
+    shift = st[K["_A_HSHIFT"]]
+    if not tick & ((1 << shift) - 1):
+        nb = K["_H_NBINS"]
+        i = min(max((lvl - st[K["_A_HBASE"]]) >> 4, 0), nb - 1)
+        if hist[i] + 1 > K["_H_MAX"]:
+            carry = total = 0
+            for j in range(nb):
+                c = hist[j] + carry
+                hist[j] = c >> 1
+                total += c >> 1
+                carry = c & 1
+            st[K["_A_HTOTAL"]] = total
+            st[K["_A_HSHIFT"]] = shift + 1
+        hist[i] += 1
+        st[K["_A_HTOTAL"]] = ck("htotal", st[K["_A_HTOTAL"]] + 1)
+    k, acc, top = _block_squares(st, K["_A_SCR"] + n, n, st[K["_A_OR"] + 1], ck)
+    _add_bin(st, K["_A_CBINS"] + 2 * k, acc, ck)
+    while k > 0 and top < K["_A_PNORM"]:
+        top = ck("pk", top << 2)
+        k -= 1
+    if (k, top) > (st[K["_A_PKX"]], st[K["_A_PKM"]]):
+        st[K["_A_PKM"]], st[K["_A_PKX"]] = top, k
+    st[K["_A_OR"]] = st[K["_A_OR"] + 1] = 0
     st[K["_A_FILL"]] = 0
 
 
-def a_read(st):
-    """What LevelMeter.read() resets in the A state: the interval's bins and sub-block count."""
-    for i in range(K["_A_BINS"], K["_A_BINS"] + 2 * K["_A_NBIN"]):
+def a_read(st, hist):
+    """What Weighting.read() resets: the interval's bins, counts, C peak and histogram."""
+    for i in range(K["_A_HTOTAL"], K["_A_SCR"]):
         st[i] = 0
-    st[K["_A_NSUB"]] = 0
+    for name in ("_A_NSUB", "_A_HTICK", "_A_HSHIFT", "_A_PKM", "_A_PKX"):
+        st[K[name]] = 0
+    for i in range(K["_H_NBINS"]):
+        hist[i] = 0

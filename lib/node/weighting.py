@@ -1,0 +1,491 @@
+"""A- and C-weighted levels of raw I2S frames in @micropython.viper: LAeq, LAFmax, LAFmin, the
+LA10/LA50/LA90 percentiles of the Fast level, LCeq and LCpeak.
+
+Imported only when the microphone is calibrated (`audio.mic_sensitivity_dbfs` set, or found by
+the `calibrate` command): an uncalibrated node measures RMS and peak in node.dsp and never loads
+this code. Every intermediate fits in int32 by construction, with the bound next to each kernel;
+`Weighting.add()` allocates nothing (its state is preallocated `array`s) and `read()` makes the
+floats once per interval.
+
+Filters: IEC 61672-1 A- and C-weighting by fixed-point first-order sections from the bilinear
+transform at the configured rate (16 to 48 kHz). The C curve is the A curve without its two
+middle high-pass poles, so one cascade gives both: 12.2 kHz low-pass twice, 20.6 Hz high-pass
+twice (the C output), then 107.7 and 737.9 Hz high-pass (the A output). Time weighting: Fast
+(125 ms), updated once per sub-block of rate/252 samples. Percentiles: every sub-block's Fast
+level goes into a histogram of 0.1 dB bins from -115 to +5 dBFS (1200 uint16 counts, 2.4 KB,
+whatever the interval's length); a bin about to overflow halves them all and from then on only
+every second sub-block is counted (then every fourth, ...), which keeps the counts consistent and
+the level series far denser than its 125 ms time constant.
+
+Viper habits (as in node.dsp): loads through ptr16/ptr32 are unsigned (64-bit wide on the host),
+so signed words are stored offset by _A_BIAS; the two hottest locals of a kernel are its first
+two arguments, the only locals viper keeps in registers.
+"""
+
+import array
+import math
+
+import micropython
+from micropython import const
+
+from node.dsp import LOW_UNIT, level, sum_bins
+
+_REF_SPL_DB = 94.0  # the SPL at which a microphone reads its sensitivity in dBFS ...
+_SINE_DB = 3.010299956639812  # ... on datasheets' scale, where a full-scale sine is 0 dBFS
+_LOW_BITS = const(30)  # wide sums are (hi, lo) word pairs: value = hi * 2**30 + lo
+_LOW_MASK = const(0x3FFFFFFF)
+
+# The sections: y += u - c*y with c = 1 - pole held as round(c * 2**shift). The shifts give every
+# section 8 to 10 significant bits at rates from 16 to 48 kHz (pole frequencies within 0.3 %)
+# and keep c < 2**10 for the int32 bound of _a_filter. The filter input is the sample in Q4 of
+# 16-bit full scale (|x| <= 2**19), so rounding noise stays 24 dB under one 16-bit LSB.
+_A_POLES_HZ = (12194.217, 737.86223, 107.65265, 20.598997)  # IEC 61672-1 Annex E
+_A_SH_LP = const(9)  # the two 12.2 kHz low-pass sections
+_A_SH_HP1 = const(11)  # 737.9 Hz, the A cascade's last section
+_A_SH_HP2 = const(14)  # 107.7 Hz
+_A_SH_HP3 = const(16)  # the two 20.6 Hz sections; the second is the C cascade's last
+_A_SHIFTS = (_A_SH_LP, _A_SH_HP1, _A_SH_HP2, _A_SH_HP3)
+_A_REM1 = const(0x7FF)  # 2**_A_SH_HP1 - 1
+_A_REM3 = const(0xFFFF)  # 2**_A_SH_HP3 - 1
+_A_Q_BITS = const(4)
+_A_C = const(0)  # 4 coefficient words, in the order of _A_POLES_HZ
+_A_Y = const(4)  # 6 section outputs, in cascade order
+_A_E = const(10)  # remainders of the last sections' c*y (A, then C), carried to the next sample
+_A_XP = const(12)  # previous input sample
+_A_OR = const(13)  # OR of |y| over the sub-block so far, A then C (bit length sets the scaling)
+_A_FILL = const(15)  # samples in the current sub-block
+_A_M = const(16)  # sub-block length
+_A_SRC = const(17)  # first sample of the frame for _a_filter ...
+_A_CHUNK = const(18)  # ... and how many
+_A_WIDE = const(19)  # 1 for 32-bit slots
+_A_FM = const(20)  # Fast-weighted energy per sub-block = fm * 4**fx
+_A_FX = const(21)
+_A_MAXM = const(22)  # largest and smallest Fast value since read(), same representation
+_A_MAXX = const(23)
+_A_MINM = const(24)
+_A_MINX = const(25)
+_A_NSUB = const(26)  # sub-blocks completed since read()
+_A_RUN = const(27)  # 0 until the first sub-block has started the Fast time weighting
+_A_PKM = const(28)  # largest C-weighted square since read(), pkm * 4**pkx
+_A_PKX = const(29)
+_A_LVL = const(30)  # the last sub-block: its Fast level in 1/160 dB (10*log10 of fm * 4**fx) ...
+_A_SUBE = const(31)  # ... and its A energy, sube * 4**subk (for node.events)
+_A_SUBK = const(32)
+_A_HBASE = const(33)  # the level of the histogram's first bin, in 1/160 dB
+_A_HSHIFT = const(34)  # only every 2**hshift-th sub-block is counted (after halvings)
+_A_HTICK = const(35)  # sub-blocks since read(), for that
+_A_HTOTAL = const(36)  # the counts' sum
+_A_RANK = const(37)  # percentile ranks in, bins out: 3 words
+_A_BINS = const(40)  # A: (lo, hi) sums of the sub-block energies scaled by 4**-k, k = 0 .. 10
+_A_NBIN = const(11)
+_A_CBINS = const(62)  # the same for C
+_A_SCR = const(84)  # scratch: the sub-block's A output, _A_M words, then its C output
+# ptr32 loads are unsigned: on the 64-bit host a stored -1 reads back as 2**32 - 1. Signed
+# words (section outputs, previous input, scratch) are therefore stored offset by 2**22 > any
+# |value|, so that they load right on the board and on the host alike.
+_A_BIAS = const(0x400000)
+_A_MANT_BITS = const(11)  # squared mantissas of weighted samples have at most 11 bits + sign
+_A_NORM = const(0x10000000)  # Fast value normalised to fm in [2**28, 2**30] unless fx == 0
+_A_PNORM = const(0x100000)  # C peak normalised to pkm in [2**20, 2**22] unless pkx == 0
+_A_FAST_SHIFT = const(5)  # Fast weighting: F += (E - F) / 32 once per sub-block ...
+_A_SUB_PER_S = const(252)  # ... sub-blocks of rate/252 samples: -M/(rate*ln(31/32)) = 125 ms
+_RATE_MIN_HZ = const(16000)  # the coefficient scaling above holds for this range of rates
+_RATE_MAX_HZ = const(48000)
+
+# The Fast level histogram: NBINS counts of 0.1 dB from _H_LOW_DBFS on, then the 256-entry table
+# of 1600*log10(1 + (i + 0.5)/256) that makes a level out of a mantissa's top bits.
+_H_NBINS = const(1200)
+_H_LOW_DBFS = -115.0  # per-sample Fast level, on the filter input's full scale (square)
+_H_MAX = const(0xFFFF)
+_H_LOG2 = const(123302)  # 1600*log10(2) * 2**8: one octave of energy in 1/160 dB, scaled
+_H_TAB = const(256)
+_LEVEL_UNIT = 160.0  # levels in 1/160 dB: a 0.1 dB bin is 16 units, a shift by 4
+_FULL_Q4_DB = 380 * math.log10(2)  # 10*log10(2**38): Q4 full scale, squared
+
+
+@micropython.viper
+def _a_filter(d: int, j: int, buf, st: ptr32):
+    """Weight st[_A_CHUNK] samples of buf from st[_A_SRC] on into the scratch from st[j] on.
+
+    Call with d = 0. The loop runs j from -count up to 0 against pointers to the ends of the
+    chunk: the cheapest loop test viper has is `while j`.
+    Sections in order: 12.2 kHz low-pass twice (u = (x + x_prev) / 2), then 20.6 Hz twice (the C
+    output), 107.7 and 737.9 Hz (the A output), high-pass (u = x - x_prev). A high-pass
+    section's u is its input's increment, so d carries each section's increment to the next. c*y
+    is rounded down; the resulting DC offsets are removed exactly by the zeros at DC that follow,
+    except in each output's last section, which keeps the remainder of c*y (e) for the next
+    sample, leaving no bias and no deadband.
+    int32: each output is bounded by the L1 norm of the impulse response of the cascade up to
+    it (<= 2.84 for 16 to 48 kHz, the largest at the C output) times |x| <= 2**19, plus what
+    the roundings can add (< 2**10; both checked in tests): |y| < 1.5e6 < 2**21. With
+    c < 2**10 and e < 2**16, |c*y + e| < 1.54e9 < 2**31; u and d are at most 2 * |y|.
+    """
+    c_lp = st[_A_C]
+    c_hp1 = st[_A_C + 1]
+    c_hp2 = st[_A_C + 2]
+    c_hp3 = st[_A_C + 3]
+    bias = _A_BIAS
+    y1 = st[_A_Y] - bias
+    y2 = st[_A_Y + 1] - bias
+    y3 = st[_A_Y + 2] - bias
+    y4 = st[_A_Y + 3] - bias
+    y5 = st[_A_Y + 4] - bias
+    y6 = st[_A_Y + 5] - bias
+    ea = st[_A_E]
+    ec = st[_A_E + 1]
+    xp = st[_A_XP] - bias
+    mask = st[_A_OR]
+    mask_c = st[_A_OR + 1]
+    wide = st[_A_WIDE]
+    m = st[_A_M]
+    count = st[_A_CHUNK]
+    end = st[_A_SRC] + count
+    p16 = ptr16(int(ptr16(buf)) + 2 * end)
+    p32 = ptr32(int(ptr32(buf)) + 4 * end)
+    out = ptr32(int(st) + 4 * (j + count))
+    out_c = ptr32(int(st) + 4 * (j + count + m))
+    j = 0 - count
+    while j:
+        if wide:  # the top 20 of the 24 data bits
+            x = (((p32[j] >> 12) & 0xFFFFF) ^ 0x80000) - 0x80000
+        else:
+            x = ((p16[j] ^ 0x8000) - 0x8000) << _A_Q_BITS
+        d = ((x + xp) >> 1) - ((c_lp * y1) >> _A_SH_LP)
+        xp = x
+        x = y1 + (d >> 1)  # (y1_new + y1_old) / 2, the second low-pass's u
+        y1 += d
+        d = x - ((c_lp * y2) >> _A_SH_LP)
+        y2 += d
+        d -= (c_hp3 * y3) >> _A_SH_HP3
+        y3 += d
+        x = c_hp3 * y4 + ec
+        ec = x & _A_REM3
+        d -= x >> _A_SH_HP3
+        y4 += d
+        out_c[j] = y4 + bias
+        mask_c |= y4 ^ (y4 >> 31)  # |y| or |y| - 1: its bit length b gives |y| <= 2**b
+        d -= (c_hp2 * y5) >> _A_SH_HP2
+        y5 += d
+        x = c_hp1 * y6 + ea
+        ea = x & _A_REM1
+        d -= x >> _A_SH_HP1
+        y6 += d
+        out[j] = y6 + bias
+        mask |= y6 ^ (y6 >> 31)
+        j += 1
+    st[_A_Y] = y1 + bias
+    st[_A_Y + 1] = y2 + bias
+    st[_A_Y + 2] = y3 + bias
+    st[_A_Y + 3] = y4 + bias
+    st[_A_Y + 4] = y5 + bias
+    st[_A_Y + 5] = y6 + bias
+    st[_A_E] = ea
+    st[_A_E + 1] = ec
+    st[_A_XP] = xp + bias
+    st[_A_OR] = mask
+    st[_A_OR + 1] = mask_c
+
+
+@micropython.viper
+def _a_sub_block(n: int, acc: int, st: ptr32, hist: ptr16):
+    """Close a full sub-block of n samples: A energy into the LAeq bins, the Fast time weighting,
+    its level into the histogram; C energy into the LCeq bins and the C peak. Call with acc = 0.
+
+    Energy in block floating point: with b the bit length of the OR of |y| (|y| <= 2**b) and
+    k = max(0, b - 11), v = round(y / 2**k) has |v| <= 2**11, so v*v <= 2**22 and the sum over
+    M <= 256 samples is acc <= 2**30: energy = acc * 4**k. Bins (lo, hi): lo < 2**30 before the
+    add, so lo + acc < 2**31 and the carry moves 2**30 out at once.
+    Fast: F = fm * 4**fx with fm <= 2**30; aligning shifts right only, and
+    fm += (a - fm) >> 5 with 0 <= a, fm <= 2**30 stays in [0, 2**30]; renormalising shifts fm
+    left only while fm < 2**28, so every Fast value compares as (fx, fm).
+    Level: 1600*log10(F) = 481.65 * (bit length of fm - 1 + 2 * fx) + the table's value for
+    the 8 bits after fm's leading one; (b - 1 + 2 * fx) <= 30 + 2 * 11, times 123302 < 2**23.
+    Histogram: a count reaching 2**16 halves them all, carrying each odd half to the next bin so
+    that every cumulative count stays within one of the exact half.
+    C peak: the largest v*v (<= 2**22) as pkm * 4**pkx, normalised as F is, pkm >= 2**20.
+    """
+    bias = _A_BIAS
+    # ---- A: energy, Fast, level, histogram
+    mask = st[_A_OR]
+    k = 0
+    while mask >> (_A_MANT_BITS + k):
+        k += 1
+    r = ((1 << k) >> 1) - bias  # rounds to nearest, and removes the scratch offset
+    y = ptr32(int(st) + 4 * _A_SCR)
+    m = n
+    while n:
+        n -= 1
+        v = (y[n] + r) >> k
+        acc += v * v
+    st[_A_SUBE] = acc
+    st[_A_SUBK] = k
+    b = _A_BINS + 2 * k
+    lo = st[b] + acc
+    st[b + 1] += lo >> _LOW_BITS
+    st[b] = lo & _LOW_MASK
+    if st[_A_RUN]:
+        fm = st[_A_FM]
+        fx = st[_A_FX]
+        if k > fx:
+            fm >>= 2 * (k - fx)
+            fx = k
+        else:
+            acc >>= 2 * (fx - k)
+        fm += (acc - fm) >> _A_FAST_SHIFT
+    else:  # the first sub-block starts the time weighting at its own level, not from 0
+        st[_A_RUN] = 1
+        fm = acc
+        fx = k
+    while fx > 0 and fm < _A_NORM:
+        fm <<= 2
+        fx -= 1
+    st[_A_FM] = fm
+    st[_A_FX] = fx
+    n = st[_A_NSUB]
+    if n == 0 or fx > st[_A_MAXX] or (fx == st[_A_MAXX] and fm > st[_A_MAXM]):
+        st[_A_MAXM] = fm
+        st[_A_MAXX] = fx
+    if n == 0 or fx < st[_A_MINX] or (fx == st[_A_MINX] and fm < st[_A_MINM]):
+        st[_A_MINM] = fm
+        st[_A_MINX] = fx
+    st[_A_NSUB] = n + 1
+    lvl = 0 - _A_BIAS  # silence: below every bin and every threshold
+    if fm:
+        b = 1
+        while fm >> b:
+            b += 1
+        if b > 9:
+            i = (fm >> (b - 9)) & 255
+        else:
+            i = (fm << (9 - b)) & 255
+        lvl = ((((b - 1) + 2 * fx) * _H_LOG2) >> 8) + hist[_H_NBINS + i]
+    st[_A_LVL] = lvl + bias
+    tick = st[_A_HTICK]
+    st[_A_HTICK] = tick + 1
+    shift = st[_A_HSHIFT]
+    if not tick & ((1 << shift) - 1):
+        i = (lvl - st[_A_HBASE]) >> 4
+        if i < 0:
+            i = 0
+        elif i >= _H_NBINS:
+            i = _H_NBINS - 1
+        c = hist[i] + 1
+        if c > _H_MAX:
+            b = 0
+            carry = 0
+            total = 0
+            while b < _H_NBINS:
+                c = hist[b] + carry
+                hist[b] = c >> 1
+                total += c >> 1
+                carry = c & 1
+                b += 1
+            st[_A_HTOTAL] = total
+            st[_A_HSHIFT] = shift + 1
+            c = hist[i] + 1
+        hist[i] = c
+        st[_A_HTOTAL] += 1
+    # ---- C: energy and peak
+    mask = st[_A_OR + 1]
+    k = 0
+    while mask >> (_A_MANT_BITS + k):
+        k += 1
+    r = ((1 << k) >> 1) - bias
+    y = ptr32(int(st) + 4 * (_A_SCR + m))
+    acc = 0
+    pk = 0
+    while m:
+        m -= 1
+        v = (y[m] + r) >> k
+        v *= v
+        acc += v
+        if v > pk:
+            pk = v
+    b = _A_CBINS + 2 * k
+    lo = st[b] + acc
+    st[b + 1] += lo >> _LOW_BITS
+    st[b] = lo & _LOW_MASK
+    while k > 0 and pk < _A_PNORM:
+        pk <<= 2
+        k -= 1
+    if k > st[_A_PKX] or (k == st[_A_PKX] and pk > st[_A_PKM]):
+        st[_A_PKM] = pk
+        st[_A_PKX] = k
+    st[_A_OR] = 0
+    st[_A_OR + 1] = 0
+    st[_A_FILL] = 0
+
+
+@micropython.viper
+def _a_frame(buf, nbytes: int, sta, hist, hook, hook_state):
+    """Weight one frame, one sub-block's worth at a time, closing each sub-block that fills;
+    `hook` (node.events), when not None, hears of each closed sub-block: its Fast level and its
+    A energy (energy * 4**k)."""
+    st = ptr32(sta)
+    n = nbytes >> (1 + st[_A_WIDE])
+    m = st[_A_M]
+    src = 0
+    while src < n:
+        fill = st[_A_FILL]
+        count = m - fill
+        if count > n - src:
+            count = n - src
+        st[_A_SRC] = src
+        st[_A_CHUNK] = count
+        _a_filter(0, _A_SCR + fill, buf, sta)
+        src += count
+        if fill + count == m:
+            _a_sub_block(m, 0, sta, hist)
+            if hook:
+                hook(hook_state, st[_A_LVL] - _A_BIAS, st[_A_SUBE], st[_A_SUBK])
+        else:
+            st[_A_FILL] = fill + count
+
+
+@micropython.viper
+def _ranks(hist: ptr16, st: ptr32):
+    """The bins holding the counts of rank st[_A_RANK + i] (0-based, ascending level, i = 0..2),
+    into the same words; then every count back to 0. int32: the counts sum to at most
+    2**16 * 1200 < 2**27."""
+    total = 0
+    i = 0
+    r = st[_A_RANK]
+    j = 0
+    while i < _H_NBINS:
+        total += hist[i]
+        while j < 3 and total > r:
+            st[_A_RANK + j] = i
+            j += 1
+            if j < 3:
+                r = st[_A_RANK + j]
+        hist[i] = 0
+        i += 1
+
+
+def _a_state(rate_hz, wide):
+    """A/C state for rate_hz, and the gains of the A and C cascades at 1 kHz (both are 0 dB there).
+
+    Poles by the bilinear transform, p = (2*fs - wa) / (2*fs + wa); c = 1 - p is stored as
+    round(c * 2**shift) and the 1 kHz gains are those of the rounded coefficients.
+    """
+    sub_block = (rate_hz + _A_SUB_PER_S // 2) // _A_SUB_PER_S
+    st = array.array("i", bytes(4 * (_A_SCR + 2 * sub_block)))
+    for i in range(_A_Y, _A_Y + 6):
+        st[i] = _A_BIAS  # 0, stored with its offset
+    st[_A_XP] = _A_BIAS
+    st[_A_M] = sub_block
+    st[_A_WIDE] = wide
+    cos_1k = math.cos(2 * math.pi * 1000 / rate_hz)
+    g2 = []  # each section's squared gain at 1 kHz, in the order of _A_POLES_HZ
+    for i, pole_hz in enumerate(_A_POLES_HZ):
+        wa = 2 * math.pi * pole_hz
+        c = round(2 * wa / (2 * rate_hz + wa) * (1 << _A_SHIFTS[i]))
+        st[_A_C + i] = c
+        pole = 1 - c / (1 << _A_SHIFTS[i])
+        # low-pass: a zero at Nyquist, (1 + 1/z) / 2; high-pass: a zero at DC, 1 - 1/z
+        zero2 = (2 + 2 * cos_1k) / 4 if i == 0 else 2 - 2 * cos_1k
+        g2.append(zero2 / (1 - 2 * pole * cos_1k + pole * pole))
+    lp, hp1, hp2, hp3 = g2
+    c_gain2 = lp * lp * hp3 * hp3  # 12.2 kHz and 20.6 Hz sections come in pairs
+    return st, 10 * math.log10(c_gain2 * hp1 * hp2), 10 * math.log10(c_gain2)
+
+
+def _log_table(hist):
+    for i in range(_H_TAB):
+        hist[_H_NBINS + i] = round(1600 * math.log10(1 + (i + 0.5) / 256))
+
+
+class Weighting:
+    """The calibrated levels of a stream of raw I2S frames: add() each frame, read() once per
+    interval, both called by node.dsp.LevelMeter.
+
+    `spl_db` maps the meter's dBFS (full-scale square = 0) to dB SPL; `floor_dbfs` is the level of
+    one LSB of the sample format, which silence reads. `hook`, when set, is a viper function
+    called as hook(hook_state, level, energy, k) after each sub-block (node.events); it must
+    allocate nothing.
+    """
+
+    def __init__(self, rate_hz, wide, spl_db, floor_dbfs):
+        if not _RATE_MIN_HZ <= rate_hz <= _RATE_MAX_HZ:
+            raise ValueError(
+                "audio rate %r Hz: A- and C-weighting support %d..%d Hz"
+                % (rate_hz, _RATE_MIN_HZ, _RATE_MAX_HZ)
+            )
+        self.rate_hz = rate_hz
+        self.state, self._a_gain_db, self._c_gain_db = _a_state(rate_hz, wide)
+        self.sub_block = self.state[_A_M]
+        self._hist = array.array("H", bytes(2 * (_H_NBINS + _H_TAB)))
+        _log_table(self._hist)
+        # the level of the first bin's lower edge, for a whole sub-block's energy in Q4 units
+        base_db = _H_LOW_DBFS + _FULL_Q4_DB + 10 * math.log10(self.sub_block)
+        self.state[_A_HBASE] = round(base_db * _LEVEL_UNIT)
+        self.hook = self.hook_state = None
+        self._floor_dbfs = floor_dbfs
+        self.calibrate(spl_db)
+
+    def calibrate(self, spl_db):
+        """Use `spl_db` from now on (a new sensitivity): every level read() gives follows it."""
+        # The filter input is Q4 of 16-bit full scale (2**19) in both formats; the 1 kHz gain of
+        # each cascade is undone.
+        self.spl_db = spl_db
+        self._a_scale = 10 ** ((spl_db - self._a_gain_db) / 10) / 2.0**38
+        self._c_scale = 10 ** ((spl_db - self._c_gain_db) / 10) / 2.0**38
+        self.floor_db = self._floor_dbfs + spl_db  # silence: one LSB of the format
+
+    def level_units(self, dba):
+        """A Fast level in dB(A) as the state's 1/160 dB units of a sub-block's energy."""
+        return round((dba - self._sub_db()) * _LEVEL_UNIT)
+
+    def units_dba(self, units):
+        """The inverse of level_units()."""
+        return units / _LEVEL_UNIT + self._sub_db()
+
+    def _sub_db(self):
+        # 10*log10 of the scale from a sub-block's energy (Q4 units) to its per-sample level
+        return 10 * math.log10(self._a_scale / self.sub_block)
+
+    def energy_dba(self, energy, samples):
+        return level(energy / samples, self._a_scale, self.floor_db)
+
+    def add(self, buf, nbytes):
+        _a_frame(buf, nbytes, self.state, self._hist, self.hook, self.hook_state)
+
+    def read(self, lv):
+        """Add the interval's calibrated levels to the dict `lv`, and start the next interval."""
+        st = self.state
+        nsub = st[_A_NSUB]
+        m = self.sub_block
+        floor = self.floor_db
+        if nsub:
+            samples = nsub * m
+            lv["laeq_dba"] = self.energy_dba(sum_bins(st, _A_BINS, _A_NBIN), samples)
+            lv["lafmax_dba"] = level(st[_A_MAXM] * 4.0 ** st[_A_MAXX] / m, self._a_scale, floor)
+            lv["lafmin_dba"] = level(st[_A_MINM] * 4.0 ** st[_A_MINX] / m, self._a_scale, floor)
+            self._percentiles(lv)
+            lv["lceq_dbc"] = level(sum_bins(st, _A_CBINS, _A_NBIN) / samples, self._c_scale,
+                                   floor)
+            lv["lcpeak_dbc"] = level(st[_A_PKM] * 4.0 ** st[_A_PKX], self._c_scale, floor)
+        else:  # the interval was shorter than one sub-block (rate / 252 samples)
+            for key in ("laeq_dba", "lafmax_dba", "lafmin_dba", "la10_dba", "la50_dba",
+                        "la90_dba", "lceq_dbc", "lcpeak_dbc"):
+                lv[key] = floor
+        for i in range(_A_HTOTAL, _A_SCR):  # the count, the ranks, the A and C bins
+            st[i] = 0
+        st[_A_NSUB] = st[_A_HTICK] = st[_A_HSHIFT] = st[_A_PKM] = st[_A_PKX] = 0
+
+    def _percentiles(self, lv):
+        """LA10, LA50, LA90 from the histogram, which this empties (O(1): 1200 bins scanned)."""
+        st, hist = self.state, self._hist
+        total = st[_A_HTOTAL]
+        if not total:  # every sub-block since the last halving fell between two counted ones
+            _ranks(hist, st)
+            lv["la10_dba"] = lv["la50_dba"] = lv["la90_dba"] = lv["lafmin_dba"]
+            return
+        # numpy.percentile's position (n - 1) * p, to the nearest rank; L10 is exceeded 10 % of
+        # the time: the 90th percentile
+        for j, p in enumerate((0.1, 0.5, 0.9)):
+            st[_A_RANK + j] = round((total - 1) * p)
+        _ranks(hist, st)
+        base = st[_A_HBASE]
+        for j, key in enumerate(("la90_dba", "la50_dba", "la10_dba")):
+            lv[key] = max(self.units_dba(base + 16 * st[_A_RANK + j] + 8), self.floor_db)
