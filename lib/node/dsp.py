@@ -30,12 +30,12 @@ import math
 import micropython
 from micropython import const
 
+from node import spl
+
 _FLOOR16_DBFS = -90.30899869919436  # one LSB: 20*log10(1 / 32768)
 _FLOOR32_DBFS = -138.47379800543135  # one LSB of the 24-bit data: 20*log10(2**-23)
 _FS2_16 = 1 / 1073741824.0  # 1 / full scale**2: 2**-30 and 2**-46, exact as floats
 _FS2_32 = 1 / 70368744177664.0
-REF_SPL_DB = 94.0  # the SPL at which a microphone reads its sensitivity in dBFS ...
-SINE_DB = 3.010299956639812  # ... on datasheets' scale, where a full-scale sine is 0 dBFS
 _LOW_BITS = const(30)  # wide sums are (hi, lo) word pairs: value = hi * 2**30 + lo
 _LOW_MASK = const(0x3FFFFFFF)
 LOW_UNIT = 1073741824.0  # 2**30, as a float: the int is not a small int on the ESP32
@@ -181,17 +181,6 @@ def sum_bins(st, at, nbins):
     return energy
 
 
-def spl_offset_db(mic_sensitivity_dbfs):
-    """What turns the meter's dBFS into dB SPL for a datasheet sensitivity (dBFS at 94 dB SPL on
-    the datasheets' scale, where a full-scale sine reads 0 dBFS, not our -3.01)."""
-    return REF_SPL_DB + SINE_DB - mic_sensitivity_dbfs
-
-
-def sensitivity_dbfs(rms_dbfs, spl_db):
-    """The sensitivity that makes a level of rms_dbfs read spl_db (the calibrate command)."""
-    return rms_dbfs + SINE_DB + REF_SPL_DB - spl_db
-
-
 class LevelMeter:
     """Levels of a stream of raw I2S frames: add() each frame, read() once per interval.
 
@@ -232,7 +221,7 @@ class LevelMeter:
         if mic_sensitivity_dbfs is None:
             self._w = self._ev = self.spl_db = None
             return
-        spl_db = spl_offset_db(mic_sensitivity_dbfs)
+        spl_db = spl.offset_db(mic_sensitivity_dbfs)
         if self._w is None:
             from node.weighting import Weighting
 

@@ -63,10 +63,9 @@ class Outbox:
     def __len__(self):
         return self._len + (1 if self._flight_seq else 0)
 
-    def add(self, topic, pairs):
-        """Queue a reading of (key, value) pairs, stamped now; when full the oldest goes.
-
-        Returns its seq.
+    def add(self, topic, pairs, age_ms=0):
+        """Queue a reading of (key, value) pairs, stamped now less `age_ms` (a noise event is
+        dated by its start); when full the oldest goes. Returns its seq.
         """
         body = payload.fields(pairs)
         n = len(body)
@@ -87,8 +86,9 @@ class Outbox:
         self._write = at + n
         self._seqs[slot] = self.seq
         ts = self._clock()
-        self._ts[slot] = 0 if ts is None else ts
-        self._taken_s[slot] = self._uptime_ms() // 1000
+        age_s = (age_ms + 500) // 1000
+        self._ts[slot] = 0 if ts is None else ts - age_s
+        self._taken_s[slot] = max(0, self._uptime_ms() // 1000 - age_s)
         self._offs[slot] = at
         self._lens[slot] = n
         self._kinds[slot] = self._kind(topic)

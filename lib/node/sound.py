@@ -1,22 +1,28 @@
-"""The I2S task: read frames without blocking the loop, measure them, queue a level per interval."""
+"""The I2S task: read frames without blocking the loop, measure them, queue a level per interval,
+a reading per noise event, and measure for the calibrate command."""
 
 import asyncio
 import time
 
+from node.dsp import LevelMeter
 from node.log import log
 
-_WEIGHTED = ("laeq_dba", "lafmax_dba", "lafmin_dba")
+# The sound reading's keys after the contract's two, in this order, when the meter gives them.
+_LEVELS = ("laeq_dba", "lafmax_dba", "lafmin_dba", "la10_dba", "la50_dba", "la90_dba",
+           "lceq_dbc", "lcpeak_dbc", "lzeq_dbz", "bands_dbz", "bands_dbfs")
 
 
 class Sound:
     """Owns the I2S microphone; frames go through the viper level meter, levels to the outbox."""
 
     """`settings` is the config's "audio" section as in force: `publish_interval_s` is read at
-    every level, so a `set` command takes effect from the next one on. `ring_samples` is what
-    the I2S DMA ring holds (board.mic_ring_samples(), the size board.microphone() gives it).
+    every level, so a `set` command takes effect from the next one on, and
+    `mic_sensitivity_dbfs` at recalibrate(). `ring_samples` is what the I2S DMA ring holds
+    (board.mic_ring_samples(), the size board.microphone() gives it). Noise events go to
+    `event_topic`.
     """
 
-    def __init__(self, i2s, meter, settings, outbox, topic, beat, ring_samples):
+    def __init__(self, i2s, meter, settings, outbox, topic, event_topic, beat, ring_samples):
         self._i2s = i2s
         self._meter = meter
         self._settings = settings
@@ -30,21 +36,71 @@ class Sound:
         self._buf = bytearray(self._frame_samples * self._sample_bytes)
         self._outbox = outbox
         self._topic = topic
+        self._event_topic = event_topic
         self._beat = beat
         self.frames = 0
+        self.events = 0
         # Samples the microphone produced but we never got (the DMA ring overflowed while the
         # loop was late), less what may still sit in the ring: small ints, kept per interval.
         self._interval_samples = 0
         self._deficit = 0
+        # calibrate: an RMS meter of its own while it measures, and whom to tell
+        self._cal = None
+        self._cal_done = None
+        self._cal_samples = 0
+        self._cal_started_ms = 0
+        self._cal_ms = 0
 
     def _lost_samples(self):
         # What the DMA ring can still hold is not lost.
         return max(0, self._deficit - self._slack_samples)
 
     @property
+    def calibrated(self):
+        """The meter gives dB SPL levels (a sensitivity is in force and its memory was there)."""
+        return self._meter.spl_db is not None
+
+    @property
+    def events_on(self):
+        return self._meter.events_on
+
+    @property
     def frames_missed(self):
         """Whole frames lost to overruns so far."""
         return self._lost_samples() // self._frame_samples
+
+    def recalibrate(self):
+        """The sensitivity in force changed (set, calibrate, reset_settings): measure with it."""
+        sens = self._settings["mic_sensitivity_dbfs"]
+        try:
+            self._meter.calibrate(sens)
+        except MemoryError:
+            # The weighting's ~4 KB are not there in one piece now; at boot they are.
+            self._meter.calibrate(None)
+            log("sound", "no memory for the calibrated levels now: they start at the next boot")
+            return
+        log("sound", "sensitivity %s dBFS: %s" % (
+            sens, "dBFS only" if sens is None else "dB SPL levels"))
+
+    def measure(self, seconds, done):
+        """Measure the microphone's RMS and peak for `seconds` beside the running intervals,
+        then call done((rms_dbfs, peak_dbfs, measured_pct)), or done(None) without audio."""
+        self._cal = LevelMeter(self._settings["bits"])
+        self._cal_done = done
+        self._cal_samples = 0
+        self._cal_started_ms = time.ticks_ms()
+        self._cal_ms = seconds * 1000
+
+    def _measured(self, now):
+        cal, done = self._cal, self._cal_done
+        self._cal = self._cal_done = None
+        levels = cal.read()
+        if levels is None:
+            done(None)
+            return
+        expected = time.ticks_diff(now, self._cal_started_ms) * self._rate_hz // 1000
+        done((levels["rms_dbfs"], levels["peak_dbfs"],
+              min(100, 100 * self._cal_samples // max(1, expected))))
 
     async def run(self):
         reader = asyncio.StreamReader(self._i2s)
@@ -61,8 +117,17 @@ class Sound:
                 meter.add(buf, n)
                 self.frames += 1
                 self._interval_samples += n // sample_bytes
+                if self._cal is not None:
+                    self._cal.add(buf, n)
+                    self._cal_samples += n // sample_bytes
+                if meter.events_on:
+                    event = meter.event()
+                    if event is not None:
+                        self._publish_event(event)
             self._beat()
             now = time.ticks_ms()
+            if self._cal is not None and time.ticks_diff(now, self._cal_started_ms) >= self._cal_ms:
+                self._measured(now)
             if time.ticks_diff(now, due_ms) >= 0:
                 due_ms = time.ticks_add(due_ms, self._interval_ms())
                 expected = time.ticks_diff(now, started_ms) * self._rate_hz // 1000
@@ -83,12 +148,19 @@ class Sound:
         if levels is None:
             log("sound", "no audio frames this interval")
             return
-        # The contract's two levels first, then the dB(A) ones when the mic is calibrated.
+        # The contract's two levels first, then the calibrated ones and the bands it has.
         fields = [("rms_dbfs", levels["rms_dbfs"]), ("peak_dbfs", levels["peak_dbfs"])]
-        for key in _WEIGHTED:
+        for key in _LEVELS:
             if key in levels:
                 fields.append((key, levels[key]))
         fields.append(("measured_pct", measured_pct))
         seq = self._outbox.add(self._topic, fields)
         log("sound", "reading %d: %.2f dBFS rms, %.2f dBFS peak, %d frames"
             % (seq, levels["rms_dbfs"], levels["peak_dbfs"], levels["frames"]))
+
+    def _publish_event(self, event):
+        """Queue a noise event, dated by its start."""
+        age_ms, fields = event
+        self.events += 1
+        seq = self._outbox.add(self._event_topic, fields, age_ms)
+        log("sound", "event %d: %.2f s, LAFmax %.2f dB(A)" % (seq, fields[0][1], fields[1][1]))

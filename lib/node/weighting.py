@@ -30,8 +30,6 @@ from micropython import const
 
 from node.dsp import LOW_UNIT, level, sum_bins
 
-_REF_SPL_DB = 94.0  # the SPL at which a microphone reads its sensitivity in dBFS ...
-_SINE_DB = 3.010299956639812  # ... on datasheets' scale, where a full-scale sine is 0 dBFS
 _LOW_BITS = const(30)  # wide sums are (hi, lo) word pairs: value = hi * 2**30 + lo
 _LOW_MASK = const(0x3FFFFFFF)
 

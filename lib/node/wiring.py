@@ -66,6 +66,20 @@ def node_id_of(cfg):
     return cfg["node_id"] or board.unique_id_hex()
 
 
+def make_meter(audio):
+    """The level meter for the audio config: bands and events only when asked for (their code and
+    memory are spent only then); events need a calibrated microphone, and wait for one."""
+    events = None
+    if audio["event_threshold_dba"] is not None:
+        events = (audio["event_threshold_dba"], audio["event_hysteresis_db"],
+                  audio["event_min_s"])
+        if audio["mic_sensitivity_dbfs"] is None:
+            log("sound", "noise events wait for a calibrated microphone (mic_sensitivity_dbfs"
+                " or the calibrate command)")
+    return LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"],
+                      audio["bands"], events)
+
+
 class Node:
     """The running app: builds every part from the config and connects them.
 
@@ -97,12 +111,12 @@ class Node:
         )
         audio = cfg["audio"]
         self.sound = Sound(
-            board.microphone(audio),
-            LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"]),
-            audio, self.outbox, topics.sound.encode(),
+            board.microphone(audio), make_meter(audio), audio, self.outbox,
+            topics.sound.encode(), topics.event.encode(),
             supervisor.register("sound", SOUND_SILENCE_MS),
             board.mic_ring_samples(audio["rate_hz"]),
         )
+        self._sensitivity = audio["mic_sensitivity_dbfs"]
         self.publisher = Publisher(
             make_client(cfg, secrets, ctx, self.node_id), self.outbox, topics,
             cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
@@ -140,8 +154,9 @@ class Node:
         # Three missed intervals make Home Assistant show a sensor as unavailable.
         for topic, body in discovery.messages(
             cfg["discovery"]["prefix"], self.node_id, self.topics, VERSION, MODEL, MANUFACTURER,
-            cfg["audio"]["mic_sensitivity_dbfs"] is not None, 3 * cfg["dht"]["interval_s"],
+            self.sound.calibrated, 3 * cfg["dht"]["interval_s"],
             3 * cfg["audio"]["publish_interval_s"], 3 * cfg["telemetry_interval_s"],
+            self.sound.events_on,
         ):
             # An empty body removes a sensor that is no longer there (discovery.messages).
             if self.publisher.publish_now(topic.encode(), body, retain=True) and body:
@@ -181,9 +196,15 @@ class Node:
             from node.commands import Commands
 
             self.commands = Commands(self._raw_cfg, self._saved, SETTINGS_PATH, self.cfg,
-                                     self._reboot, self.led.identify, self._settings_changed)
+                                     self._reboot, self.led.identify, self._settings_changed,
+                                     self.sound.measure, self._late_reply)
             self._raw_cfg = self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
+        if reply is not None:  # None: it comes later (calibrate)
+            self.publisher.publish_now(self.topics.reply.encode(), reply)
+
+    def _late_reply(self, reply):
+        # Best effort, as every reply: a command's sender listens while it waits.
         self.publisher.publish_now(self.topics.reply.encode(), reply)
 
     def _refuse_retained(self):
@@ -202,8 +223,12 @@ class Node:
         }))
 
     def _settings_changed(self):
+        sens = self.cfg["audio"]["mic_sensitivity_dbfs"]
+        if sens != self._sensitivity:
+            self._sensitivity = sens
+            self.sound.recalibrate()
         if self.cfg["discovery"]["enabled"] and self.publisher.connected:
-            self._announce()  # expire_after follows the intervals
+            self._announce()  # expire_after follows the intervals; dB(A) sensors the calibration
 
     def _reboot(self):
         async def later():
