@@ -30,8 +30,6 @@ import math
 import micropython
 from micropython import const
 
-from node import spl
-
 _FLOOR16_DBFS = -90.30899869919436  # one LSB: 20*log10(1 / 32768)
 _FLOOR32_DBFS = -138.47379800543135  # one LSB of the 24-bit data: 20*log10(2**-23)
 _FS2_16 = 1 / 1073741824.0  # 1 / full scale**2: 2**-30 and 2**-46, exact as floats
@@ -221,6 +219,8 @@ class LevelMeter:
         if mic_sensitivity_dbfs is None:
             self._w = self._ev = self.spl_db = None
             return
+        from node import spl  # an uncalibrated meter has no use for it
+
         spl_db = spl.offset_db(mic_sensitivity_dbfs)
         if self._w is None:
             from node.weighting import Weighting

@@ -4,7 +4,7 @@ a reading per noise event, and measure for the calibrate command."""
 import asyncio
 import time
 
-from node.dsp import LevelMeter
+from node import unload
 from node.log import log
 
 # The sound reading's keys after the contract's two, in this order, when the meter gives them.
@@ -16,16 +16,15 @@ class Sound:
     """Owns the I2S microphone; frames go through the viper level meter, levels to the outbox."""
 
     """`settings` is the config's "audio" section as in force: `publish_interval_s` is read at
-    every level, so a `set` command takes effect from the next one on, and
-    `mic_sensitivity_dbfs` at recalibrate(). `ring_samples` is what the I2S DMA ring holds
-    (board.mic_ring_samples(), the size board.microphone() gives it). Noise events go to
-    `event_topic`.
+    every level, so a `set` command takes effect from the next one on. `ring_samples` is what
+    the I2S DMA ring holds (board.mic_ring_samples(), the size board.microphone() gives it).
+    Noise events go to `event_topic`.
     """
 
     def __init__(self, i2s, meter, settings, outbox, topic, event_topic, beat, ring_samples):
         self._i2s = i2s
-        self._meter = meter
-        self._settings = settings
+        self.meter = meter
+        self.settings = settings
         self._sample_bytes = settings["bits"] // 8
         self._rate_hz = settings["rate_hz"]
         self._frame_samples = settings["frame_samples"]
@@ -44,68 +43,28 @@ class Sound:
         # loop was late), less what may still sit in the ring: small ints, kept per interval.
         self._interval_samples = 0
         self._deficit = 0
-        # calibrate: an RMS meter of its own while it measures, and whom to tell
-        self._cal = None
-        self._cal_done = None
-        self._cal_samples = 0
-        self._cal_started_ms = 0
-        self._cal_ms = 0
+        self.measurement = None  # a node.measure.Measurement while calibrate measures
 
     def _lost_samples(self):
         # What the DMA ring can still hold is not lost.
         return max(0, self._deficit - self._slack_samples)
 
     @property
-    def calibrated(self):
-        """The meter gives dB SPL levels (a sensitivity is in force and its memory was there)."""
-        return self._meter.spl_db is not None
-
-    @property
-    def events_on(self):
-        return self._meter.events_on
-
-    @property
     def frames_missed(self):
         """Whole frames lost to overruns so far."""
         return self._lost_samples() // self._frame_samples
 
-    def recalibrate(self):
-        """The sensitivity in force changed (set, calibrate, reset_settings): measure with it."""
-        sens = self._settings["mic_sensitivity_dbfs"]
-        try:
-            self._meter.calibrate(sens)
-        except MemoryError:
-            # The weighting's ~4 KB are not there in one piece now; at boot they are.
-            self._meter.calibrate(None)
-            log("sound", "no memory for the calibrated levels now: they start at the next boot")
-            return
-        log("sound", "sensitivity %s dBFS: %s" % (
-            sens, "dBFS only" if sens is None else "dB SPL levels"))
-
     def measure(self, seconds, done):
-        """Measure the microphone's RMS and peak for `seconds` beside the running intervals,
-        then call done((rms_dbfs, peak_dbfs, measured_pct)), or done(None) without audio."""
-        self._cal = LevelMeter(self._settings["bits"])
-        self._cal_done = done
-        self._cal_samples = 0
-        self._cal_started_ms = time.ticks_ms()
-        self._cal_ms = seconds * 1000
+        """Measure the microphone's RMS and peak for `seconds` beside the running intervals
+        (node.measure), then done((rms_dbfs, peak_dbfs, measured_pct)), or done(None)."""
+        from node import measure
 
-    def _measured(self, now):
-        cal, done = self._cal, self._cal_done
-        self._cal = self._cal_done = None
-        levels = cal.read()
-        if levels is None:
-            done(None)
-            return
-        expected = time.ticks_diff(now, self._cal_started_ms) * self._rate_hz // 1000
-        done((levels["rms_dbfs"], levels["peak_dbfs"],
-              min(100, 100 * self._cal_samples // max(1, expected))))
+        measure.start(self, seconds, done)
 
     async def run(self):
         reader = asyncio.StreamReader(self._i2s)
         buf = self._buf
-        meter = self._meter
+        meter = self.meter
         sample_bytes = self._sample_bytes
         started_ms = time.ticks_ms()
         due_ms = time.ticks_add(started_ms, self._interval_ms())
@@ -117,17 +76,20 @@ class Sound:
                 meter.add(buf, n)
                 self.frames += 1
                 self._interval_samples += n // sample_bytes
-                if self._cal is not None:
-                    self._cal.add(buf, n)
-                    self._cal_samples += n // sample_bytes
+                if self.measurement is not None:
+                    self.measurement.add(buf, n)
                 if meter.events_on:
                     event = meter.event()
                     if event is not None:
                         self._publish_event(event)
             self._beat()
             now = time.ticks_ms()
-            if self._cal is not None and time.ticks_diff(now, self._cal_started_ms) >= self._cal_ms:
-                self._measured(now)
+            m = self.measurement
+            if m is not None and m.due(now):
+                self.measurement = None
+                m.finish(now)
+                m = None
+                unload("measure")
             if time.ticks_diff(now, due_ms) >= 0:
                 due_ms = time.ticks_add(due_ms, self._interval_ms())
                 expected = time.ticks_diff(now, started_ms) * self._rate_hz // 1000
@@ -139,12 +101,12 @@ class Sound:
                 self._publish(100 - 100 * max(0, lost) / expected if expected > 0 else 0.0)
 
     def _interval_ms(self):
-        return self._settings["publish_interval_s"] * 1000
+        return self.settings["publish_interval_s"] * 1000
 
     def _publish(self, measured_pct):
         """Queue the interval's levels; `measured_pct` is the share of its samples measured
         (less than 100 when the loop was so late that the DMA ring overflowed)."""
-        levels = self._meter.read()
+        levels = self.meter.read()
         if levels is None:
             log("sound", "no audio frames this interval")
             return

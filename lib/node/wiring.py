@@ -154,9 +154,9 @@ class Node:
         # Three missed intervals make Home Assistant show a sensor as unavailable.
         for topic, body in discovery.messages(
             cfg["discovery"]["prefix"], self.node_id, self.topics, VERSION, MODEL, MANUFACTURER,
-            self.sound.calibrated, 3 * cfg["dht"]["interval_s"],
+            self.sound.meter.spl_db is not None, 3 * cfg["dht"]["interval_s"],
             3 * cfg["audio"]["publish_interval_s"], 3 * cfg["telemetry_interval_s"],
-            self.sound.events_on,
+            self.sound.meter.events_on,
         ):
             # An empty body removes a sensor that is no longer there (discovery.messages).
             if self.publisher.publish_now(topic.encode(), body, retain=True) and body:
@@ -225,8 +225,12 @@ class Node:
     def _settings_changed(self):
         sens = self.cfg["audio"]["mic_sensitivity_dbfs"]
         if sens != self._sensitivity:
+            from node import measure
+
             self._sensitivity = sens
-            self.sound.recalibrate()
+            measure.recalibrate(self.sound.meter, sens)
+            del measure
+            unload("measure")
         if self.cfg["discovery"]["enabled"] and self.publisher.connected:
             self._announce()  # expire_after follows the intervals; dB(A) sensors the calibration
 

@@ -99,7 +99,7 @@ def sound(sensitivity, bands=False):
     for i in range(0, 512, 4):
         frame[i + 1] = 0x20  # a square wave
     for i in range(8):
-        s._meter.add(frame, 512)
+        s.meter.add(frame, 512)
     s._publish(100.0)
     return box.body
 
