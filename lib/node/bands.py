@@ -40,7 +40,7 @@ _DESIGNS = {48000: (3, 0.1, 0.725, (2, 3, 0), 8), 16000: (4, 0.0, 1.0, (2, 1, 1)
 _HB = (538, 2354)  # half-band allpass coefficients, Q12: the phase of the second, of the first
 _Q_COEF = const(10)
 _LIM = const(163840)  # 1.25 * 2**17: the decimated signal's clamp
-_CHUNK = const(256)  # samples decimated per kernel call: the scratch holds this many + 1
+_CHUNK = const(512)  # samples decimated per kernel call: the scratch holds this many + 1
 _BIAS = const(0x400000)  # signed words are stored offset, as in node.dsp (ptr32 loads unsigned)
 _LOW_BITS = const(30)
 _LOW_MASK = const(0x3FFFFFFF)
@@ -78,7 +78,7 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
     Level 0's input is the frame in Q2 (16-bit: s << 2, 24-bit: s >> 6) in scr[1..]; each
     level reads its input from scr[0..n] (scr[0]: the sample it held over, if any) in pairs,
     runs the band-pass on both and the half-band on the pair, and writes its one output sample
-    over the input at scr[1 + o], which it has read already. Returns 0.
+    over the input at scr[o], o = 1, 2, ..., which it has read already. Returns 0.
     """
     bias = _BIAS
     n = st[_K_CNT]
@@ -91,9 +91,14 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
             i += 1
     else:
         p16 = ptr16(int(ptr16(buf)) + 2 * off)
-        while i < n:
-            scr[i + 1] = (((p16[i] ^ 0x8000) - 0x8000) << 2) + bias
-            i += 1
+        if n & 1:  # the odd one first; then two samples per 32-bit load
+            scr[n] = (((p16[n - 1] ^ 0x8000) - 0x8000) << 2) + bias
+        p32 = ptr32(p16)
+        while i < n - 1:
+            y = p32[i >> 1]
+            scr[i + 1] = ((((y & 0xFFFF) ^ 0x8000) - 0x8000) << 2) + bias
+            scr[i + 2] = (((((y >> 16) & 0xFFFF) ^ 0x8000) - 0x8000) << 2) + bias
+            i += 2
     event = st[_K_EVENT]
     lev = 0
     nlev = st[_K_NLEV]
@@ -131,12 +136,13 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
         carry = 0
         big = 0
         bigc = 0
-        o = 0
+        o = 1  # the next output's index
         i = 1
         if s[_B_HAS]:
             scr[0] = s[_B_HELD]
             i = 0
-        while i < n:
+        pairs = (n + 1 - i) >> 1
+        while pairs:
             # The first of the pair: xa = x[n-1] and xb = x[n-2]; p_a = y[n-1], p_b = y[n-2]
             # of each section. The new value overwrites the older, so the roles swap for the
             # second sample and are back after it.
@@ -205,13 +211,16 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
             q0x = xa
             q0y = t
             y = (y + t) >> 1
-            if y > _LIM:
-                y = _LIM
-            elif y < 0 - _LIM:
-                y = 0 - _LIM
-            scr[1 + o] = y + bias
+            if (y + 0x20000) >> 18:  # |y| >= 2**17, rare: the clamp itself
+                if y > _LIM:
+                    y = _LIM
+                elif y < 0 - _LIM:
+                    y = 0 - _LIM
+            scr[o] = y + bias
             o += 1
             i += 2
+            pairs -= 1
+        o -= 1  # outputs made
         if i == n:  # one sample left over: the next call starts with it
             s[_B_HELD] = scr[n]
             s[_B_HAS] = 1

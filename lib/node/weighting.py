@@ -250,6 +250,8 @@ def _a_sub_block(n: int, acc: int, st: ptr32, hist: ptr16):
     lvl = 0 - _A_BIAS  # silence: below every bin and every threshold
     if fm:
         b = 1
+        if fx:  # normalised: fm >= 2**28
+            b = 29
         while fm >> b:
             b += 1
         if b > 9:
