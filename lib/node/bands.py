@@ -11,8 +11,9 @@ one before in one scratch buffer, a chunk of the frame at a time.
 Band-pass: at 48 kHz (centres at rate/6) a 3rd-order Chebyshev type I prototype with 0.1 dB
 ripple over the middle 0.725 octave; at 16 kHz (centres at rate/4, where the bilinear transform
 widens the band) a 4th-order Butterworth over the octave. Both meet the class 1 mask with the
-half-band's aliasing included (tests/unit/test_bands.py). Edges are prewarped, poles quantised
-to Q10, each section computes y = (x - x[n-2]) >> g - (a1*y[n-1] + a2*y[n-2]) >> 10 on Q2
+half-band's aliasing included (tests/unit/test_bands.py). node.bandpass designs them when the
+bank is made and leaves the heap after: edges prewarped, poles quantised to Q10. Each section
+computes y = (x - x[n-2]) >> g - (a1*y[n-1] + a2*y[n-2]) >> 10 on Q2
 samples (16-bit full scale = 2**17): the zeros at DC and at Nyquist need no multiply, the
 shifts g keep every section inside int32 for any input, and the last section truncates towards
 zero, which leaves no DC and no limit cycle (a band of silence reads the floor).
@@ -30,10 +31,10 @@ import math
 import micropython
 from micropython import const
 
+from node import unload
 from node.dsp import LOW_UNIT, level
 
 NOMINAL = ("63", "125", "250", "500", "1000", "2000", "4000", "8000")  # the payload's keys
-_G = 10 ** 0.3  # the base-10 octave (IEC 61260-1)
 # per rate: prototype order, ripple (dB, 0: Butterworth), passband (octaves), the shifts before
 # sections 2, 3 and 4, and how many bands
 _DESIGNS = {48000: (3, 0.1, 0.725, (2, 3, 0), 8), 16000: (4, 0.0, 1.0, (2, 1, 1), 7)}
@@ -258,62 +259,6 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
     return 0
 
 
-def _prototype(order, ripple_db):
-    """The analog low-pass prototype's poles in the upper half-plane (Butterworth when
-    ripple_db is 0, else Chebyshev type I), each pair represented once."""
-    out = []
-    if ripple_db:
-        mu = math.asinh(1 / math.sqrt(10 ** (ripple_db / 10) - 1)) / order
-        re, im = math.sinh(mu), math.cosh(mu)
-    else:
-        re = im = 1.0
-    for k in range(1, order // 2 + order % 2 + 1):
-        theta = (2 * k - 1) * math.pi / (2 * order)
-        out.append(complex(-re * math.sin(theta), im * math.cos(theta)))
-    return out
-
-
-def design(centre_hz, rate_hz, order, ripple_db, octaves):
-    """The band-pass around centre_hz at rate_hz: [(a1, a2), ...] in Q10, ascending a2 (pole
-    radius), from the prototype by the low-pass to band-pass and bilinear transforms, with the
-    passband edges centre * G**(+-octaves/2) prewarped."""
-    edge = [2 * rate_hz * math.tan(math.pi * centre_hz * _G ** (s * octaves / 2) / rate_hz)
-            for s in (-1, 1)]
-    w02, width = edge[0] * edge[1], edge[1] - edge[0]
-    sections = []
-    for p in _prototype(order, ripple_db):
-        pb = p * width
-        d = (pb * pb - 4 * w02) ** 0.5
-        # a real prototype pole gives one conjugate pair, a complex one two
-        roots = ((pb + d) / 2,) if abs(p.imag) < 1e-9 else ((pb + d) / 2, (pb - d) / 2)
-        for s in roots:
-            z = (2 * rate_hz + s) / (2 * rate_hz - s)
-            sections.append((round(-2 * z.real * (1 << _Q_COEF)),
-                             round(abs(z) ** 2 * (1 << _Q_COEF))))
-    sections.sort(key=lambda c: c[1])
-    return sections
-
-
-def _gain(sections, shifts, f_hz, rate_hz):
-    """|H| at f_hz of the quantised cascade, shifts included."""
-    w = 2 * math.pi * f_hz / rate_hz
-    z1 = complex(math.cos(w), -math.sin(w))  # 1/z
-    h = 1
-    for k, (a1, a2) in enumerate(sections):
-        h *= (1 - z1 * z1) / (1 + a1 / (1 << _Q_COEF) * z1 + a2 / (1 << _Q_COEF) * z1 * z1)
-        if k:
-            h /= 1 << shifts[k - 1]
-    return abs(h)
-
-
-def _half_band(f_hz, rate_hz):
-    """|H| at f_hz of the half-band at rate_hz: (A0(z^2) + A1(z^2)/z) / 2."""
-    w = 2 * math.pi * f_hz / rate_hz
-    z2 = complex(math.cos(2 * w), -math.sin(2 * w))  # 1/z**2
-    a = [(c / 4096 + z2) / (1 + c / 4096 * z2) for c in _HB]
-    return abs(a[0] + complex(math.cos(w), -math.sin(w)) * a[1]) / 2
-
-
 class OctaveBank:
     """Octave band levels of a stream of raw I2S frames: add() each frame, read() once per
     interval (node.dsp.LevelMeter calls both). Bands below the rate's Nyquist edge only: 63 Hz
@@ -323,6 +268,8 @@ class OctaveBank:
         if rate_hz not in _DESIGNS:
             raise ValueError("audio rate %r Hz: octave bands support %s Hz"
                              % (rate_hz, " and ".join(str(r) for r in sorted(_DESIGNS))))
+        from node import bandpass  # the design: needed once, here
+
         order, ripple_db, octaves, shifts, nbands = _DESIGNS[rate_hz]
         self.keys = NOMINAL[:nbands]
         self.state = st = array.array("i", bytes(4 * (_K_HEAD + _LW * nbands)))
@@ -333,8 +280,8 @@ class OctaveBank:
         self._scale = []  # per level, from its mean square to dBFS: 1 / (gain**2 * full**2)
         for lev in range(nbands):
             rate = rate_hz / (1 << lev)
-            centre = 1000 * _G ** (nbands - 5 - lev)  # exact base-10 midband frequencies
-            sections = design(centre, rate, order, ripple_db, octaves)
+            centre = bandpass.centre(nbands - 5 - lev)
+            sections = bandpass.design(centre, rate, order, ripple_db, octaves, _Q_COEF)
             at = _K_HEAD + _LW * lev
             for k, (a1, a2) in enumerate(sections):
                 st[at + _B_C + 2 * k] = a1 + _BIAS
@@ -348,11 +295,13 @@ class OctaveBank:
             st[at + _B_HB + 1] = _HB[1] + _BIAS
             for k in range(_B_X, _B_HELD):
                 st[at + k] = _BIAS
-            gain = _gain(sections, shifts, centre, rate)
+            gain = bandpass.gain(sections, shifts, centre, rate, _Q_COEF)
             for above in range(lev):  # the half-bands the level's signal came through
-                gain *= _half_band(centre, rate_hz / (1 << above))
+                gain *= bandpass.half_band(_HB, centre, rate_hz / (1 << above))
             self._scale.append(1 / (gain * gain * _Q2_FULL2))
         self._scale.reverse()  # in the order of self.keys, ascending
+        del bandpass
+        unload("bandpass")
 
     def add(self, buf, nbytes, event):
         """Take one frame (whole samples, 4-byte aligned: LevelMeter checked); `event` 1 while a
