@@ -405,15 +405,12 @@ def print_xtensa(tmp):
     a_filter = [path(ins, *spans[0]), bound(body(ins, spans[0]))]
     a_call = outside(ins, spans)
     ins, spans = w["_a_sub_block"]
-    # its loops in order: A's block exponent, A's squares, Fast renormalising, the level's bit
-    # length, the histogram's halving (once per 65535 sub-blocks at most: left out), C's block
-    # exponent, C's squares, the C peak's normalising; typical and most passes of the small ones
-    if len(spans) != 8:
+    # its loops in order: the energy's exponent, Fast renormalising, the level's bit length,
+    # the histogram's halving (once per 65535 sub-blocks at most: left out); typical and most
+    # passes of the others
+    if len(spans) != 4:
         raise SystemExit("_a_sub_block's loops changed: update the model in tools/bench.py")
-    sq_a, sq_c = spans[1], spans[6]
-    squares = [path(ins, *sq_a) + path(ins, *sq_c), bound(body(ins, sq_a)) + bound(body(ins, sq_c))]
-    small = [(spans[0], 6, 11), (spans[2], 1, 11), (spans[3], 2, 31), (spans[5], 6, 11),
-             (spans[7], 1, 11)]
+    small = [(spans[0], 0, 3), (spans[1], 1, 11), (spans[2], 2, 31)]
     sub = [outside(ins, spans) + sum(n * bound(body(ins, sp)) for sp, n, _ in small),
            outside(ins, spans) + sum(n * bound(body(ins, sp)) for sp, _, n in small)]
     ins, spans = w["_a_frame"]
@@ -436,9 +433,8 @@ def print_xtensa(tmp):
     print(f"{'loop':52} {'typical':>8} {'bound':>6}  per")
     for label, v, per in (
         ("_frame16 (RMS)", rms, "sample"),
-        ("_a_filter (6 sections, the A and C outputs)", a_filter, "sample"),
-        ("_a_sub_block's two block-FP square loops (A, C)", squares, "sample"),
-        ("_a_sub_block outside them", sub, "sub-block"),
+        ("_a_filter (6 sections; A and C energies, C peak)", a_filter, "sample"),
+        ("_a_sub_block (energy, Fast, level, histogram)", sub, "sub-block"),
         ("_bank pair loop, 48 kHz (3 sections each, half-band)", (pair_cycles[48000], pair_bound),
          "pair"),
         ("_bank pair loop, 16 kHz (4 sections each, half-band)", (pair_cycles[16000], pair_bound),
@@ -459,7 +455,7 @@ def print_xtensa(tmp):
                  + (subs + 1) * (CALL_CYCLES + a_call + frame_pass)  # _a_filter per chunk
                  + subs * CALL_CYCLES)  # _a_sub_block
         bank_calls = chunks * (CHUNK_GLUE_CYCLES + CALL_CYCLES + bank_call + levels * level)
-        base = [rms[i] + a_filter[i] + squares[i] + sub[i] / m + calls / n for i in (0, 1)]
+        base = [rms[i] + a_filter[i] + sub[i] / m + calls / n for i in (0, 1)]
         band = [pair_cycles[rate] * (1 - 0.5**levels) + decode + bank_calls / n,
                 pair_bound * (1 - 0.5**levels) + decode + bank_calls / n]
         events = (event_sub + 2 * CALL_CYCLES) / m  # the hook's call from _a_frame, and its own

@@ -30,6 +30,8 @@ import math
 import micropython
 from micropython import const
 
+from node import unload
+
 _FLOOR16_DBFS = -90.30899869919436  # one LSB: 20*log10(1 / 32768)
 _FLOOR32_DBFS = -138.47379800543135  # one LSB of the 24-bit data: 20*log10(2**-23)
 _FS2_16 = 1 / 1073741824.0  # 1 / full scale**2: 2**-30 and 2**-46, exact as floats
@@ -219,9 +221,11 @@ class LevelMeter:
         if mic_sensitivity_dbfs is None:
             self._w = self._ev = self.spl_db = None
             return
-        from node import spl  # an uncalibrated meter has no use for it
+        from node import spl  # needed only now
 
         spl_db = spl.offset_db(mic_sensitivity_dbfs)
+        del spl
+        unload("spl")
         if self._w is None:
             from node.weighting import Weighting
 
@@ -270,8 +274,9 @@ class LevelMeter:
         else:
             energy = r[_R_HI] * LOW_UNIT + r[_R_LO]
             peak2 = r[_R_PEAK]
+        samples = r[_R_COUNT]
         lv = {
-            "rms_dbfs": level(energy / r[_R_COUNT], self._fs2, self.floor_dbfs),
+            "rms_dbfs": level(energy / samples, self._fs2, self.floor_dbfs),
             "peak_dbfs": level(peak2, self._fs2, self.floor_dbfs),
             "frames": self._frames,
         }
@@ -280,7 +285,7 @@ class LevelMeter:
         self._frames = 0
         spl_db = self.spl_db
         if self._w is not None:
-            self._w.read(lv)
+            self._w.read(lv, samples)
             lv["lzeq_dbz"] = lv["rms_dbfs"] + spl_db
         if self._bands is not None:
             offset = 0.0 if spl_db is None else spl_db

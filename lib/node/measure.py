@@ -1,12 +1,42 @@
-"""What the microphone's calibration needs now and then, kept out of node.sound so that a node
-that is never calibrated never loads it: a measurement beside the running intervals (RMS and
-peak for some seconds, for the calibrate command), and putting a new sensitivity in force.
-Imported when one of them is asked for, unloaded when it is done."""
+"""The level meter's setup and calibration, kept out of node.sound and node.wiring because they
+run now and then: the meter for the audio config (at boot), a measurement beside the running
+intervals (RMS and peak for some seconds, for the calibrate command), and putting a new
+sensitivity in force. Imported when one of them is needed, unloaded when it is done."""
 
+import gc
 import time
 
 from node.dsp import LevelMeter
 from node.log import log
+
+
+def meter_for(audio):
+    """The level meter for the audio config: bands and events only when asked for (their code and
+    memory are spent only then); events need a calibrated microphone, and wait for one. Where
+    the heap cannot hold what was asked for, the octave bands go first (about 7 KB), then the
+    events (2 KB), each with a log line: a node that measures less beats one in a boot loop."""
+    bands = audio["bands"]
+    events = None
+    if audio["event_threshold_dba"] is not None:
+        events = (audio["event_threshold_dba"], audio["event_hysteresis_db"],
+                  audio["event_min_s"])
+        if audio["mic_sensitivity_dbfs"] is None:
+            log("sound", "noise events wait for a calibrated microphone (mic_sensitivity_dbfs"
+                " or the calibrate command)")
+    while True:
+        try:
+            return LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"],
+                              bands, events)
+        except MemoryError:
+            if not bands and events is None:
+                raise
+            log("sound", "not enough memory for %s: measuring without"
+                % ("the octave bands" if bands else "noise events"))
+            if bands:
+                bands = False
+            else:
+                events = None
+            gc.collect()
 
 
 def start(sound, seconds, done):

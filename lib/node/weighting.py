@@ -28,7 +28,12 @@ import math
 import micropython
 from micropython import const
 
-from node.dsp import LOW_UNIT, level, sum_bins
+from node.dsp import LOW_UNIT, level
+
+
+def _sums(st, at):
+    """The energy of an exact (lo, hi) and a coarse (lo, hi) pair from st[at] on."""
+    return (st[at + 1] * LOW_UNIT + st[at]) + (st[at + 3] * LOW_UNIT + st[at + 2]) * 65536.0
 
 _LOW_BITS = const(30)  # wide sums are (hi, lo) word pairs: value = hi * 2**30 + lo
 _LOW_MASK = const(0x3FFFFFFF)
@@ -50,63 +55,66 @@ _A_C = const(0)  # 4 coefficient words, in the order of _A_POLES_HZ
 _A_Y = const(4)  # 6 section outputs, in cascade order
 _A_E = const(10)  # remainders of the last sections' c*y (A, then C), carried to the next sample
 _A_XP = const(12)  # previous input sample
-_A_OR = const(13)  # OR of |y| over the sub-block so far, A then C (bit length sets the scaling)
-_A_FILL = const(15)  # samples in the current sub-block
-_A_M = const(16)  # sub-block length
-_A_SRC = const(17)  # first sample of the frame for _a_filter ...
-_A_CHUNK = const(18)  # ... and how many
-_A_WIDE = const(19)  # 1 for 32-bit slots
-_A_FM = const(20)  # Fast-weighted energy per sub-block = fm * 4**fx
-_A_FX = const(21)
-_A_MAXM = const(22)  # largest and smallest Fast value since read(), same representation
-_A_MAXX = const(23)
-_A_MINM = const(24)
-_A_MINX = const(25)
-_A_NSUB = const(26)  # sub-blocks completed since read()
-_A_RUN = const(27)  # 0 until the first sub-block has started the Fast time weighting
-_A_PKM = const(28)  # largest C-weighted square since read(), pkm * 4**pkx
-_A_PKX = const(29)
-_A_LVL = const(30)  # the last sub-block: its Fast level in 1/160 dB (10*log10 of fm * 4**fx) ...
-_A_SUBE = const(31)  # ... and its A energy, sube * 4**subk (for node.events)
-_A_SUBK = const(32)
-_A_HBASE = const(33)  # the level of the histogram's first bin, in 1/160 dB
-_A_HSHIFT = const(34)  # only every 2**hshift-th sub-block is counted (after halvings)
-_A_HTICK = const(35)  # sub-blocks since read(), for that
-_A_HTOTAL = const(36)  # the counts' sum
-_A_RANK = const(37)  # percentile ranks in, bins out: 3 words
-_A_BINS = const(40)  # A: (lo, hi) sums of the sub-block energies scaled by 4**-k, k = 0 .. 10
-_A_NBIN = const(11)
-_A_CBINS = const(62)  # the same for C
-_A_SCR = const(84)  # scratch: the sub-block's A output, _A_M words, then its C output
+# Energies, summed as each sample comes: y*y while |y| < 2**15 (exact), else
+# ((y + 128) >> 8)**2 in units of 2**16; each a (lo, hi) pair, value = hi * 2**30 + lo.
+_A_SUB = const(13)  # the sub-block's A energy so far: exact (lo, hi), coarse (lo, hi)
+_A_CSUM = const(17)  # C energy since read(), the same four words
+_A_CPK = const(21)  # the largest |C output| since read()
+_A_FILL = const(22)  # samples in the current sub-block
+_A_M = const(23)  # sub-block length
+_A_SRC = const(24)  # first sample of the frame for _a_filter ...
+_A_CHUNK = const(25)  # ... and how many
+_A_WIDE = const(26)  # 1 for 32-bit slots
+_A_FM = const(27)  # Fast-weighted energy per sub-block = fm * 4**fx
+_A_FX = const(28)
+_A_MAXM = const(29)  # largest and smallest Fast value since read(), same representation
+_A_MAXX = const(30)
+_A_MINM = const(31)
+_A_MINX = const(32)
+_A_NSUB = const(33)  # sub-blocks completed since read()
+_A_RUN = const(34)  # 0 until the first sub-block has started the Fast time weighting
+_A_LVL = const(35)  # the last sub-block: its Fast level in 1/160 dB (10*log10 of fm * 4**fx) ...
+_A_SUBE = const(36)  # ... and its A energy, sube * 4**subk (for node.events)
+_A_SUBK = const(37)
+_A_HBASE = const(38)  # the level of the histogram's first bin, in 1/160 dB
+_A_HSHIFT = const(39)  # only every 2**hshift-th sub-block is counted (after halvings)
+_A_HTICK = const(40)  # sub-blocks since read(), for that
+_A_HTOTAL = const(41)  # the counts' sum
+_A_RANK = const(42)  # percentile ranks in, bins out: 3 words
+_A_ASUM = const(45)  # A energy since read(): exact (lo, hi), coarse (lo, hi)
+_A_HBINS = const(49)  # the histogram's bins
+_A_WORDS = const(50)
 # ptr32 loads are unsigned: on the 64-bit host a stored -1 reads back as 2**32 - 1. Signed
-# words (section outputs, previous input, scratch) are therefore stored offset by 2**22 > any
-# |value|, so that they load right on the board and on the host alike.
+# words (section outputs, previous input) are therefore stored offset by 2**22 > any |value|,
+# so that they load right on the board and on the host alike.
 _A_BIAS = const(0x400000)
-_A_MANT_BITS = const(11)  # squared mantissas of weighted samples have at most 11 bits + sign
 _A_NORM = const(0x10000000)  # Fast value normalised to fm in [2**28, 2**30] unless fx == 0
-_A_PNORM = const(0x100000)  # C peak normalised to pkm in [2**20, 2**22] unless pkx == 0
 _A_FAST_SHIFT = const(5)  # Fast weighting: F += (E - F) / 32 once per sub-block ...
 _A_SUB_PER_S = const(252)  # ... sub-blocks of rate/252 samples: -M/(rate*ln(31/32)) = 125 ms
 _RATE_MIN_HZ = const(16000)  # the coefficient scaling above holds for this range of rates
 _RATE_MAX_HZ = const(48000)
 
-# The Fast level histogram: NBINS counts of 0.1 dB from _H_LOW_DBFS on, then the 256-entry table
-# of 1600*log10(1 + (i + 0.5)/256) that makes a level out of a mantissa's top bits.
-_H_NBINS = const(1200)
-_H_LOW_DBFS = -115.0  # per-sample Fast level, on the filter input's full scale (square)
+# The Fast level histogram: counts of 0.1 dB from _H_LOW_DBFS (per format: a 16-bit sample's
+# A-weighted LSB is at -96 dBFS) up to _H_HIGH_DBFS. Levels in 1/160 dB:
+# 1600*log10(F) = 481.65 per octave of F, plus 1600*log10(1 + x) for the 12 bits x after F's
+# leading one, a quartic in Horner form (coefficients * 2**8; within 0.008 dB).
+_H_LOW_DBFS = (-100.0, -115.0)  # 16-bit, 32-bit; per-sample Fast level, on the filter
+_H_HIGH_DBFS = 5.0  # input's full scale (square)
 _H_MAX = const(0xFFFF)
 _H_LOG2 = const(123302)  # 1600*log10(2) * 2**8: one octave of energy in 1/160 dB, scaled
-_H_TAB = const(256)
+_H_P1 = const(177706)
+_H_P2 = const(-85744)
+_H_P3 = const(43842)
+_H_P4 = const(-12578)
 _LEVEL_UNIT = 160.0  # levels in 1/160 dB: a 0.1 dB bin is 16 units, a shift by 4
 _FULL_Q4_DB = 380 * math.log10(2)  # 10*log10(2**38): Q4 full scale, squared
 
 
 @micropython.viper
 def _a_filter(d: int, j: int, buf, st: ptr32):
-    """Weight st[_A_CHUNK] samples of buf from st[_A_SRC] on into the scratch from st[j] on.
-
-    Call with d = 0. The loop runs j from -count up to 0 against pointers to the ends of the
-    chunk: the cheapest loop test viper has is `while j`.
+    """Weight st[_A_CHUNK] samples of buf from st[_A_SRC] on, adding their energies up. Call with
+    d = 0, j = 0. The loop runs j from -count up to 0 against pointers to the ends of the chunk:
+    the cheapest loop test viper has is `while j`.
     Sections in order: 12.2 kHz low-pass twice (u = (x + x_prev) / 2), then 20.6 Hz twice (the C
     output), 107.7 and 737.9 Hz (the A output), high-pass (u = x - x_prev). A high-pass
     section's u is its input's increment, so d carries each section's increment to the next. c*y
@@ -117,6 +125,8 @@ def _a_filter(d: int, j: int, buf, st: ptr32):
     it (<= 2.84 for 16 to 48 kHz, the largest at the C output) times |x| <= 2**19, plus what
     the roundings can add (< 2**10; both checked in tests): |y| < 1.5e6 < 2**21. With
     c < 2**10 and e < 2**16, |c*y + e| < 1.54e9 < 2**31; u and d are at most 2 * |y|.
+    Energies: y*y < 2**30 below 2**15 and lo < 2**30 before the add; above, (y + 128) >> 8 is
+    under 2**13, its square under 2**26; each carry moves 2**30 to hi at once.
     """
     c_lp = st[_A_C]
     c_hp1 = st[_A_C + 1]
@@ -132,16 +142,20 @@ def _a_filter(d: int, j: int, buf, st: ptr32):
     ea = st[_A_E]
     ec = st[_A_E + 1]
     xp = st[_A_XP] - bias
-    mask = st[_A_OR]
-    mask_c = st[_A_OR + 1]
+    a_lo = st[_A_SUB]
+    a_hi = st[_A_SUB + 1]
+    a_blo = st[_A_SUB + 2]
+    a_bhi = st[_A_SUB + 3]
+    c_lo = st[_A_CSUM]
+    c_hi = st[_A_CSUM + 1]
+    c_blo = st[_A_CSUM + 2]
+    c_bhi = st[_A_CSUM + 3]
+    c_pk = st[_A_CPK]
     wide = st[_A_WIDE]
-    m = st[_A_M]
     count = st[_A_CHUNK]
     end = st[_A_SRC] + count
     p16 = ptr16(int(ptr16(buf)) + 2 * end)
     p32 = ptr32(int(ptr32(buf)) + 4 * end)
-    out = ptr32(int(st) + 4 * (j + count))
-    out_c = ptr32(int(st) + 4 * (j + count + m))
     j = 0 - count
     while j:
         if wide:  # the top 20 of the 24 data bits
@@ -160,16 +174,38 @@ def _a_filter(d: int, j: int, buf, st: ptr32):
         ec = x & _A_REM3
         d -= x >> _A_SH_HP3
         y4 += d
-        out_c[j] = y4 + bias
-        mask_c |= y4 ^ (y4 >> 31)  # |y| or |y| - 1: its bit length b gives |y| <= 2**b
+        x = y4 >> 31
+        x = (y4 ^ x) - x  # |y4|
+        if x > c_pk:
+            c_pk = x
+        if (y4 + 0x8000) >> 16:
+            x = (y4 + 128) >> 8
+            c_blo += x * x
+            if c_blo >> _LOW_BITS:
+                c_blo &= _LOW_MASK
+                c_bhi += 1
+        else:
+            c_lo += y4 * y4
+            if c_lo >> _LOW_BITS:
+                c_lo &= _LOW_MASK
+                c_hi += 1
         d -= (c_hp2 * y5) >> _A_SH_HP2
         y5 += d
         x = c_hp1 * y6 + ea
         ea = x & _A_REM1
         d -= x >> _A_SH_HP1
         y6 += d
-        out[j] = y6 + bias
-        mask |= y6 ^ (y6 >> 31)
+        if (y6 + 0x8000) >> 16:
+            x = (y6 + 128) >> 8
+            a_blo += x * x
+            if a_blo >> _LOW_BITS:
+                a_blo &= _LOW_MASK
+                a_bhi += 1
+        else:
+            a_lo += y6 * y6
+            if a_lo >> _LOW_BITS:
+                a_lo &= _LOW_MASK
+                a_hi += 1
         j += 1
     st[_A_Y] = y1 + bias
     st[_A_Y + 1] = y2 + bias
@@ -180,47 +216,64 @@ def _a_filter(d: int, j: int, buf, st: ptr32):
     st[_A_E] = ea
     st[_A_E + 1] = ec
     st[_A_XP] = xp + bias
-    st[_A_OR] = mask
-    st[_A_OR + 1] = mask_c
+    st[_A_SUB] = a_lo
+    st[_A_SUB + 1] = a_hi
+    st[_A_SUB + 2] = a_blo
+    st[_A_SUB + 3] = a_bhi
+    st[_A_CSUM] = c_lo
+    st[_A_CSUM + 1] = c_hi
+    st[_A_CSUM + 2] = c_blo
+    st[_A_CSUM + 3] = c_bhi
+    st[_A_CPK] = c_pk
 
 
 @micropython.viper
-def _a_sub_block(n: int, acc: int, st: ptr32, hist: ptr16):
-    """Close a full sub-block of n samples: A energy into the LAeq bins, the Fast time weighting,
-    its level into the histogram; C energy into the LCeq bins and the C peak. Call with acc = 0.
+def _a_sub_block(hi: int, lo: int, st: ptr32, hist: ptr16):
+    """Close a full sub-block: its A energy into the interval's sums, the Fast time weighting,
+    its level into the histogram. Call with hi = lo = 0.
 
-    Energy in block floating point: with b the bit length of the OR of |y| (|y| <= 2**b) and
-    k = max(0, b - 11), v = round(y / 2**k) has |v| <= 2**11, so v*v <= 2**22 and the sum over
-    M <= 256 samples is acc <= 2**30: energy = acc * 4**k. Bins (lo, hi): lo < 2**30 before the
-    add, so lo + acc < 2**31 and the carry moves 2**30 out at once.
+    The sub-block's energy E = (hi * 2**30 + lo) * 4**k with lo < 2**30: k = 0 while no sample
+    took the coarse sum, else k = 8 and the exact sum comes in as lo // 2**16 (lo < 2**30 + 2**22
+    before the carry: M <= 256 exact squares under 2**30 make hi < 2**8). Then
+    m = E / 4**(k + j) < 2**30 with j the smallest making hi * 2**(30 - 2j) < 2**29.
     Fast: F = fm * 4**fx with fm <= 2**30; aligning shifts right only, and
     fm += (a - fm) >> 5 with 0 <= a, fm <= 2**30 stays in [0, 2**30]; renormalising shifts fm
     left only while fm < 2**28, so every Fast value compares as (fx, fm).
-    Level: 1600*log10(F) = 481.65 * (bit length of fm - 1 + 2 * fx) + the table's value for
-    the 8 bits after fm's leading one; (b - 1 + 2 * fx) <= 30 + 2 * 11, times 123302 < 2**23.
+    Level: 1600*log10(F) = 481.65 * (bit length of fm - 1 + 2 * fx) + the quartic of the 12
+    bits after fm's leading one; (b - 1 + 2 * fx) <= 30 + 2 * 19, times 123302 < 2**24; the
+    quartic's products stay under 2**29.
     Histogram: a count reaching 2**16 halves them all, carrying each odd half to the next bin so
     that every cumulative count stays within one of the exact half.
-    C peak: the largest v*v (<= 2**22) as pkm * 4**pkx, normalised as F is, pkm >= 2**20.
     """
-    bias = _A_BIAS
-    # ---- A: energy, Fast, level, histogram
-    mask = st[_A_OR]
     k = 0
-    while mask >> (_A_MANT_BITS + k):
-        k += 1
-    r = ((1 << k) >> 1) - bias  # rounds to nearest, and removes the scratch offset
-    y = ptr32(int(st) + 4 * _A_SCR)
-    m = n
-    while n:
-        n -= 1
-        v = (y[n] + r) >> k
-        acc += v * v
-    st[_A_SUBE] = acc
+    lo = st[_A_SUB]
+    hi = st[_A_SUB + 1]
+    blo = st[_A_SUB + 2]
+    bhi = st[_A_SUB + 3]
+    # the interval's sums
+    b = st[_A_ASUM] + lo
+    st[_A_ASUM + 1] += hi + (b >> _LOW_BITS)
+    st[_A_ASUM] = b & _LOW_MASK
+    b = st[_A_ASUM + 2] + blo
+    st[_A_ASUM + 3] += bhi + (b >> _LOW_BITS)
+    st[_A_ASUM + 2] = b & _LOW_MASK
+    if blo or bhi:
+        lo = blo + (hi << 14) + (lo >> 16)
+        hi = bhi + (lo >> _LOW_BITS)
+        lo &= _LOW_MASK
+        k = 8
+    if hi:
+        b = 1
+        while hi >> (2 * b - 1):
+            b += 1
+        lo = (hi << (30 - 2 * b)) + (lo >> (2 * b))
+        k += b
+    st[_A_SUBE] = lo
     st[_A_SUBK] = k
-    b = _A_BINS + 2 * k
-    lo = st[b] + acc
-    st[b + 1] += lo >> _LOW_BITS
-    st[b] = lo & _LOW_MASK
+    st[_A_SUB] = 0
+    st[_A_SUB + 1] = 0
+    st[_A_SUB + 2] = 0
+    st[_A_SUB + 3] = 0
     if st[_A_RUN]:
         fm = st[_A_FM]
         fx = st[_A_FX]
@@ -228,11 +281,11 @@ def _a_sub_block(n: int, acc: int, st: ptr32, hist: ptr16):
             fm >>= 2 * (k - fx)
             fx = k
         else:
-            acc >>= 2 * (fx - k)
-        fm += (acc - fm) >> _A_FAST_SHIFT
+            lo >>= 2 * (fx - k)
+        fm += (lo - fm) >> _A_FAST_SHIFT
     else:  # the first sub-block starts the time weighting at its own level, not from 0
         st[_A_RUN] = 1
-        fm = acc
+        fm = lo
         fx = k
     while fx > 0 and fm < _A_NORM:
         fm <<= 2
@@ -254,27 +307,31 @@ def _a_sub_block(n: int, acc: int, st: ptr32, hist: ptr16):
             b = 29
         while fm >> b:
             b += 1
-        if b > 9:
-            i = (fm >> (b - 9)) & 255
+        if b > 13:
+            i = (fm >> (b - 13)) & 4095
         else:
-            i = (fm << (9 - b)) & 255
-        lvl = ((((b - 1) + 2 * fx) * _H_LOG2) >> 8) + hist[_H_NBINS + i]
-    st[_A_LVL] = lvl + bias
+            i = (fm << (13 - b)) & 4095
+        x = ((_H_P4 * i) >> 12) + _H_P3
+        x = ((x * i) >> 12) + _H_P2
+        x = ((x * i) >> 12) + _H_P1
+        lvl = ((((b - 1) + 2 * fx) * _H_LOG2 + ((x * i) >> 12)) >> 8)
+    st[_A_LVL] = lvl + _A_BIAS
     tick = st[_A_HTICK]
     st[_A_HTICK] = tick + 1
     shift = st[_A_HSHIFT]
     if not tick & ((1 << shift) - 1):
+        nbins = st[_A_HBINS]
         i = (lvl - st[_A_HBASE]) >> 4
         if i < 0:
             i = 0
-        elif i >= _H_NBINS:
-            i = _H_NBINS - 1
+        elif i >= nbins:
+            i = nbins - 1
         c = hist[i] + 1
         if c > _H_MAX:
             b = 0
             carry = 0
             total = 0
-            while b < _H_NBINS:
+            while b < nbins:
                 c = hist[b] + carry
                 hist[b] = c >> 1
                 total += c >> 1
@@ -285,34 +342,6 @@ def _a_sub_block(n: int, acc: int, st: ptr32, hist: ptr16):
             c = hist[i] + 1
         hist[i] = c
         st[_A_HTOTAL] += 1
-    # ---- C: energy and peak
-    mask = st[_A_OR + 1]
-    k = 0
-    while mask >> (_A_MANT_BITS + k):
-        k += 1
-    r = ((1 << k) >> 1) - bias
-    y = ptr32(int(st) + 4 * (_A_SCR + m))
-    acc = 0
-    pk = 0
-    while m:
-        m -= 1
-        v = (y[m] + r) >> k
-        v *= v
-        acc += v
-        if v > pk:
-            pk = v
-    b = _A_CBINS + 2 * k
-    lo = st[b] + acc
-    st[b + 1] += lo >> _LOW_BITS
-    st[b] = lo & _LOW_MASK
-    while k > 0 and pk < _A_PNORM:
-        pk <<= 2
-        k -= 1
-    if k > st[_A_PKX] or (k == st[_A_PKX] and pk > st[_A_PKM]):
-        st[_A_PKM] = pk
-        st[_A_PKX] = k
-    st[_A_OR] = 0
-    st[_A_OR + 1] = 0
     st[_A_FILL] = 0
 
 
@@ -332,10 +361,10 @@ def _a_frame(buf, nbytes: int, sta, hist, hook, hook_state):
             count = n - src
         st[_A_SRC] = src
         st[_A_CHUNK] = count
-        _a_filter(0, _A_SCR + fill, buf, sta)
+        _a_filter(0, 0, buf, sta)
         src += count
         if fill + count == m:
-            _a_sub_block(m, 0, sta, hist)
+            _a_sub_block(0, 0, sta, hist)
             if hook:
                 hook(hook_state, st[_A_LVL] - _A_BIAS, st[_A_SUBE], st[_A_SUBK])
         else:
@@ -351,7 +380,8 @@ def _ranks(hist: ptr16, st: ptr32):
     i = 0
     r = st[_A_RANK]
     j = 0
-    while i < _H_NBINS:
+    nbins = st[_A_HBINS]
+    while i < nbins:
         total += hist[i]
         while j < 3 and total > r:
             st[_A_RANK + j] = i
@@ -369,7 +399,7 @@ def _a_state(rate_hz, wide):
     round(c * 2**shift) and the 1 kHz gains are those of the rounded coefficients.
     """
     sub_block = (rate_hz + _A_SUB_PER_S // 2) // _A_SUB_PER_S
-    st = array.array("i", bytes(4 * (_A_SCR + 2 * sub_block)))
+    st = array.array("i", bytes(4 * _A_WORDS))
     for i in range(_A_Y, _A_Y + 6):
         st[i] = _A_BIAS  # 0, stored with its offset
     st[_A_XP] = _A_BIAS
@@ -388,11 +418,6 @@ def _a_state(rate_hz, wide):
     lp, hp1, hp2, hp3 = g2
     c_gain2 = lp * lp * hp3 * hp3  # 12.2 kHz and 20.6 Hz sections come in pairs
     return st, 10 * math.log10(c_gain2 * hp1 * hp2), 10 * math.log10(c_gain2)
-
-
-def _log_table(hist):
-    for i in range(_H_TAB):
-        hist[_H_NBINS + i] = round(1600 * math.log10(1 + (i + 0.5) / 256))
 
 
 class Weighting:
@@ -414,10 +439,12 @@ class Weighting:
         self.rate_hz = rate_hz
         self.state, self._a_gain_db, self._c_gain_db = _a_state(rate_hz, wide)
         self.sub_block = self.state[_A_M]
-        self._hist = array.array("H", bytes(2 * (_H_NBINS + _H_TAB)))
-        _log_table(self._hist)
+        low_dbfs = _H_LOW_DBFS[wide]
+        nbins = round((_H_HIGH_DBFS - low_dbfs) * 10)
+        self.state[_A_HBINS] = nbins
+        self._hist = array.array("H", bytes(2 * nbins))
         # the level of the first bin's lower edge, for a whole sub-block's energy in Q4 units
-        base_db = _H_LOW_DBFS + _FULL_Q4_DB + 10 * math.log10(self.sub_block)
+        base_db = low_dbfs + _FULL_Q4_DB + 10 * math.log10(self.sub_block)
         self.state[_A_HBASE] = round(base_db * _LEVEL_UNIT)
         self.hook = self.hook_state = None
         self._floor_dbfs = floor_dbfs
@@ -450,28 +477,29 @@ class Weighting:
     def add(self, buf, nbytes):
         _a_frame(buf, nbytes, self.state, self._hist, self.hook, self.hook_state)
 
-    def read(self, lv):
-        """Add the interval's calibrated levels to the dict `lv`, and start the next interval."""
+    def read(self, lv, samples):
+        """Add the levels of the interval's `samples` to the dict `lv`; the next interval starts."""
         st = self.state
         nsub = st[_A_NSUB]
         m = self.sub_block
         floor = self.floor_db
-        if nsub:
-            samples = nsub * m
-            lv["laeq_dba"] = self.energy_dba(sum_bins(st, _A_BINS, _A_NBIN), samples)
+        if nsub:  # A: the sub-blocks completed
+            lv["laeq_dba"] = self.energy_dba(_sums(st, _A_ASUM), nsub * m)
             lv["lafmax_dba"] = level(st[_A_MAXM] * 4.0 ** st[_A_MAXX] / m, self._a_scale, floor)
             lv["lafmin_dba"] = level(st[_A_MINM] * 4.0 ** st[_A_MINX] / m, self._a_scale, floor)
             self._percentiles(lv)
-            lv["lceq_dbc"] = level(sum_bins(st, _A_CBINS, _A_NBIN) / samples, self._c_scale,
-                                   floor)
-            lv["lcpeak_dbc"] = level(st[_A_PKM] * 4.0 ** st[_A_PKX], self._c_scale, floor)
         else:  # the interval was shorter than one sub-block (rate / 252 samples)
             for key in ("laeq_dba", "lafmax_dba", "lafmin_dba", "la10_dba", "la50_dba",
-                        "la90_dba", "lceq_dbc", "lcpeak_dbc"):
+                        "la90_dba"):
                 lv[key] = floor
-        for i in range(_A_HTOTAL, _A_SCR):  # the count, the ranks, the A and C bins
+        # C: every sample since the last read(), sub-blocks or not
+        lv["lceq_dbc"] = level(_sums(st, _A_CSUM) / samples, self._c_scale, floor)
+        lv["lcpeak_dbc"] = level(float(st[_A_CPK]) ** 2, self._c_scale, floor)
+        for i in range(_A_CSUM, _A_CPK + 1):
             st[i] = 0
-        st[_A_NSUB] = st[_A_HTICK] = st[_A_HSHIFT] = st[_A_PKM] = st[_A_PKX] = 0
+        for i in range(_A_HTOTAL, _A_HBINS):  # the count, the ranks, the A sums
+            st[i] = 0
+        st[_A_NSUB] = st[_A_HTICK] = st[_A_HSHIFT] = 0
 
     def _percentiles(self, lv):
         """LA10, LA50, LA90 from the histogram, which this empties (O(1): 1200 bins scanned)."""

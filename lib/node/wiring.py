@@ -10,7 +10,6 @@ import time
 
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
-from node.dsp import LevelMeter
 from node.files import BOOT_PATH, CLOCK_PATH, SETTINGS_PATH
 from node.lagprobe import LagProbe
 from node.led import StatusLed
@@ -66,20 +65,6 @@ def node_id_of(cfg):
     return cfg["node_id"] or board.unique_id_hex()
 
 
-def make_meter(audio):
-    """The level meter for the audio config: bands and events only when asked for (their code and
-    memory are spent only then); events need a calibrated microphone, and wait for one."""
-    events = None
-    if audio["event_threshold_dba"] is not None:
-        events = (audio["event_threshold_dba"], audio["event_hysteresis_db"],
-                  audio["event_min_s"])
-        if audio["mic_sensitivity_dbfs"] is None:
-            log("sound", "noise events wait for a calibrated microphone (mic_sensitivity_dbfs"
-                " or the calibrate command)")
-    return LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"],
-                      audio["bands"], events)
-
-
 class Node:
     """The running app: builds every part from the config and connects them.
 
@@ -110,8 +95,13 @@ class Node:
             topics.climate.encode(), supervisor.register("climate", CLIMATE_SILENCE_MS),
         )
         audio = cfg["audio"]
+        from node import measure  # the meter's setup: once, here
+
+        meter = measure.meter_for(audio)
+        del measure
+        unload("measure")
         self.sound = Sound(
-            board.microphone(audio), make_meter(audio), audio, self.outbox,
+            board.microphone(audio), meter, audio, self.outbox,
             topics.sound.encode(), topics.event.encode(),
             supervisor.register("sound", SOUND_SILENCE_MS),
             board.mic_ring_samples(audio["rate_hz"]),

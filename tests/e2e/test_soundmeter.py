@@ -12,18 +12,24 @@ import re
 import wave
 
 import numpy as np
+import pytest
 
 from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
+    REPO,
     assert_no_seq_gap,
     broker,
     broker_factory,
     certs,
     data_payloads,
+    make_node,
     node_factory,
+    start_broker,
+    subscribe,
     subscriber_factory,
 )
+from tools.hosttools import MP32
 
 RATE = 16000
 SENS = -26.0
@@ -130,3 +136,41 @@ def test_calibrate_finds_the_sensitivity_and_reset_undoes_it(broker, subscriber_
     back = sub.wait_for(_rx(node.topics.sound), timeout=10, since=sub.mark(), count=2).json()
     assert "laeq_dba" not in back and not (node.flash / "settings.json").exists()
     assert "MemoryError" not in node.text()
+
+
+# The heap a calibrated meter, and one with every sound feature, needs on the 32-bit 1.27 port
+# from the x86 bundle (as test_e2e.py's HEAP_32_BIT for the default config, 128k): the
+# percentile histogram (2.1 KB at 16 bits, 2.4 KB at 32), the weighting's code (3.6 KB), the
+# octave bank (7 KB), the events (1.6 KB).
+FEATURES = {
+    "calibrated": ("132k", {"mic_sensitivity_dbfs": SENS}),
+    "everything at 48 kHz, 32-bit": ("140k", {
+        "rate_hz": 48000, "bits": 32, "mic_sensitivity_dbfs": SENS, "bands": True,
+        "event_threshold_dba": 70}),
+}
+
+
+@pytest.mark.skipif(not MP32.is_file(), reason="no 32-bit MicroPython (../shared/mp32) here")
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_x86_bundle_with_the_meter_in_its_heap(certs, tmp_path, name):
+    from tools import bundle
+
+    heap, audio = FEATURES[name]
+    app = tmp_path / "build" / "x86"
+    bundle.build(REPO, app, "x86", log=lambda line: None)
+    brk = start_broker(certs, tmp_path / "broker")
+    sub = subscribe(certs, brk)
+    node = make_node(certs, brk, tmp_path / "node", app_root=app, heap=heap,
+                     micropython=str(MP32), config={"audio": {"publish_interval_s": 2, **audio}})
+    try:
+        node.wait_for_line(CONNECTED_RX, CONNECT_TIMEOUT_S)
+        tele = sub.wait_for(_rx(node.topics.telemetry), timeout=15).json()
+        sound = sub.wait_for(_rx(node.topics.sound), timeout=15, count=2).json()
+        assert "MemoryError" not in node.text() and "not enough memory" not in node.text()
+        assert "la90_dba" in sound and ("bands_dbz" in sound) == audio.get("bands", False)
+        print(f"\n{name}: x86 bundle on micropython32 at HEAP={heap}: heap_free "
+              f"{tele['heap_free']}, heap_min_free {tele['heap_min_free']} bytes")
+    finally:
+        node.stop()
+        sub.close()
+        brk.stop()

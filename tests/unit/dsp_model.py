@@ -131,7 +131,7 @@ def a_frame(st, hist, data, ck, hook=None):
         count = min(m - fill, len(xs) - src)
         st[K["_A_SRC"]] = src
         st[K["_A_CHUNK"]] = count
-        _a_filter(st, xs[src : src + count], K["_A_SCR"] + fill, ck)
+        _a_filter(st, xs[src : src + count], ck)
         src += count
         if fill + count == m:
             _a_sub_block(st, hist, ck)
@@ -141,14 +141,30 @@ def a_frame(st, hist, data, ck, hook=None):
             st[K["_A_FILL"]] = fill + count
 
 
-def _a_filter(st, xs, at, ck):
+def _energy(ck, sums, y):
+    """Add y's energy to sums = [lo, hi, coarse lo, coarse hi], as _a_filter does."""
+    if (y + 0x8000) >> 16:
+        x = ck("coarse", y + 128) >> 8
+        sums[2] = ck("coarse_lo", sums[2] + ck("coarse_sq", x * x))
+        if sums[2] >> K["_LOW_BITS"]:
+            sums[2] &= K["_LOW_MASK"]
+            sums[3] += 1
+    else:
+        sums[0] = ck("exact_lo", sums[0] + ck("exact_sq", y * y))
+        if sums[0] >> K["_LOW_BITS"]:
+            sums[0] &= K["_LOW_MASK"]
+            sums[1] += 1
+
+
+def _a_filter(st, xs, ck):
     bias = K["_A_BIAS"]
     c_lp, c1, c2, c3 = st[K["_A_C"] : K["_A_C"] + 4]
     y = [v - bias for v in st[K["_A_Y"] : K["_A_Y"] + 6]]
     ea, ec = st[K["_A_E"]], st[K["_A_E"] + 1]
     xp = st[K["_A_XP"]] - bias
-    mask, mask_c = st[K["_A_OR"]], st[K["_A_OR"] + 1]
-    m = st[K["_A_M"]]
+    a_sums = st[K["_A_SUB"] : K["_A_SUB"] + 4]
+    c_sums = st[K["_A_CSUM"] : K["_A_CSUM"] + 4]
+    c_pk = st[K["_A_CPK"]]
     for x in xs:
         d = ck("d", (ck("u", x + xp) >> 1) - (ck("cy", c_lp * y[0]) >> K["_A_SH_LP"]))
         xp = x
@@ -162,50 +178,57 @@ def _a_filter(st, xs, at, ck):
         ec = t & K["_A_REM3"]
         d = ck("d", d - (t >> K["_A_SH_HP3"]))
         y[3] = ck("y4", y[3] + d)
-        st[at + m] = ck("out", y[3] + bias)
-        mask_c |= y[3] ^ (y[3] >> 31)
+        c_pk = max(c_pk, abs(y[3]))
+        _energy(ck, c_sums, y[3])
         d = ck("d", d - (ck("cy", c2 * y[4]) >> K["_A_SH_HP2"]))
         y[4] = ck("y5", y[4] + d)
         t = ck("cy_e", ck("cy", c1 * y[5]) + ea)
         ea = t & K["_A_REM1"]
         d = ck("d", d - (t >> K["_A_SH_HP1"]))
         y[5] = ck("y6", y[5] + d)
-        st[at] = ck("out", y[5] + bias)
-        mask |= y[5] ^ (y[5] >> 31)
-        at += 1
+        _energy(ck, a_sums, y[5])
     st[K["_A_Y"] : K["_A_Y"] + 6] = [ck("y_store", v + bias) for v in y]
     st[K["_A_E"]], st[K["_A_E"] + 1] = ea, ec
     st[K["_A_XP"]] = xp + bias
-    st[K["_A_OR"]], st[K["_A_OR"] + 1] = mask, mask_c
+    st[K["_A_SUB"] : K["_A_SUB"] + 4] = a_sums
+    st[K["_A_CSUM"] : K["_A_CSUM"] + 4] = c_sums
+    st[K["_A_CPK"]] = c_pk
 
 
-def _block_squares(st, at, n, mask, ck):
-    """(k, sum of v*v, largest v*v) of the n scratch words from st[at], v = round(y / 2**k)."""
-    k = 0
-    while mask >> (K["_A_MANT_BITS"] + k):
-        k += 1
-    r = ((1 << k) >> 1) - K["_A_BIAS"]
-    acc = top = 0
-    for i in reversed(range(n)):
-        v = ck("v", st[at + i] + r) >> k
-        sq = ck("square", v * v)
-        acc = ck("acc", acc + sq)
-        top = max(top, sq)
-    return k, acc, top
-
-
-def _add_bin(st, b, acc, ck):
-    lo = ck("lo", st[b] + acc)
-    st[b + 1] = ck("hi", st[b + 1] + (lo >> K["_LOW_BITS"]))
-    st[b] = lo & K["_LOW_MASK"]
+def _log_units(fm, fx, ck):
+    """_a_sub_block's level of fm * 4**fx in 1/160 dB."""
+    b = fm.bit_length()
+    i = (fm >> (b - 13)) & 4095 if b > 13 else (fm << (13 - b)) & 4095
+    x = (ck("poly", K["_H_P4"] * i) >> 12) + K["_H_P3"]
+    x = (ck("poly", x * i) >> 12) + K["_H_P2"]
+    x = (ck("poly", x * i) >> 12) + K["_H_P1"]
+    return ck("lvl", ck("lvl_mul", ((b - 1) + 2 * fx) * K["_H_LOG2"]) + (ck("poly", x * i) >> 12)) >> 8
 
 
 def _a_sub_block(st, hist, ck):
-    n = st[K["_A_M"]]
     bias = K["_A_BIAS"]
-    k, acc, _ = _block_squares(st, K["_A_SCR"], n, st[K["_A_OR"]], ck)
-    st[K["_A_SUBE"]], st[K["_A_SUBK"]] = acc, k
-    _add_bin(st, K["_A_BINS"] + 2 * k, acc, ck)
+    lo, hi, blo, bhi = st[K["_A_SUB"] : K["_A_SUB"] + 4]
+    at = K["_A_ASUM"]
+    for off, (add_lo, add_hi) in ((0, (lo, hi)), (2, (blo, bhi))):
+        b = ck("sum_lo", st[at + off] + add_lo)
+        st[at + off + 1] = ck("sum_hi", st[at + off + 1] + add_hi + (b >> K["_LOW_BITS"]))
+        st[at + off] = b & K["_LOW_MASK"]
+    k = 0
+    if blo or bhi:
+        lo = ck("e_lo", blo + (hi << 14) + (lo >> 16))
+        hi = bhi + (lo >> K["_LOW_BITS"])
+        lo &= K["_LOW_MASK"]
+        k = 8
+    if hi:
+        b = 1
+        while hi >> (2 * b - 1):
+            b += 1
+        lo = ck("e_m", (hi << (30 - 2 * b)) + (lo >> (2 * b)))
+        k += b
+    assert lo < 1 << 30
+    st[K["_A_SUBE"]], st[K["_A_SUBK"]] = lo, k
+    st[K["_A_SUB"] : K["_A_SUB"] + 4] = [0, 0, 0, 0]
+    acc = lo
     if st[K["_A_RUN"]]:
         fm, fx = st[K["_A_FM"]], st[K["_A_FX"]]
         if k > fx:
@@ -227,19 +250,13 @@ def _a_sub_block(st, hist, ck):
     if first or (fx, fm) < (st[K["_A_MINX"]], st[K["_A_MINM"]]):
         st[K["_A_MINM"]], st[K["_A_MINX"]] = fm, fx
     st[K["_A_NSUB"]] += 1
-    lvl = -bias
-    if fm:
-        b = fm.bit_length()
-        i = (fm >> (b - 9)) & 255 if b > 9 else (fm << (9 - b)) & 255
-        lvl = ck("lvl", ck("lvl_mul", ((b - 1) + 2 * fx) * K["_H_LOG2"]) >> 8) + hist[
-            K["_H_NBINS"] + i
-        ]
+    lvl = _log_units(fm, fx, ck) if fm else -bias
     st[K["_A_LVL"]] = lvl + bias
     tick = st[K["_A_HTICK"]]
     st[K["_A_HTICK"]] = ck("tick", tick + 1)
     shift = st[K["_A_HSHIFT"]]
     if not tick & ((1 << shift) - 1):
-        nb = K["_H_NBINS"]
+        nb = st[K["_A_HBINS"]]
         i = min(max((lvl - st[K["_A_HBASE"]]) >> 4, 0), nb - 1)
         if hist[i] + 1 > K["_H_MAX"]:
             carry = total = 0
@@ -252,22 +269,16 @@ def _a_sub_block(st, hist, ck):
             st[K["_A_HSHIFT"]] = shift + 1
         hist[i] += 1
         st[K["_A_HTOTAL"]] = ck("htotal", st[K["_A_HTOTAL"]] + 1)
-    k, acc, top = _block_squares(st, K["_A_SCR"] + n, n, st[K["_A_OR"] + 1], ck)
-    _add_bin(st, K["_A_CBINS"] + 2 * k, acc, ck)
-    while k > 0 and top < K["_A_PNORM"]:
-        top = ck("pk", top << 2)
-        k -= 1
-    if (k, top) > (st[K["_A_PKX"]], st[K["_A_PKM"]]):
-        st[K["_A_PKM"]], st[K["_A_PKX"]] = top, k
-    st[K["_A_OR"]] = st[K["_A_OR"] + 1] = 0
     st[K["_A_FILL"]] = 0
 
 
 def a_read(st, hist):
-    """What Weighting.read() resets: the interval's bins, counts, C peak and histogram."""
-    for i in range(K["_A_HTOTAL"], K["_A_SCR"]):
+    """What Weighting.read() resets: the interval's sums, counts, C peak and histogram."""
+    for i in range(K["_A_CSUM"], K["_A_CPK"] + 1):
         st[i] = 0
-    for name in ("_A_NSUB", "_A_HTICK", "_A_HSHIFT", "_A_PKM", "_A_PKX"):
+    for i in range(K["_A_HTOTAL"], K["_A_HBINS"]):
+        st[i] = 0
+    for name in ("_A_NSUB", "_A_HTICK", "_A_HSHIFT"):
         st[K[name]] = 0
-    for i in range(K["_H_NBINS"]):
+    for i in range(len(hist)):
         hist[i] = 0

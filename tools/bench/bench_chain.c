@@ -62,36 +62,56 @@ static void rms(const int16_t *x, int n) {
 }
 
 /* ---- A and C (_a_filter, _a_sub_block) */
-static int C_A_C, C_A_Y, C_A_E, C_A_XP, C_A_OR, C_A_FILL, C_A_M, C_A_FM, C_A_FX, C_A_MAXM,
-    C_A_MAXX, C_A_MINM, C_A_MINX, C_A_NSUB, C_A_RUN, C_A_PKM, C_A_PKX, C_A_LVL, C_A_SUBE, C_A_SUBK,
-    C_A_HBASE, C_A_HSHIFT, C_A_HTICK, C_A_HTOTAL, C_A_BINS, C_A_CBINS, C_A_SCR, C_BIAS, C_NBINS;
+static int C_A_C, C_A_Y, C_A_E, C_A_XP, C_A_SUB, C_A_CSUM, C_A_CPK, C_A_FILL, C_A_M, C_A_FM,
+    C_A_FX, C_A_MAXM, C_A_MAXX, C_A_MINM, C_A_MINX, C_A_NSUB, C_A_RUN, C_A_LVL, C_A_SUBE,
+    C_A_SUBK, C_A_HBASE, C_A_HSHIFT, C_A_HTICK, C_A_HTOTAL, C_A_ASUM, C_A_HBINS, C_BIAS, C_P1, C_P2,
+    C_P3, C_P4;
 
-static void add_bin(int at, int32_t acc) {
-    int32_t lo = a[at] + acc;
-    a[at + 1] += lo >> 30;
-    a[at] = lo & 0x3FFFFFFF;
-}
-
-static int block_k(int32_t mask) {
-    int kk = 0;
-    while (mask >> (11 + kk)) {
-        kk++;
+static void energy(int32_t *sums, int32_t y) {
+    if ((y + 0x8000) >> 16) {
+        int32_t x = (y + 128) >> 8;
+        sums[2] += x * x;
+        if (sums[2] >> 30) {
+            sums[2] &= 0x3FFFFFFF;
+            sums[3]++;
+        }
+    } else {
+        sums[0] += y * y;
+        if (sums[0] >> 30) {
+            sums[0] &= 0x3FFFFFFF;
+            sums[1]++;
+        }
     }
-    return kk;
 }
 
 static void sub_block(void) {
-    int m = a[C_A_M], bias = C_BIAS;
-    int kk = block_k(a[C_A_OR]);
-    int32_t r = ((1 << kk) >> 1) - bias, acc = 0;
-    for (int i = m - 1; i >= 0; i--) {
-        int32_t v = (a[C_A_SCR + i] + r) >> kk;
-        acc += v * v;
+    int bias = C_BIAS;
+    int32_t lo = a[C_A_SUB], hi = a[C_A_SUB + 1], blo = a[C_A_SUB + 2], bhi = a[C_A_SUB + 3];
+    for (int off = 0; off < 4; off += 2) {
+        int32_t add_lo = off ? blo : lo, add_hi = off ? bhi : hi;
+        int32_t t = a[C_A_ASUM + off] + add_lo;
+        a[C_A_ASUM + off + 1] += add_hi + (t >> 30);
+        a[C_A_ASUM + off] = t & 0x3FFFFFFF;
     }
-    a[C_A_SUBE] = acc;
+    int kk = 0;
+    if (blo || bhi) {
+        lo = blo + (hi << 14) + (lo >> 16);
+        hi = bhi + (lo >> 30);
+        lo &= 0x3FFFFFFF;
+        kk = 8;
+    }
+    if (hi) {
+        int b = 1;
+        while (hi >> (2 * b - 1)) {
+            b++;
+        }
+        lo = (hi << (30 - 2 * b)) + (lo >> (2 * b));
+        kk += b;
+    }
+    a[C_A_SUBE] = lo;
     a[C_A_SUBK] = kk;
-    add_bin(C_A_BINS + 2 * kk, acc);
-    int32_t fm, fx;
+    a[C_A_SUB] = a[C_A_SUB + 1] = a[C_A_SUB + 2] = a[C_A_SUB + 3] = 0;
+    int32_t fm, fx, acc = lo;
     if (a[C_A_RUN]) {
         fm = a[C_A_FM];
         fx = a[C_A_FX];
@@ -125,23 +145,27 @@ static void sub_block(void) {
     a[C_A_NSUB] = n + 1;
     int32_t lvl = -bias;
     if (fm) {
-        int bl = 1;
+        int bl = fx ? 29 : 1;
         while (fm >> bl) {
             bl++;
         }
-        int i = bl > 9 ? (fm >> (bl - 9)) & 255 : (fm << (9 - bl)) & 255;
-        lvl = ((((bl - 1) + 2 * fx) * 123302) >> 8) + hist[C_NBINS + i];
+        int32_t i = bl > 13 ? (fm >> (bl - 13)) & 4095 : (fm << (13 - bl)) & 4095;
+        int32_t x = ((C_P4 * i) >> 12) + C_P3;
+        x = ((x * i) >> 12) + C_P2;
+        x = ((x * i) >> 12) + C_P1;
+        lvl = ((((bl - 1) + 2 * fx) * 123302 + ((x * i) >> 12)) >> 8);
     }
     a[C_A_LVL] = lvl + bias;
     int32_t tick = a[C_A_HTICK]++;
     int shift = a[C_A_HSHIFT];
     if (!(tick & ((1 << shift) - 1))) {
         int i = (lvl - a[C_A_HBASE]) >> 4;
-        i = i < 0 ? 0 : i >= C_NBINS ? C_NBINS - 1 : i;
+        int nbins = a[C_A_HBINS];
+        i = i < 0 ? 0 : i >= nbins ? nbins - 1 : i;
         int32_t c = hist[i] + 1;
         if (c > 0xFFFF) {
             int32_t carry = 0, total = 0;
-            for (int j = 0; j < C_NBINS; j++) {
+            for (int j = 0; j < nbins; j++) {
                 int32_t t = hist[j] + carry;
                 hist[j] = t >> 1;
                 total += t >> 1;
@@ -154,28 +178,6 @@ static void sub_block(void) {
         hist[i] = c;
         a[C_A_HTOTAL]++;
     }
-    kk = block_k(a[C_A_OR + 1]);
-    r = ((1 << kk) >> 1) - bias;
-    acc = 0;
-    int32_t pk = 0;
-    for (int i = m - 1; i >= 0; i--) {
-        int32_t v = (a[C_A_SCR + m + i] + r) >> kk;
-        v *= v;
-        acc += v;
-        if (v > pk) {
-            pk = v;
-        }
-    }
-    add_bin(C_A_CBINS + 2 * kk, acc);
-    while (kk > 0 && pk < 0x100000) {
-        pk <<= 2;
-        kk--;
-    }
-    if (kk > a[C_A_PKX] || (kk == a[C_A_PKX] && pk > a[C_A_PKM])) {
-        a[C_A_PKM] = pk;
-        a[C_A_PKX] = kk;
-    }
-    a[C_A_OR] = a[C_A_OR + 1] = 0;
     a[C_A_FILL] = 0;
 }
 
@@ -185,7 +187,6 @@ static void weighting(const int16_t *x, int n) {
     int32_t y1 = a[C_A_Y] - bias, y2 = a[C_A_Y + 1] - bias, y3 = a[C_A_Y + 2] - bias,
             y4 = a[C_A_Y + 3] - bias, y5 = a[C_A_Y + 4] - bias, y6 = a[C_A_Y + 5] - bias;
     int32_t ea = a[C_A_E], ec = a[C_A_E + 1], xp = a[C_A_XP] - bias;
-    int32_t mask = a[C_A_OR], mask_c = a[C_A_OR + 1];
     int fill = a[C_A_FILL];
     for (int j = 0; j < n; j++) {
         int32_t xq = (int32_t)x[j] << 4, d, t;
@@ -201,21 +202,20 @@ static void weighting(const int16_t *x, int n) {
         ec = t & 0xFFFF;
         d -= t >> 16;
         y4 += d;
-        a[C_A_SCR + m + fill] = y4 + bias;
-        mask_c |= y4 ^ (y4 >> 31);
+        t = y4 < 0 ? -y4 : y4;
+        if (t > a[C_A_CPK]) {
+            a[C_A_CPK] = t;
+        }
+        energy(a + C_A_CSUM, y4);
         d -= (c2 * y5) >> 14;
         y5 += d;
         t = c1 * y6 + ea;
         ea = t & 0x7FF;
         d -= t >> 11;
         y6 += d;
-        a[C_A_SCR + fill] = y6 + bias;
-        mask |= y6 ^ (y6 >> 31);
+        energy(a + C_A_SUB, y6);
         if (++fill == m) {
-            a[C_A_OR] = mask;
-            a[C_A_OR + 1] = mask_c;
             sub_block();
-            mask = mask_c = 0;
             fill = 0;
         }
     }
@@ -228,8 +228,6 @@ static void weighting(const int16_t *x, int n) {
     a[C_A_E] = ea;
     a[C_A_E + 1] = ec;
     a[C_A_XP] = xp + bias;
-    a[C_A_OR] = mask;
-    a[C_A_OR + 1] = mask_c;
     a[C_A_FILL] = fill;
 }
 
@@ -388,15 +386,17 @@ int main(int argc, char **argv) {
     }
     fclose(f);
 #define GET(x) C##x = k(#x)
-    GET(_A_C); GET(_A_Y); GET(_A_E); GET(_A_XP); GET(_A_OR); GET(_A_FILL); GET(_A_M);
-    GET(_A_FM); GET(_A_FX); GET(_A_MAXM); GET(_A_MAXX); GET(_A_MINM); GET(_A_MINX);
-    GET(_A_NSUB); GET(_A_RUN); GET(_A_PKM); GET(_A_PKX); GET(_A_LVL); GET(_A_SUBE);
-    GET(_A_SUBK); GET(_A_HBASE); GET(_A_HSHIFT); GET(_A_HTICK); GET(_A_HTOTAL); GET(_A_BINS);
-    GET(_A_CBINS); GET(_A_SCR); GET(_K_NLEV); GET(_K_HEAD); GET(_LW); GET(_B_C); GET(_B_SH);
+    GET(_A_C); GET(_A_Y); GET(_A_E); GET(_A_XP); GET(_A_SUB); GET(_A_CSUM); GET(_A_CPK);
+    GET(_A_FILL); GET(_A_M); GET(_A_FM); GET(_A_FX); GET(_A_MAXM); GET(_A_MAXX); GET(_A_MINM);
+    GET(_A_MINX); GET(_A_NSUB); GET(_A_RUN); GET(_A_LVL); GET(_A_SUBE); GET(_A_SUBK);
+    GET(_A_HBASE); GET(_A_HSHIFT); GET(_A_HTICK); GET(_A_HTOTAL); GET(_A_ASUM); GET(_A_HBINS); GET(_K_NLEV); GET(_K_HEAD); GET(_LW); GET(_B_C); GET(_B_SH);
     GET(_B_FOUR); GET(_B_HB); GET(_B_X); GET(_B_Y); GET(_B_Q); GET(_B_HELD); GET(_B_HAS);
     GET(_B_LO); GET(_LIM);
     C_BIAS = k("_A_BIAS");
-    C_NBINS = k("_H_NBINS");
+    C_P1 = k("_H_P1");
+    C_P2 = k("_H_P2");
+    C_P3 = k("_H_P3");
+    C_P4 = k("_H_P4");
     int chunk = k("_CHUNK");
 
     static int16_t frame[1 << 16];
