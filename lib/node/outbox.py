@@ -8,7 +8,8 @@ from node import payload
 # offset and length (2 each) and its topic's index (1). node.config bounds the outbox with it.
 # (Plain ints, not const(): this module also runs on CPython as the tests' reference.)
 INDEX_BYTES_PER_READING = 17
-# The largest body one reading may have (a sound reading with every level is about 120 bytes).
+# The largest body one reading may have (a sound reading with every level and eight octave
+# bands is at most 370 bytes).
 MAX_BODY_BYTES = 512
 
 

@@ -10,12 +10,15 @@ floats once per interval.
 Filters: IEC 61672-1 A- and C-weighting by fixed-point first-order sections from the bilinear
 transform at the configured rate (16 to 48 kHz). The C curve is the A curve without its two
 middle high-pass poles, so one cascade gives both: 12.2 kHz low-pass twice, 20.6 Hz high-pass
-twice (the C output), then 107.7 and 737.9 Hz high-pass (the A output). Time weighting: Fast
-(125 ms), updated once per sub-block of rate/252 samples. Percentiles: every sub-block's Fast
-level goes into a histogram of 0.1 dB bins from -115 to +5 dBFS (1200 uint16 counts, 2.4 KB,
-whatever the interval's length); a bin about to overflow halves them all and from then on only
-every second sub-block is counted (then every fourth, ...), which keeps the counts consistent and
-the level series far denser than its 125 ms time constant.
+twice (the C output), then 107.7 and 737.9 Hz high-pass (the A output). Energies are summed as
+the samples come, exactly while |y| < 2**15 (Q4: -24 dBFS) and to 1/128 above, so no sample
+is kept. Time weighting: Fast (125 ms), updated once per sub-block of rate/252 samples.
+Percentiles: every sub-block's Fast level goes into a histogram of 0.1 dB bins from -100 dBFS
+(16-bit data, whose A-weighted LSB is -96 dBFS; -115 for 24-bit) to +5 dBFS: 1050 or 1200
+uint16 counts, 2.1 or 2.4 KB, whatever the interval's length. A bin about to overflow halves
+them all and from then on only every second sub-block is counted (then every fourth, ...),
+which keeps the counts consistent and the level series far denser than its 125 ms time
+constant.
 
 Viper habits (as in node.dsp): loads through ptr16/ptr32 are unsigned (64-bit wide on the host),
 so signed words are stored offset by _A_BIAS; the two hottest locals of a kernel are its first
@@ -502,7 +505,7 @@ class Weighting:
         st[_A_NSUB] = st[_A_HTICK] = st[_A_HSHIFT] = 0
 
     def _percentiles(self, lv):
-        """LA10, LA50, LA90 from the histogram, which this empties (O(1): 1200 bins scanned)."""
+        """LA10, LA50, LA90 from the histogram, which this empties (O(1): its bins scanned)."""
         st, hist = self.state, self._hist
         total = st[_A_HTOTAL]
         if not total:  # every sub-block since the last halving fell between two counted ones

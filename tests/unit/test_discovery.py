@@ -332,3 +332,20 @@ print(one_at_a_time(), all_at_once())
 """).stdout.split()
     peak, held = map(int, out)
     assert peak < 2500 and peak < held * 0.6, (peak, held)
+
+
+def test_the_fullest_sound_reading_fits_the_outbox(mpy):
+    """Every level and eight bands, each at its longest (a three-digit negative level): within
+    the outbox's MAX_BODY_BYTES."""
+    out = mpy("""
+from node import payload
+from node.outbox import MAX_BODY_BYTES
+keys = ("rms_dbfs", "peak_dbfs", "laeq_dba", "lafmax_dba", "lafmin_dba", "la10_dba",
+        "la50_dba", "la90_dba", "lceq_dbc", "lcpeak_dbc", "lzeq_dbz")
+bands = [(k, -138.47) for k in ("63", "125", "250", "500", "1000", "2000", "4000", "8000")]
+pairs = [(k, -138.47) for k in keys] + [("bands_dbfs", bands), ("measured_pct", 100.0)]
+print(len(payload.fields(pairs)), MAX_BODY_BYTES)
+""").stdout.split()
+    size, limit = map(int, out)
+    print(f"\nthe longest sound body: {size} bytes of {limit}")
+    assert size < limit
