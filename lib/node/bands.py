@@ -26,7 +26,6 @@ the half-band's |h * (x - y_prev)| < 2354 * 3.15 * LIM < 2**30.2.
 """
 
 import array
-import math
 
 import micropython
 from micropython import const
@@ -316,7 +315,7 @@ class OctaveBank:
                 count = _CHUNK
             st[_K_OFF] = off
             st[_K_CNT] = count
-            _bank(0, 0, st, self._scr, buf)
+            _bank(0, 0, st, self._scr, buf)  # pyright: ignore[reportArgumentType]
             off += count
 
     def _levels(self, at, floor_db, offset_db):

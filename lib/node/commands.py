@@ -8,8 +8,7 @@ touches nothing.
 import json
 
 from node import settings as store
-from node import unload
-from node import spl
+from node import spl, unload
 from node.limits import IDENTIFY_MAX_S
 from node.log import log
 

@@ -509,14 +509,14 @@ class Weighting:
         st, hist = self.state, self._hist
         total = st[_A_HTOTAL]
         if not total:  # every sub-block since the last halving fell between two counted ones
-            _ranks(hist, st)
+            _ranks(hist, st)  # pyright: ignore[reportArgumentType]
             lv["la10_dba"] = lv["la50_dba"] = lv["la90_dba"] = lv["lafmin_dba"]
             return
         # numpy.percentile's position (n - 1) * p, to the nearest rank; L10 is exceeded 10 % of
         # the time: the 90th percentile
         for j, p in enumerate((0.1, 0.5, 0.9)):
             st[_A_RANK + j] = round((total - 1) * p)
-        _ranks(hist, st)
+        _ranks(hist, st)  # pyright: ignore[reportArgumentType]
         base = st[_A_HBASE]
         for j, key in enumerate(("la90_dba", "la50_dba", "la10_dba")):
             lv[key] = max(self.units_dba(base + 16 * st[_A_RANK + j] + 8), self.floor_db)

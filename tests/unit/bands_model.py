@@ -43,7 +43,7 @@ def bank(st, data, ck):
         out = []
         nsec = 4 if four else 3
 
-        def section(k, t, first, last):
+        def section(k, t, first, last, c=c, g=g, p=p):
             """Section k on numerator t; `first`: this is the pair's first sample."""
             na, nb = (2 * k, 2 * k + 1) if first else (2 * k + 1, 2 * k)
             u = t if k == 0 else ck("num", t >> g[k - 1])

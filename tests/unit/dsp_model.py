@@ -202,7 +202,8 @@ def _log_units(fm, fx, ck):
     x = (ck("poly", K["_H_P4"] * i) >> 12) + K["_H_P3"]
     x = (ck("poly", x * i) >> 12) + K["_H_P2"]
     x = (ck("poly", x * i) >> 12) + K["_H_P1"]
-    return ck("lvl", ck("lvl_mul", ((b - 1) + 2 * fx) * K["_H_LOG2"]) + (ck("poly", x * i) >> 12)) >> 8
+    octaves = ck("lvl_mul", ((b - 1) + 2 * fx) * K["_H_LOG2"])
+    return ck("lvl", octaves + (ck("poly", x * i) >> 12)) >> 8
 
 
 def _a_sub_block(st, hist, ck):

@@ -407,8 +407,8 @@ LENIENT = [
      "payload: not valid JSON"),
     (b'{"cmd":"identify","seconds":}', {"ok": True, "cmd": "identify", "seconds": 10},
      "payload: not valid JSON"),
-    (b'{"cmd":"re\\qboot"}', {"ok": False, "error": 'cmd: expected one of calibrate, config, identify, '
-                              'reboot, reset_settings, set, got "reqboot"'},
+    (b'{"cmd":"re\\qboot"}', {"ok": False, "error": 'cmd: expected one of calibrate, config, '
+                              'identify, reboot, reset_settings, set, got "reqboot"'},
      "payload: not valid JSON"),
     (b'{1:2,"cmd":"config"}', {"ok": False, "cmd": "config", "error": "config: (a long or "
                                "unprintable name): no such key (known: cmd, id)"},
@@ -418,8 +418,8 @@ LENIENT = [
      {"ok": False, "cmd": "identify", "error": "identify: seconds: expected an integer, "
                                                "got a number with a fraction or exponent"}),
     (b'{"cmd":"\xed\xa0\x80"}',  # a UTF-8-encoded surrogate: MicroPython decodes it
-     {"ok": False, "error": "cmd: expected one of calibrate, config, identify, reboot, reset_settings, "
-                            "set, got (a long or unprintable name)"},
+     {"ok": False, "error": "cmd: expected one of calibrate, config, identify, reboot, "
+                            "reset_settings, set, got (a long or unprintable name)"},
      "payload: not UTF-8 text"),
 ]
 
@@ -835,7 +835,8 @@ for i in range(COUNT):
     spent_us += time.ticks_diff(time.ticks_us(), t)
     reply = json.loads(out)
     if MPY:
-        # set, reset_settings and calibrate load node.config (compiled from source here) and unload it.
+        # set, reset_settings and calibrate load node.config (compiled from source here) and
+        # unload it.
         if reply.get("cmd") in ("set", "reset_settings", "calibrate"):
             max_alloc_validating = max(max_alloc_validating, gc.mem_alloc() - before)
         else:

@@ -370,8 +370,9 @@ import gc, micropython
 from node.dsp import LevelMeter
 EVENTS = (100.0, 3.0, 0.2)
 for bits, rate, sens, bands, events in (
-        (16, 16000, -26, False, None), (32, 48000, -26, True, EVENTS), (16, 48000, None, True, None),
-        (32, 16000, None, False, None), (16, 16000, -26, True, EVENTS), (32, 48000, -46, False, EVENTS)):
+        (16, 16000, -26, False, None), (32, 48000, -26, True, EVENTS),
+        (16, 48000, None, True, None), (32, 16000, None, False, None),
+        (16, 16000, -26, True, EVENTS), (32, 48000, -46, False, EVENTS)):
     m = LevelMeter(bits, rate, sens, bands, events)
     buf = bytearray(512 * bits // 8)
     for i in range(len(buf)):
@@ -456,7 +457,8 @@ def test_compiles_for_the_esp32():
     if not cross:
         pytest.skip("no mpy-cross")
     for name in ("dsp", "weighting", "bands", "events"):
+        src = REPO / "lib" / "node" / f"{name}.py"
         subprocess.run(
-            [cross, "-march=xtensawin", "-o", "/dev/null", str(REPO / "lib" / "node" / f"{name}.py")],
+            [cross, "-march=xtensawin", "-o", "/dev/null", str(src)],
             check=True,
         )

@@ -10,7 +10,7 @@ from scipy import signal
 
 from tests.unit import dsp_model as model
 from tests.unit.audio import FULL, SENS, noise, pcm, run, spl, tone
-from tests.unit.test_dsp import F1, F2, F3, F4, a_filter_ref
+from tests.unit.test_dsp import F1, F4, a_filter_ref
 
 # IEC 61672-1:2002 table 2, class 1 tolerance limits (+, -) at octave centres
 CLASS1 = {
