@@ -220,6 +220,7 @@ class LevelMeter:
         calibration on takes the weighting's memory (about 4 KB): MemoryError if it is not there."""
         if mic_sensitivity_dbfs is None:
             self._w = self._ev = self.spl_db = None
+            unload("weighting", "events")  # a calibration undone: their code leaves the heap
             return
         from node import spl  # needed only now
 
