@@ -28,6 +28,8 @@ CLOCK ?=
 RECORDING ?=
 BROKER ?=
 CA ?=
+CERT ?=
+KEY ?=
 OUT ?=
 # make bundle / deploy / flash options (ARCH: xtensawin, x64, or x86 for a 32-bit unix port)
 ARCH ?= xtensawin
@@ -61,15 +63,19 @@ lib: lib/umqtt/simple.py
 # What the tools for a real board need: Python packages only.
 hostdeps: $(HOST_STAMP) lib
 
-# libc6-i386 only where MICROPYTHON is a 32-bit program (a machine without i386 packages never
-# needs it).
-I386 = $(shell [ -f "$(MICROPYTHON)" ] && [ "$$(od -An -tx1 -j4 -N1 "$(MICROPYTHON)" | tr -d ' ')" = 01 ] \
-	&& head -c4 "$(MICROPYTHON)" | grep -q ELF && echo libc6-i386)
+# libc6-i386 only where MICROPYTHON, or the 32-bit port the tests use (../shared/mp32), is a
+# 32-bit program (a machine without i386 packages never needs it); lib32gcc-s1 with it, which a
+# 32-bit process with threads (the simulated machine.Timer) needs to exit without aborting.
+MP32 := $(abspath ../shared/mp32/micropython32)
+is_i386 = [ -f "$(1)" ] && [ "$$(od -An -tx1 -j4 -N1 "$(1)" | tr -d ' ')" = 01 ] \
+	&& head -c4 "$(1)" | grep -q ELF
+I386 = $(shell { $(call is_i386,$(MICROPYTHON)); } || { $(call is_i386,$(MP32)); } && echo libc6-i386)
+I386_OPTIONAL = $(if $(I386),lib32gcc-s1)
 
 # faketime: the simulated board's RTC (2000-01-01 at power-on), found only where Debian puts it;
 # without it the simulator says so and runs the board on the host's clock.
 deps: $(STAMP) lib
-	@tools/system-packages.sh mosquitto openssl $(I386) --optional faketime
+	@tools/system-packages.sh mosquitto openssl $(I386) --optional faketime $(I386_OPTIONAL)
 
 sim: deps
 	$(PY) -m sim.host.run --duration "$(DURATION)" --config "$(CONFIG)" --secrets "$(SECRETS)" \
@@ -79,7 +85,8 @@ sim: deps
 # Temperature, humidity and sound level over time: a recording, a live broker, or a sim run.
 plot: deps
 	$(PY) -m tools.plot --duration "$(DURATION)" --recording "$(RECORDING)" --broker "$(BROKER)" \
-		--ca "$(CA)" --out "$(OUT)" --audio "$(AUDIO)" --dht "$(DHT)"
+		--ca "$(CA)" --cert "$(CERT)" --key "$(KEY)" --out "$(OUT)" --audio "$(AUDIO)" \
+		--dht "$(DHT)"
 
 # Most tests wait on real time (the simulated board's clock, brokers, the node's intervals)
 # rather than the CPU, so TEST_JOBS pytest workers share them out, a test file each at a time
@@ -126,17 +133,27 @@ flash: hostdeps
 
 # A Mosquitto with TLS for your own network, in broker/ (README "On a real board"): NAMES= what
 # its certificate names (default: this machine's names and address), BROKER_PORT= (8883),
-# RENEW=1 a new server certificate. It keeps the CA and passwords of an earlier run.
-.PHONY: broker
+# RENEW=1 a new server certificate, CLIENT_CERTS=1 clients identified by certificate (an ACL
+# per node; make provision issues the nodes' own). It keeps the CA and passwords of an earlier run.
+.PHONY: broker provision
 NAMES ?=
 BROKER_PORT ?=
 RENEW ?=
+CLIENT_CERTS ?=
 broker: deps
-	$(PY) -m tools.broker --names "$(NAMES)" --port "$(BROKER_PORT)" $(if $(RENEW),--renew)
+	$(PY) -m tools.broker --names "$(NAMES)" --port "$(BROKER_PORT)" $(if $(RENEW),--renew) \
+		$(if $(CLIENT_CERTS),--client-certs)
+
+# A node's key and certificate from the fleet CA (broker/ca.pem, made if missing), CN = NODE,
+# written where config.json's mqtt.cert and mqtt.key say, for make deploy (tools/provision.py).
+NODE ?=
+DAYS ?=
+provision: hostdeps
+	$(PY) -m tools.provision --node "$(NODE)" --days "$(DAYS)"
 
 # A simulated serial board (the unix port behind a pty) to try deploy/repl without hardware.
 fakeboard: $(STAMP) lib
-	$(if $(I386),@tools/system-packages.sh $(I386))
+	$(if $(I386),@tools/system-packages.sh $(I386) --optional $(I386_OPTIONAL))
 	MICROPYTHON="$(MICROPYTHON)" $(PY) -m sim.host.fakeboard --baud 115200
 
 repl: hostdeps

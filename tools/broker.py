@@ -1,8 +1,8 @@
 """`make broker`: a Mosquitto with TLS for your own network, kept in broker/ (git-ignored).
 
     python -m tools.broker [--names "host.local 192.168.1.5"] [--port 8883] [--bind ADDRESS]
-                           [--renew] [--no-start] [--dir broker] [--config config.json]
-                           [--secrets secrets.json]
+                           [--renew] [--client-certs] [--no-start] [--dir broker]
+                           [--config config.json] [--secrets secrets.json]
 
 The first run makes, in --dir:
 - a CA (ca.pem, ca.key; 10 years) and a server certificate (server.pem, server.key; 825 days)
@@ -17,6 +17,15 @@ And for the node, where `make deploy` takes them: mqtt_user/mqtt_password into s
 It prints what to type into MQTT Explorer and Home Assistant and what config.json's mqtt
 section needs, then runs mosquitto in the foreground (Ctrl-C stops it; --no-start prints the
 command instead).
+
+--client-certs (`make broker CLIENT_CERTS=1`) identifies every client by its certificate instead
+of a password: require_certificate and use_identity_as_username (a client's user name is its
+certificate's CN), and an ACL (acl, from config.json's topic_prefix and discovery.prefix) that
+confines each node to `<prefix>/<node>/#` and its Home Assistant discovery topics, and lets it
+read Home Assistant's status. The CA above is the fleet CA: `make provision NODE=<id>`
+(tools/provision.py) issues each node's certificate from it. The operator's certificate
+(operator.pem, operator.key; CN "operator", every topic of the nodes and of Home Assistant) is
+for make plot, make ota, MQTT Explorer and Home Assistant. secrets.json is left alone.
 
 A re-run keeps the CA and the passwords, and the server certificate unless the names changed,
 it is not signed by the CA or expires within 30 days, or --renew asks for a new one. What it
@@ -42,7 +51,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sim.net.broker import BrokerError, mosquitto_path
-from sim.net.pki import PkiError, cert_info, make_ca, make_server_cert, signed_by
+from sim.net.pki import (
+    PkiError,
+    cert_info,
+    make_ca,
+    make_client_cert,
+    make_server_cert,
+    signed_by,
+)
 from tools.hosttools import REPO
 
 DEFAULT_PORT = 8883
@@ -53,6 +69,11 @@ SERVER_DAYS = 825
 RENEW_BEFORE = timedelta(days=30)
 NODE_USER = "node"  # what the boards log in as (secrets.json)
 CLIENT_USER = "client"  # MQTT Explorer, Home Assistant, mosquitto_sub
+# With --client-certs: the identity (certificate CN, so user name) of the tools and clients
+# that watch and command every node.
+OPERATOR = "operator"
+# A client certificate is not bound by the 825 days of a server's; within the CA's life.
+CLIENT_DAYS = 3650
 _PASSWORD_BYTES = 18  # 24 URL-safe characters: nothing to quote in JSON, YAML or a shell
 _HOSTNAME_RX = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
 
@@ -132,7 +153,7 @@ def _write_private(path, text):
     tmp.replace(path)
 
 
-def _read_json(path, what):
+def read_json(path, what):
     try:
         return json.loads(Path(path).read_text())
     except OSError as e:
@@ -150,6 +171,8 @@ class Broker:
         self.server_pem, self.server_key = self.dir / "server.pem", self.dir / "server.key"
         self.users_path, self.passwd = self.dir / "users.json", self.dir / "passwd"
         self.conf = self.dir / "mosquitto.conf"
+        self.acl = self.dir / "acl"
+        self.operator_pem, self.operator_key = self.dir / "operator.pem", self.dir / "operator.key"
         self.notes = []  # what this run made, kept or changed: printed in the summary
 
     def note(self, text):
@@ -204,9 +227,35 @@ class Broker:
         self.note(f"server certificate: new for {', '.join(names)} ({reason}; valid "
                   f"{SERVER_DAYS} days: `make broker RENEW=1` makes the next)")
 
+    def issue_client_cert(self, cn, cert_path, key_path, days=CLIENT_DAYS):
+        """A certificate for `cn` signed by the CA, valid `days` but never past the CA (it
+        would be refused then anyway), written to cert_path and key_path (PEM) once whole."""
+        left = (cert_info(self.ca_pem).not_after - datetime.now(timezone.utc)).days
+        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+            made = make_client_cert(tmp, "client", cn, self.ca_pem, self.ca_key,
+                                    max(1, min(days, left)))
+            os.replace(made.key, key_path)
+            os.replace(made.cert, cert_path)
+
+    def ensure_operator(self):
+        """The operator's certificate: kept while it is the CA's and not about to expire."""
+        pem, key = self.operator_pem, self.operator_key
+        if pem.exists() and key.exists() and signed_by(pem, self.ca_pem):
+            info = cert_info(pem)
+            if info.not_after - datetime.now(timezone.utc) >= RENEW_BEFORE:
+                self.note(f"operator certificate: kept {pem} (CN {OPERATOR}, valid until "
+                          f"{info.not_after:%Y-%m-%d})")
+                return
+        self.issue_client_cert(OPERATOR, pem, key)
+        self.note(f"operator certificate: new {pem} + {key.name} (CN {OPERATOR}: make plot, "
+                  "make ota, MQTT Explorer, Home Assistant)")
+
+    def write_acl(self, prefix, discovery_prefix):
+        self.acl.write_text(acl_text(prefix, discovery_prefix))
+
     def ensure_users(self):
         """{user: password}: the stored ones, a generated password for any user missing."""
-        users = _read_json(self.users_path, "the passwords") if self.users_path.exists() else {}
+        users = read_json(self.users_path, "the passwords") if self.users_path.exists() else {}
         if not isinstance(users, dict) or not all(isinstance(v, str) and v
                                                   for v in users.values()):
             raise SetupError(f"{self.users_path}: expected {{\"user\": \"password\", ...}}: fix "
@@ -248,8 +297,15 @@ class Broker:
         if others:
             self.note(f"passwd: kept {len(others)} more user(s) added with mosquitto_passwd")
 
-    def write_conf(self, port, bind=None):
+    def write_conf(self, port, bind=None, client_certs=False):
         """mosquitto.conf, rewritten every run from the options (say so at its top)."""
+        if client_certs:
+            # Every client shows a certificate from the CA; its CN is its user name, which the
+            # ACL confines (password_file is not used on such a listener).
+            auth = ["require_certificate true", f"cafile {self.ca_pem}",
+                    "use_identity_as_username true", f"acl_file {self.acl}"]
+        else:
+            auth = [f"password_file {self.passwd}"]
         lines = [
             "# Written by `make broker` (tools/broker.py) at each run, from its options: edits",
             "# here are lost. For settings of your own, start mosquitto with a copy of this file.",
@@ -258,7 +314,7 @@ class Broker:
             f"keyfile {self.server_key}",
             # Mosquitto 2 refuses clients without a user name anyway; said here to be plain.
             "allow_anonymous false",
-            f"password_file {self.passwd}",
+            *auth,
             # Retained messages (status, Home Assistant's discovery) survive a restart.
             "persistence true",
             f"persistence_location {self.dir}/",
@@ -275,6 +331,32 @@ class Broker:
             # As root mosquitto drops to user `mosquitto`, which cannot read our 0600 key.
             lines.append("user root")
         self.conf.write_text("\n".join(lines) + "\n")
+
+
+def acl_text(prefix, discovery_prefix):
+    """Mosquitto's acl_file for brokers that take a client's certificate CN as its user name
+    (use_identity_as_username): each node its own topics, the operator every node's.
+
+    A node publishes under <prefix>/<node>/ (status, readings, telemetry, reply; it also clears
+    a retained command on its cmd topic) and subscribes to its cmd; it announces Home Assistant
+    discovery at <discovery>/sensor/<node>/<object>/config (node.discovery: `+` takes any
+    component) and listens to <discovery>/status. Mosquitto refuses to substitute a %u that
+    holds a wildcard or a slash, so no certificate can widen its own pattern.
+    """
+    return f"""\
+# Written by `make broker` (tools/broker.py) at each run: edits here are lost. With
+# use_identity_as_username a client's user name is its certificate's CN: a node's id (make
+# provision NODE=<id>), or "{OPERATOR}".
+# Every node: its own topics, its Home Assistant discovery configs, Home Assistant's status.
+pattern readwrite {prefix}/%u/#
+pattern write {discovery_prefix}/+/%u/#
+pattern read {discovery_prefix}/status
+# The operator (make plot, make ota, MQTT Explorer, Home Assistant): every node's topics, all
+# of discovery (Home Assistant publishes its status there), commands and updates to any node.
+user {OPERATOR}
+topic readwrite {prefix}/#
+topic readwrite {discovery_prefix}/#
+"""
 
 
 # --- the node's side ----------------------------------------------------------------------------
@@ -310,7 +392,7 @@ def read_secrets(path, example=REPO / "secrets.example.json"):
     """(secrets as a dict, created): secrets.json, or the example if there is none yet. Read
     before anything is written, so a broken file stops the run with nothing changed."""
     created = not Path(path).exists()
-    data = _read_json(example if created else path, "the secrets")
+    data = read_json(example if created else path, "the secrets")
     if not isinstance(data, dict):
         raise SetupError(f"{example if created else path}: expected an object {{...}} at the "
                          "top level")
@@ -397,6 +479,39 @@ The node (make deploy sends secrets.json and the CA):
 """
 
 
+def cert_instructions(broker, names, port, config, config_note, topic):
+    """What to type where when every client shows a certificate (--client-certs)."""
+    host, ca = names[0], broker.ca_pem
+    pem, key = broker.operator_pem, broker.operator_key
+    discovery = (config.get("discovery") or {}).get("prefix") or "homeassistant"
+    return f"""
+Every client shows a certificate signed by {ca}; its CN is its user name, and {broker.acl}
+says what each may do: a node its own topics, "{OPERATOR}" every node's.
+
+The nodes: `make provision NODE=<node id>` for each (the id in its topics: config.json's node_id,
+  or the board's unique id in hex), then `make deploy`: it sends that key and certificate.
+  In secrets.json mqtt_user and mqtt_password may be null: the broker does not read them.
+  config.json: {config_note}
+
+MQTT Explorer: + (a new connection), then
+  Validate certificate: on   Encryption (tls): on   Protocol: mqtt://
+  Host: {host}   Port: {port}   Username and Password: empty
+  ADVANCED > Topic: {topic} > ADD  (and {discovery}/# for the discovery messages)
+  ADVANCED > CERTIFICATES > Server Certificate (CA): {ca}
+                            Client Certificate: {pem}
+                            Client Key: {key}
+  BACK, BACK, SAVE, CONNECT.
+
+mosquitto_sub -h {host} -p {port} --cafile {shlex.quote(str(ca))} --cert {shlex.quote(str(pem))} \
+    --key {shlex.quote(str(key))} -t {shlex.quote(topic)} -v
+make plot BROKER={host}:{port} CA={ca} CERT={pem} KEY={key}
+
+Home Assistant: Settings > Devices & services > + Add integration > MQTT, Broker {host}, Port
+  {port}, no user name; Advanced options: Broker certificate validation: Custom, upload {ca};
+  Use a client certificate: on, then upload {pem} (client certificate) and {key} (private key).
+"""
+
+
 def port_free(port, bind):
     """True if mosquitto could listen there now (SO_REUSEADDR, as mosquitto sets it)."""
     with socket.socket(socket.AF_INET6 if bind and ":" in bind else socket.AF_INET) as s:
@@ -414,25 +529,38 @@ def setup(args):
     if not names:
         raise SetupError("NAMES: no name given")
     config_path = Path(args.config)
-    config = _read_json(config_path, "the node's configuration")
+    config = read_json(config_path, "the node's configuration")
     if not isinstance(config, dict):
         raise SetupError(f"{config_path}: expected an object {{...}} at the top level")
     ca_file = ca_target(config, config_path)
-    secrets_data, created = read_secrets(args.secrets)
     broker = Broker(args.dir)
-    broker.ensure_ca()
-    broker.ensure_server_cert(names, args.renew)
-    users = broker.ensure_users()
-    broker.write_conf(args.port, args.bind)
-    install_ca(broker, ca_file)
-    update_secrets(broker, args.secrets, secrets_data, created, users[NODE_USER])
+    prefix = config.get("topic_prefix") or "nodes"
+    if args.client_certs:
+        broker.ensure_ca()
+        broker.ensure_server_cert(names, args.renew)
+        broker.ensure_operator()
+        broker.write_acl(prefix, (config.get("discovery") or {}).get("prefix") or "homeassistant")
+        broker.write_conf(args.port, args.bind, client_certs=True)
+        install_ca(broker, ca_file)
+        broker.note("secrets.json: left alone: the nodes log in with their certificates "
+                    "(make provision NODE=<id>)")
+    else:
+        secrets_data, created = read_secrets(args.secrets)
+        broker.ensure_ca()
+        broker.ensure_server_cert(names, args.renew)
+        users = broker.ensure_users()
+        broker.write_conf(args.port, args.bind)
+        install_ca(broker, ca_file)
+        update_secrets(broker, args.secrets, secrets_data, created, users[NODE_USER])
     ok, advice = config_advice(config, names, args.port)
     if not ok:
         broker.note(f"config.json: {config_path} does not point at this broker yet (below)")
-    topic = f"{config.get('topic_prefix') or 'nodes'}/#"
-    text = "\n".join(broker.notes) + "\n" + instructions(broker, names, args.port, users,
-                                                         config, advice, topic)
-    return broker, text
+    topic = f"{prefix}/#"
+    if args.client_certs:
+        how = cert_instructions(broker, names, args.port, config, advice, topic)
+    else:
+        how = instructions(broker, names, args.port, users, config, advice, topic)
+    return broker, "\n".join(broker.notes) + "\n" + how
 
 
 def main(argv=None):
@@ -445,6 +573,9 @@ def main(argv=None):
     ap.add_argument("--bind", default=None,
                     help="listen on this address only (default: every interface)")
     ap.add_argument("--renew", action="store_true", help="a new server certificate")
+    ap.add_argument("--client-certs", action="store_true",
+                    help="clients show certificates (require_certificate, use_identity_as_"
+                         "username, an ACL per node) instead of passwords")
     ap.add_argument("--no-start", action="store_true", help="print how to start mosquitto")
     ap.add_argument("--dir", default=str(REPO / "broker"), help="the broker's folder")
     ap.add_argument("--config", default=str(REPO / "config.json"), help="the node's config")

@@ -4,7 +4,9 @@
                            [--dry-run] [--follow SECONDS] [--no-reset]
 
 What goes on the board: the bundle (tools/bundle.py), secrets.json from the project root if it
-exists, and the CA certificate that config.json names in mqtt.ca (at the same relative path).
+exists, and the files config.json names (at the same relative path): the CA certificate of
+mqtt.ca and, for a broker that wants a certificate per node, the node's own of mqtt.cert and
+its key of mqtt.key (`make provision NODE=<id>` puts them there). Only their names are printed.
 The serial side is mpremote's transport (raw REPL, raw-paste), one connection for everything:
 
 1. soft reset into the raw REPL: the app stops and the heap is fresh;
@@ -89,7 +91,9 @@ def board_path(rel):
 
 
 def gather(bundle_dir, secrets=None, ca=None, root=None):
-    """The manifest and the files to put on the board: the bundle, then secrets and the CA."""
+    """(manifest, the files to put on the board, named): the bundle, then secrets and the files
+    config.json's mqtt.ca, mqtt.cert and mqtt.key name; named holds (key, Item) for each of
+    those, also when the file is missing here (then it is not in the list)."""
     bundle_dir = Path(bundle_dir)
     try:
         manifest = bundles.load_manifest(bundle_dir)
@@ -106,16 +110,19 @@ def gather(bundle_dir, secrets=None, ca=None, root=None):
     if secrets.is_file():
         items.append(Item("/secrets.json", secrets, sha256_file(secrets), secrets.stat().st_size,
                           "secrets.json"))
-    cfg = json.loads((bundle_dir / "config.json").read_text())
-    ca_name = (cfg.get("mqtt") or {}).get("ca")
-    ca_item = None
-    if ca_name:
-        local = Path(ca) if ca else root / ca_name.lstrip("/")
-        ca_item = Item(board_path(ca_name), local, "", 0, ca_name.lstrip("/"))
+    mqtt = json.loads((bundle_dir / "config.json").read_text()).get("mqtt") or {}
+    named = []
+    for key in ("ca", "cert", "key"):
+        name = mqtt.get(key)
+        if not isinstance(name, str) or not name:
+            continue
+        local = Path(ca) if key == "ca" and ca else root / name.lstrip("/")
+        item = Item(board_path(name), local, "", 0, name.lstrip("/"))
         if local.is_file():
-            ca_item.sha256, ca_item.size = sha256_file(local), local.stat().st_size
-            items.append(ca_item)
-    return manifest, items, ca_item
+            item.sha256, item.size = sha256_file(local), local.stat().st_size
+            items.append(item)
+        named.append((key, item))
+    return manifest, items, named
 
 
 # --- code that runs on the board ------------------------------------------------------------
@@ -350,7 +357,8 @@ def kb(n):
 def deploy(port, bundle_dir, secrets=None, ca=None, root=None, dry_run=False, follow_s=0,
            reset=True, log=print, board_factory=Board):
     t0 = time.monotonic()
-    manifest, items, ca_item = gather(bundle_dir, secrets, ca, root)
+    manifest, items, named = gather(bundle_dir, secrets, ca, root)
+    missing = [(key, it) for key, it in named if it not in items]
     stale = bundles.stale_sources(manifest)
     if stale:
         more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
@@ -363,8 +371,7 @@ def deploy(port, bundle_dir, secrets=None, ca=None, root=None, dry_run=False, fo
         board.enter()
         phase = "query"  # the app is stopped from here on: a refusal restarts it
         paths = [it.path for it in items] + [it.path + ".new" for it in items]
-        if ca_item and ca_item not in items:
-            paths.append(ca_item.path)
+        paths += [it.path for _, it in missing]
         packages = sorted({rel.split("/")[1].split(".")[0] for rel in manifest["files"]
                            if rel.startswith("lib/")})
         hashes, listing, free, board_mpy, platform, frozen = board.value(
@@ -378,19 +385,20 @@ def deploy(port, bundle_dir, secrets=None, ca=None, root=None, dry_run=False, fo
                                              if not board_path(rel).startswith(prefixes)})
             log(f"deploy: the firmware has {', '.join(frozen)} frozen in (it wins over /lib): "
                 f"not copying those {len(skipped)} files; reflash to change them")
-        extras = [it.label for it in items if it.path in ("/secrets.json",)
-                  or (ca_item and it is ca_item)]
+        extras = [it.label for it in items if it.path == "/secrets.json"
+                  or any(it is n for _, n in named)]
         log(f"deploy: {port}: {desc}; bundle {bundle_dir} ({manifest['arch']}, "
             f"{len(manifest['files'])} files){''.join(' + ' + e for e in extras)}")
         have = dict(hashes)
-        if ca_item and ca_item not in items:
-            if have.get(ca_item.path) is None:
-                log(f"deploy: warning: config.json names mqtt.ca {ca_item.label!r}, but "
-                    f"{ca_item.local} is missing and the board has none: the node will stop in "
-                    f"safe mode until it is there (put it next to config.json or pass --ca)")
+        for key, it in missing:
+            if have.get(it.path) is None:
+                how = ("put it next to config.json or pass --ca" if key == "ca" else
+                       "make provision NODE=<id> puts it there")
+                log(f"deploy: warning: config.json names mqtt.{key} {it.label!r}, but "
+                    f"{it.local} is missing and the board has none: the node will stop in "
+                    f"safe mode until it is there ({how})")
             else:
-                log(f"deploy: warning: {ca_item.local} is missing; the board keeps its "
-                    f"{ca_item.path}")
+                log(f"deploy: warning: {it.local} is missing; the board keeps its {it.path}")
         if not any(it.path == "/secrets.json" for it in items) and not have.get("/secrets.json"):
             log("deploy: warning: no secrets.json here or on the board: the node will stop in "
                 "safe mode (copy secrets.example.json to secrets.json)")

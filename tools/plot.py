@@ -1,7 +1,8 @@
 """`make plot`: temperature, humidity and sound level over time, as a CSV table and a PNG chart.
 
     python -m tools.plot [--recording FILE | --broker HOST:PORT --ca FILE [--server-hostname N]
-                         [--user U --password P] [--topic nodes/#]] [--duration S] [--out DIR]
+                         [--user U --password P] [--cert FILE --key FILE] [--topic nodes/#]]
+                         [--duration S] [--out DIR]
 
 Where the readings come from (one of):
 - --recording FILE: JSON lines, one message each, {"t": receive time, "topic": ...,
@@ -25,6 +26,7 @@ import argparse
 import csv
 import json
 import math
+import ssl
 import statistics
 import sys
 import time
@@ -366,11 +368,20 @@ def record_broker(args, path):
         raise PlotError(f"--ca: file not found: {args.ca}")
     if bool(args.user) != bool(args.password):
         raise PlotError("--user and --password go together")
+    if bool(args.cert) != bool(args.key):
+        raise PlotError("--cert and --key go together (a client certificate and its key)")
+    for name in ("cert", "key"):
+        if getattr(args, name) and not Path(getattr(args, name)).is_file():
+            raise PlotError(f"--{name}: file not found: {getattr(args, name)}")
     recorder = Recorder(path)
-    sub = Subscriber(host, port, args.topic, ca=args.ca,
-                     server_hostname=args.server_hostname or None,
-                     username=args.user or None, password=args.password or None,
-                     on_message=recorder.write)
+    try:
+        sub = Subscriber(host, port, args.topic, ca=args.ca,
+                         server_hostname=args.server_hostname or None,
+                         username=args.user or None, password=args.password or None,
+                         on_message=recorder.write, certfile=args.cert or None,
+                         keyfile=args.key or None)
+    except (ssl.SSLError, ValueError) as e:  # a key that is not the certificate's, ...
+        raise PlotError(f"--cert/--key: {e}") from None
     try:
         try:
             sub.connect(timeout=_CONNECT_TIMEOUT_S)
@@ -419,6 +430,10 @@ def parse_args(argv):
     ap.add_argument("--server-hostname", default="", help="name the broker's certificate carries")
     ap.add_argument("--user", default="", help="MQTT user name for --broker")
     ap.add_argument("--password", default="", help="MQTT password for --broker")
+    ap.add_argument("--cert", default="",
+                    help="client certificate (PEM) for a broker that requires one, e.g. "
+                         "broker/operator.pem")
+    ap.add_argument("--key", default="", help="the client certificate's key (PEM)")
     ap.add_argument("--topic", default="nodes/#", help="topic filter for --broker")
     ap.add_argument("--duration", default="", help="seconds to record (default 60)")
     ap.add_argument("--out", default="", help="output folder (default build/plot)")
@@ -433,8 +448,10 @@ def parse_args(argv):
         ap.error("--duration is for a live run, not --recording")
     if (args.recording or args.broker) and (args.audio or args.dht or args.work):
         ap.error("--audio, --dht and --work are for a simulator run, not --recording/--broker")
-    if not args.broker and (args.ca or args.server_hostname or args.user or args.password):
-        ap.error("--ca, --server-hostname, --user and --password go with --broker")
+    if not args.broker and (args.ca or args.server_hostname or args.user or args.password
+                            or args.cert or args.key):
+        ap.error("--ca, --server-hostname, --user, --password, --cert and --key go with "
+                 "--broker")
     try:
         args.duration = float(args.duration) if args.duration else _DEFAULT_DURATION_S
     except ValueError:

@@ -52,7 +52,7 @@ def load(ctx, path, now_s=None, exact=False):
         count = trusted = 0
         problems = []
         try:
-            for block in _pem_blocks(f) if pem else _der_blocks(f):
+            for block in pem_blocks(f) if pem else der_blocks(f):
                 count += 1
                 problem = _trust(ctx, path, block, pem, now_s, exact)
                 if problem is None:
@@ -104,7 +104,7 @@ def _trust(ctx, path, block, pem, now_s, exact):
     return None
 
 
-def _pem_blocks(f):
+def pem_blocks(f):
     """The base64 body of each certificate of a PEM file, read a line at a time: text around
     the blocks (s_client's "depth=..." lines, comments) and other PEM blocks are passed over."""
     body = None
@@ -123,7 +123,7 @@ def _pem_blocks(f):
             body.append(line)
 
 
-def _der_blocks(f):
+def der_blocks(f):
     """Each certificate of a DER file (one, or several one after the other), one at a time."""
     while True:
         head = f.read(2)

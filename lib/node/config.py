@@ -13,6 +13,10 @@ from node.outbox import INDEX_BYTES_PER_READING, MAX_BODY_BYTES
 _NODE_ID_MAX_LEN = 64
 _TOPIC_PREFIX_MAX_LEN = 64
 _REQUIRED = object()
+# The journal on flash (node.journal): at least four of its 4 KB segments, at most half of the
+# ESP32's ~2 MB LittleFS partition; 128 KB hold about 1,500 readings (1.4 h at the default rates).
+JOURNAL_BYTES_MIN = 16384
+_JOURNAL_BYTES_MAX = 1048576
 
 
 class ConfigError(ValueError):
@@ -97,7 +101,7 @@ def validate(raw, where="config.json"):
         raw,
         ("node_id", "topic_prefix", "mqtt", "dht", "audio", "watchdog_s", "telemetry_interval_s",
          "outbox_size", "safe_mode_boots", "stable_after_s", "led", "ntp", "discovery",
-         "commands_per_s", "outbox_bytes"),
+         "commands_per_s", "outbox_bytes", "journal"),
         where,
     )
     cfg = {}
@@ -121,6 +125,24 @@ def validate(raw, where="config.json"):
         _fail(where, "outbox_size/outbox_bytes", "at most %d bytes of the board's RAM for the "
               "outbox (Wi-Fi, TLS and the I2S DMA need the rest); %d readings and %d bytes of "
               "them take %d" % (OUTBOX_RAM_BYTES, cfg["outbox_size"], cfg["outbox_bytes"], need))
+    src = _section(raw, "journal", where, optional=True)
+    _no_unknown(src, ("bytes", "grace_s", "flush_s", "watermark_pct"), where, "journal.")
+    journal = cfg["journal"] = {}
+    # 0: no journal (readings wait in RAM only, as before it existed).
+    journal["bytes"] = _take(src, "bytes", where, "journal.", "int", 131072, lo=0,
+                             hi=_JOURNAL_BYTES_MAX)
+    if 0 < journal["bytes"] < JOURNAL_BYTES_MIN:
+        _fail(where, "journal.bytes", "0 (no journal) or at least %d (four 4 KB segments)"
+              % JOURNAL_BYTES_MIN, journal["bytes"])
+    # How long the broker may be away before readings go to flash: a broker restart or a
+    # Wi-Fi hiccup costs the flash nothing.
+    journal["grace_s"] = _take(src, "grace_s", where, "journal.", "int", 30, lo=0, hi=3600)
+    # The longest a reading waits in RAM once readings go to flash (what a power cut can
+    # cost), and so how many share a write; 0: each is written as soon as it is taken.
+    journal["flush_s"] = _take(src, "flush_s", where, "journal.", "int", 10, lo=0, hi=300)
+    # RAM outbox this full (readings or bytes): to flash even while the broker is reachable.
+    journal["watermark_pct"] = _take(src, "watermark_pct", where, "journal.", "int", 75, lo=10,
+                                     hi=100)
     # Commands carried out per second on average (node.ratelimit): a flood on `cmd`
     # is dropped and counted instead of starving the sampling tasks and the publisher.
     cfg["commands_per_s"] = _take(raw, "commands_per_s", where, "", "int", 5, lo=1, hi=100)
@@ -167,11 +189,19 @@ def validate(raw, where="config.json"):
     _check_id(cfg["discovery"]["prefix"], where, "discovery.prefix", _TOPIC_PREFIX_MAX_LEN)
 
     src = _section(raw, "mqtt", where)
-    _no_unknown(src, ("host", "port", "ca", "server_hostname", "keepalive_s"), where, "mqtt.")
+    _no_unknown(src, ("host", "port", "ca", "cert", "key", "server_hostname", "keepalive_s"),
+                where, "mqtt.")
     mqtt = cfg["mqtt"] = {}
     mqtt["host"] = _take(src, "host", where, "mqtt.", "str")
     mqtt["port"] = _take(src, "port", where, "mqtt.", "int", 8883, lo=1, hi=65535)
     mqtt["ca"] = _take(src, "ca", where, "mqtt.", "str")
+    # The node's own certificate and its key (files), for a broker that identifies devices by
+    # certificate: one without the other is a mistake, never a node that connects without.
+    mqtt["cert"] = _take(src, "cert", where, "mqtt.", "str", None)
+    mqtt["key"] = _take(src, "key", where, "mqtt.", "str", None)
+    if (mqtt["cert"] is None) != (mqtt["key"] is None):
+        _fail(where, "mqtt.cert/mqtt.key", "both set (the node's certificate and its private "
+              "key) or both null")
     mqtt["server_hostname"] = _take(src, "server_hostname", where, "mqtt.", "str", None)
     if mqtt["server_hostname"] is None:
         mqtt["server_hostname"] = mqtt["host"]
@@ -274,7 +304,12 @@ def folder_of(path):
 
 
 def resolve_paths(cfg, config_path):
-    """Add mqtt.ca_path: a relative CA path resolves against the config file's folder."""
-    ca = cfg["mqtt"]["ca"]
-    cfg["mqtt"]["ca_path"] = ca if ca.startswith("/") else folder_of(config_path) + ca
+    """Add mqtt.ca_path, cert_path and key_path: a relative path resolves against the config
+    file's folder (cert_path and key_path are None without a client certificate)."""
+    mqtt = cfg["mqtt"]
+    folder = folder_of(config_path)
+    for key in ("ca", "cert", "key"):
+        name = mqtt[key]
+        mqtt[key + "_path"] = (name if name is None or name.startswith("/")
+                               else folder + name)
     return cfg

@@ -22,8 +22,9 @@ wait_msg(), waits for a QoS 1 PUBACK forever and trusts the broker. This subclas
 
 Errors: every link method (open, read_connack, check_msg/wait_msg, publish*, send_subscribe,
 ping, disconnect) raises only what LINK_ERRORS holds: OSError (socket, DNS, timeouts, end of
-stream) or an MQTTException: ProtocolError, TlsError (its subclass CertificateDateError: the
-clock is not set yet) or Refused (CONNACK code in `.code`). ValueError is raised only for a
+stream) or an MQTTException: ProtocolError, TlsError (its subclasses CertificateDateError: the
+clock is not set yet, and ClientCertRefused: the broker turned down the node's own certificate,
+or its lack of one) or Refused (CONNACK code in `.code`). ValueError is raised only for a
 caller's mistake (publish() with a QoS, a packet over MQTT's 256 MB). Whatever the message
 callback or on_oversized raises propagates unchanged: the packet is fully read and acknowledged
 before either is called, so the link stays in step and the caller may keep it.
@@ -55,6 +56,10 @@ _SUBSCRIBE_REFUSED = const(0x80)
 # mbedTLS codes are <= -0x100; its socket callbacks pass a socket errno through as -errno.
 _MBEDTLS_MIN_ERRNO = const(-256)
 _MBEDTLS_CONN_EOF = const(-0x7280)  # the peer closed the TCP connection during the handshake
+_MBEDTLS_FATAL_ALERT = const(-0x7780)  # the peer sent a fatal alert
+# Not in MicroPython's errno module; Linux and lwIP both number it 32: a write to a connection
+# the peer has closed.
+_EPIPE = const(32)
 # mbedtls_x509_crt_verify_info()'s text for MBEDTLS_X509_BADCERT_FUTURE.
 _NOT_YET_VALID = "The certificate validity starts in the future"
 _REFUSALS = ("unacceptable protocol version", "identifier rejected", "server unavailable",
@@ -71,6 +76,16 @@ class TlsError(MQTTException):
 
 class CertificateDateError(TlsError):
     """The broker's certificate is not valid yet: on the board, the clock is not set yet."""
+
+
+class ClientCertRefused(TlsError):
+    """The broker ended the handshake after its certificate had been checked, before it
+    finished: it refused the node's certificate (mqtt.cert), or wanted one and got none."""
+
+
+# Short: the node keeps them in RAM. README "A certificate per node" says what to check.
+_CERT_REFUSED = "the broker refused the client certificate %s"
+_CERT_WANTED = "the broker requires a client certificate (mqtt.cert, mqtt.key)"
 
 
 class Refused(MQTTException):
@@ -172,9 +187,17 @@ class Client(MQTTClient):
     """umqtt.simple.MQTTClient with a bounded TLS transport and a non-waiting QoS 1 publish."""
 
     def __init__(self, client_id, host, port, ssl_context, server_hostname, user=None,
-                 password=None, keepalive_s=30, io_timeout_ms=500):
+                 password=None, keepalive_s=30, io_timeout_ms=500, client_cert=None):
         super().__init__(client_id, host, port, user, password, keepalive_s)
         self._context = ssl_context
+        self._client_cert = client_cert  # the path of the node's certificate, for messages
+        self._broker_checked = False  # this handshake got as far as the broker's certificate
+        # The TLS module calls this for each certificate of the broker's chain as it checks it
+        # (the result is its own: returning 0 changes nothing). A handshake that the broker
+        # ends after that point, and before it finishes, was ended over the node's certificate:
+        # in TLS 1.2 the broker's verdict on it is the only step left. The frozen ssl module's
+        # SSLContext wraps the TLS module's in `_context`.
+        getattr(ssl_context, "_context", ssl_context).verify_callback = self._checked
         self._server_hostname = server_hostname
         self._io_timeout_ms = io_timeout_ms
         self._poller = None
@@ -187,6 +210,10 @@ class Client(MQTTClient):
         self.dns_lookups = 0
         self.acked = []  # packet ids of PUBACKs received since the caller last looked
         self.subacked = []  # and of SUBACKs
+
+    def _checked(self, _cert, _depth):
+        self._broker_checked = True
+        return 0
 
     def _address(self):
         if self._addr is None:
@@ -203,13 +230,16 @@ class Client(MQTTClient):
         """Connect, finish the TLS handshake and send CONNECT, never blocking the loop for long.
 
         The CONNACK comes later (readable(), read_connack()). Raises OSError (DNS, refused,
-        unreachable, ETIMEDOUT after timeout_ms) or TlsError; the caller retries with backoff.
+        unreachable, ETIMEDOUT after timeout_ms) or TlsError (ClientCertRefused when the broker
+        ends the handshake over the node's certificate); the caller retries with backoff.
         """
         self.close()
         addr = self._address()
         raw = socket.socket()
         tls = None
         tcp_up = False
+        handshaken = False  # a write went through: the handshake is over
+        self._broker_checked = False
         start = time.ticks_ms()
         try:
             raw.setblocking(False)
@@ -242,6 +272,7 @@ class Client(MQTTClient):
                 if n is None:
                     await _step(start, timeout_ms)
                 else:
+                    handshaken = True
                     packet = packet[n:]
         except BaseException as e:
             if tls is not None:
@@ -250,6 +281,15 @@ class Client(MQTTClient):
             if not isinstance(e, (OSError, ValueError)):
                 raise  # cancelled, or a fault of ours
             err = _tls_error(e)
+            # How a broker that turns the node's certificate down ends the handshake, as the
+            # node sees it: the alert it sends, the end of the stream, or, as the node is still
+            # writing its last flight, the connection closed (the TLS module raises a socket's
+            # errno as it is).
+            if self._broker_checked and not handshaken and getattr(e, "errno", None) in (
+                    _MBEDTLS_FATAL_ALERT, _MBEDTLS_CONN_EOF, _EPIPE, errno.ECONNRESET,
+                    errno.ECONNABORTED, errno.ENOTCONN):
+                cert = self._client_cert
+                raise ClientCertRefused(_CERT_WANTED if cert is None else _CERT_REFUSED % cert)
             if not tcp_up and isinstance(err, OSError):
                 self._addr = None  # moved, or never ours: ask the resolver again next time
             raise err

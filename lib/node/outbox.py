@@ -33,6 +33,9 @@ class Outbox:
     (payload.fields()) in one ring, so an outage fills it without fragmenting the heap. The
     oldest reading goes when either is full; the reading in flight (handed out by send_next(),
     not yet popped) is never dropped: it moves to a buffer of its own when its room is needed.
+
+    `journal` (node.journal, attached by node.spill while it is needed) holds older readings on
+    flash: they go first. Readings move there from the oldest end of RAM (peek(), forget()).
     """
 
     def __init__(self, capacity, boot, clock, uptime_ms, body_bytes):
@@ -55,6 +58,10 @@ class Outbox:
         self._flight_seq = 0
         self._flight_meta = [0, 0, 0, 0]  # ts, taken_s, len, kind
         self._in_flight = 0  # seq handed out by send_next() and not yet popped
+        self._from_journal = False  # the reading in flight came from the journal
+        self.journal = None
+        # node.spill: a journal found on flash at boot is not loaded yet, and goes first.
+        self.hold = False
         self.boot = boot
         self.seq = 0  # the last seq handed out
         self.taken = 0
@@ -62,7 +69,19 @@ class Outbox:
         self.dropped = 0
 
     def __len__(self):
+        journal = self.journal
+        return self.in_ram() + (len(journal) if journal is not None else 0)
+
+    def in_ram(self):
         return self._len + (1 if self._flight_seq else 0)
+
+    def fill_pct(self):
+        """How full RAM is, in percent of the nearer bound: readings or body bytes."""
+        if not self._len:
+            return 100 * self.in_ram() // self._cap
+        size = len(self._ring)
+        used = (self._write - self._offs[self._head]) % size or size
+        return max(100 * self.in_ram() // self._cap, 100 * used // size)
 
     def add(self, topic, pairs, age_ms=0):
         """Queue a reading of (key, value) pairs, stamped now less `age_ms` (a noise event is
@@ -76,7 +95,7 @@ class Outbox:
             # Cannot happen with the node's own readings; counted, never a crash.
             self.dropped += 1
             return self.seq
-        while len(self) >= self._cap:
+        while self.in_ram() >= self._cap:
             self._drop_oldest()
         at = self._room(n)
         while at < 0:
@@ -134,10 +153,20 @@ class Outbox:
         self._len -= 1
 
     def send_next(self):
-        """(seq, topic, payload) of the oldest reading, which is now in flight.
+        """(seq, topic, payload, dup) of the oldest reading, which is now in flight; dup when it
+        was handed out before (a resend: MQTT's DUP flag). None when nothing waits.
 
-        A ts worked back here is kept, so a resend carries the same one. IndexError when empty.
+        A ts worked back here is kept, so a resend carries the same one.
         """
+        journal = self.journal
+        if journal is not None and len(journal):
+            sent = journal.send_next()  # None if it turned out unreadable, and was set aside
+            if sent is not None:
+                self._from_journal = True
+                return sent
+        self._from_journal = False
+        if self.hold:
+            return None
         if self._flight_seq:
             meta = self._flight_meta
             meta[0] = self._stamp(meta[0], meta[1])
@@ -150,9 +179,38 @@ class Outbox:
             body = memoryview(self._ring)[at:at + self._lens[head]]
             seq, kind = self._seqs[head], self._kinds[head]
         else:
-            raise IndexError("outbox empty")
+            return None
+        dup = seq == self._in_flight
         self._in_flight = seq
-        return seq, self._topics[kind], payload.reading(self.boot, seq, ts or None, body)
+        return seq, self._topics[kind], payload.reading(self.boot, seq, ts or None, body), dup
+
+    def peek(self, i):
+        """The i-th oldest reading in RAM (0: the oldest) as (seq, ts, taken_s, topic, body,
+        handed): ts 0 while still unknown, handed when send_next() gave it out."""
+        if self._flight_seq:
+            if not i:
+                meta = self._flight_meta
+                meta[0] = self._stamp(meta[0], meta[1])
+                seq = self._flight_seq
+                return (seq, meta[0], meta[1], self._topics[meta[3]],
+                        memoryview(self._flight)[:meta[2]], seq == self._in_flight)
+            i -= 1
+        slot = (self._head + i) % self._cap
+        ts = self._ts[slot] = self._stamp(self._ts[slot], self._taken_s[slot])
+        at = self._offs[slot]
+        seq = self._seqs[slot]
+        return (seq, ts, self._taken_s[slot], self._topics[self._kinds[slot]],
+                memoryview(self._ring)[at:at + self._lens[slot]], seq == self._in_flight)
+
+    def forget(self, n):
+        """The n oldest readings in RAM are kept elsewhere now (the journal): out of RAM,
+        counted neither delivered nor dropped."""
+        for _ in range(n):
+            if self._flight_seq:
+                self._flight_seq = 0
+            else:
+                self._head = (self._head + 1) % self._cap
+                self._len -= 1
 
     def _stamp(self, ts, taken_s):
         if ts:
@@ -167,13 +225,20 @@ class Outbox:
 
         A repeated acknowledgement, or one for another seq, pops nothing.
         """
+        journal = self.journal
+        if self._from_journal:
+            if journal is not None and journal.pop(seq):
+                self.delivered += 1
+            return
         if self._flight_seq:
             if seq == self._flight_seq:
                 self._flight_seq = 0
                 self.delivered += 1
             return
-        if not self._len or self._seqs[self._head] != seq:
-            return
-        self._head = (self._head + 1) % self._cap
-        self._len -= 1
-        self.delivered += 1
+        if self._len and self._seqs[self._head] == seq:
+            self._head = (self._head + 1) % self._cap
+            self._len -= 1
+            self.delivered += 1
+        elif journal is not None and journal.pop(seq):
+            # It moved to the journal while it was in flight.
+            self.delivered += 1

@@ -77,7 +77,6 @@ class Publisher:
         self._topics = topics
         self._keepalive_ms = keepalive_s * 1000
         self._beat = beat  # the supervisor's heartbeat for this task
-        self._last_sent_seq = 0  # a reading sent before a reconnect goes again marked DUP
         self._answered_ms = None  # when this session first got a well-formed packet back
         self._unacked_subs = []  # packet ids of SUBSCRIBEs not yet acknowledged
         self.connected = False
@@ -229,11 +228,11 @@ class Publisher:
                     log("mqtt", "subscribed to %s" % b", ".join(self._handlers).decode())
             client.acked.clear()
             client.subacked.clear()
-            if not in_flight and len(outbox):
-                in_flight, topic, body = outbox.send_next()
-                dup = in_flight == self._last_sent_seq
+            item = None if in_flight else outbox.send_next()
+            if item is not None:
+                # dup: sent before (a reconnect since, or a reset before it left the journal).
+                in_flight, topic, body, dup = item
                 in_flight_pid = client.publish_qos1(topic, body, dup=dup)
-                self._last_sent_seq = in_flight
                 sent_ms = last_tx_ms = now
                 continue  # the next reading goes as soon as this one is acknowledged
             if ping_ms is not None:

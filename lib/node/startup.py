@@ -32,17 +32,26 @@ def _safe_mode(reason, cfg=None, secrets=None, ctx=None):
     safemode.run(reason, cfg, secrets, ctx)
 
 
-def tls_context(ca_path):
-    """A client context trusting the CAs of the file at ca_path (node.cafile says which)."""
+def tls_context(mqtt):
+    """A client context trusting the CAs of the file at mqtt["ca_path"] (node.cafile says
+    which) and, with mqtt["cert_path"], presenting the node's certificate (node.clientcert)."""
     from node import cafile
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
+    clock = known_time(board.rtc_time(), CLOCK_PATH)
     try:
-        cafile.load(ctx, ca_path, *known_time(board.rtc_time(), CLOCK_PATH))
+        cafile.load(ctx, mqtt["ca_path"], *clock)
+        if mqtt["cert_path"] is not None:
+            from node import clientcert  # only for a broker that wants one
+
+            try:
+                clientcert.load(ctx, mqtt["cert_path"], mqtt["key_path"], *clock)
+            finally:
+                del clientcert
     finally:
         del cafile
-        unload("cafile", "x509")  # read once, at boot
+        unload("cafile", "clientcert", "x509")  # read once, at boot
     return ctx
 
 
@@ -74,7 +83,7 @@ def configure():
 
     try:
         cfg, raw, saved, secrets = load()
-        return cfg, raw, saved, secrets, tls_context(cfg["mqtt"]["ca_path"])
+        return cfg, raw, saved, secrets, tls_context(cfg["mqtt"])
     except config.ConfigError as e:
         _safe_mode(e)
     return None

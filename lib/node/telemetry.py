@@ -35,6 +35,7 @@ class Telemetry:
         heap = self._sample_heap()
         outbox = node.outbox
         publisher = node.publisher
+        spill = node.spill
         lag = node.lag.summary()
         log("telemetry", "taken %d delivered %d queued %d dropped %d heap %d lag %s"
             % (outbox.taken, outbox.delivered, len(outbox), outbox.dropped, heap, lag))
@@ -53,11 +54,18 @@ class Telemetry:
             ("readings_delivered", outbox.delivered),
             ("readings_queued", len(outbox)),
             ("dropped", outbox.dropped),
+            ("journaled", spill.journaled),
+            ("replayed", spill.replayed),
+            ("journal_dropped", spill.dropped),
+            ("journal_skipped", spill.skipped),
             ("sensor_errors", node.climate.errors),
             ("audio_frames", node.sound.frames),
             ("audio_frames_missed", node.sound.frames_missed),
             ("ntp_syncs", node.clock.syncs),
             ("connect_ms", publisher.connect_ms),
+            # Why the link last failed (the broker refused the client certificate, ...): a node
+            # that got back in says what kept it out. null when nothing failed since boot.
+            ("last_link_failure", publisher.last_error),
             ("handler_errors", publisher.handler_errors),
             ("oversized_skipped", publisher.oversized),
             ("commands_dropped", node.command_rate.dropped),

@@ -6,6 +6,7 @@ pattern in node.led, the commands in node.commands); this module builds them and
 """
 
 import asyncio
+import sys
 import time
 
 from node import VERSION, board, bootcount, unload, wdtfeed
@@ -21,6 +22,7 @@ from node.publisher import Publisher
 from node.ratelimit import RateLimit
 from node.sntp import Clock
 from node.sound import Sound
+from node.spill import Spill
 from node.supervisor import Supervisor
 from node.telemetry import Telemetry
 
@@ -41,7 +43,10 @@ MANUFACTURER = "sensor-node project"
 
 def task_died(loop, context):
     # The supervisor stops feeding the watchdog for the dead task; say why before the reset.
-    log("main", "task died: %r" % context.get("exception"))
+    e = context.get("exception")
+    log("main", "task died: %r" % e)
+    if e is not None:
+        sys.print_exception(e)  # where: the console is all there is to read on the board
 
 
 def make_client(cfg, secrets, ctx, node_id):
@@ -51,7 +56,7 @@ def make_client(cfg, secrets, ctx, node_id):
         node_id.encode(), mqtt["host"], mqtt["port"], ctx, mqtt["server_hostname"],
         user.encode() if user is not None else None,
         password.encode() if password is not None else None,
-        mqtt["keepalive_s"], IO_TIMEOUT_MS,
+        mqtt["keepalive_s"], IO_TIMEOUT_MS, mqtt["cert_path"],
     )
 
 
@@ -112,6 +117,8 @@ class Node:
             cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
             self.wifi.up, self.clock.can_verify,
         )
+        # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
+        self.spill = Spill(cfg["journal"], self.outbox, self.publisher, self.clock.now)
         self.telemetry = Telemetry(self)
         self._raw_cfg = raw_cfg
         self._saved = saved
@@ -129,7 +136,7 @@ class Node:
         asyncio.get_event_loop().set_exception_handler(task_died)
         for coro in (self.climate.run(), self.sound.run(), self.publisher.run(), self.lag.run(),
                      self.led.run(), self.led.follow(self.publisher), self.telemetry.run(),
-                     self.clock.run(), self._announcer(),
+                     self.clock.run(), self._announcer(), self.spill.run(),
                      bootcount.watch_stability(BOOT_PATH, self.cfg["stable_after_s"],
                                                self.supervisor)):
             asyncio.create_task(coro)

@@ -1,16 +1,18 @@
 """What the node needs to know of an X.509 certificate (DER): its names, its dates, whether it
-is a CA.
+is a CA, its public key; and which public key goes with a private key.
 
 A small DER walker, enough to sort the certificates of a CA file before mbedTLS gets them
-(node.cafile); it checks no signature, which mbedTLS does at the handshake. Pure: the same code
-runs on CPython (the tests' reference) and on MicroPython, and works on offsets into the
+(node.cafile) and to tell whether the node's own key belongs to its certificate
+(node.clientcert); it checks no signature, which mbedTLS does at the handshake. Pure: the same
+code runs on CPython (the tests' reference) and on MicroPython, and works on offsets into the
 certificate rather than slices of it, so reading one allocates little. Imported only while the
-CA file is loaded.
+certificate files are loaded, at boot.
 """
 
 # (Plain ints, not const(): this module also runs on CPython.)
 _BOOLEAN = 0x01
 _INTEGER = 0x02
+_BIT_STRING = 0x03
 _OCTET_STRING = 0x04
 _OID = 0x06
 _UTC_TIME = 0x17
@@ -19,6 +21,9 @@ _SEQUENCE = 0x30
 _SET = 0x31
 _VERSION = 0xA0  # [0] EXPLICIT, in tbsCertificate
 _EXTENSIONS = 0xA3  # [3] EXPLICIT
+_EC_PUBLIC_KEY = 0xA1  # [1] EXPLICIT, in ECPrivateKey (RFC 5915)
+_OID_EC_KEY = b"\x2a\x86\x48\xce\x3d\x02\x01"  # 1.2.840.10045.2.1 id-ecPublicKey
+_OID_RSA_KEY = b"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01"  # 1.2.840.113549.1.1.1
 _BASIC_CONSTRAINTS = b"\x55\x1d\x13"  # 2.5.29.19
 _ATTRIBUTE_PREFIX = b"\x55\x04"  # 2.5.4.x: the name attributes below
 # The attributes a message shows, by their last arc, with OpenSSL's short names.
@@ -27,20 +32,26 @@ _DAY_S = 86400
 
 
 class CertError(ValueError):
-    """Not a well-formed X.509 certificate; str() says what is wrong."""
+    """Not a well-formed certificate (or private key); str() says what is wrong, by offset:
+    never the bytes themselves, which for a key are the secret."""
 
 
 class Cert:
     """One certificate: `subject` and `issuer` as text ("O=Example, CN=Example CA"),
-    `self_issued` (the two names are the same), `ca`, and the validity in Unix seconds."""
+    `self_issued` (the two names are the same), `ca`, the validity in Unix seconds, and where
+    its subjectPublicKey lies in the DER (der[key_start:key_end], what public_key() returns for
+    the private key that goes with it)."""
 
-    def __init__(self, subject, issuer, self_issued, ca, not_before, not_after):
+    def __init__(self, subject, issuer, self_issued, ca, not_before, not_after, key_start,
+                 key_end):
         self.subject = subject
         self.issuer = issuer
         self.self_issued = self_issued
         self.ca = ca
         self.not_before = not_before
         self.not_after = not_after
+        self.key_start = key_start
+        self.key_end = key_end
 
 
 def header(der, pos):
@@ -98,7 +109,9 @@ def parse(der):
     subject_at = pos
     pos = _element(der, pos, tbs_end, _SEQUENCE, "subject")[1]
     self_issued = der[issuer_at:issuer_end] == der[subject_at:pos]
-    pos = _element(der, pos, tbs_end, _SEQUENCE, "subjectPublicKeyInfo")[1]
+    spki_start, pos = _element(der, pos, tbs_end, _SEQUENCE, "subjectPublicKeyInfo")
+    key_start, key_end = _bits(der, _element(der, spki_start, pos, _SEQUENCE,
+                                             "key algorithm")[1], pos, "subjectPublicKey")
     # mbedTLS trusts a v1/v2 certificate as a root without a CA flag (it cannot carry one).
     ca = version < 3
     while pos < tbs_end:  # issuerUniqueID [1], subjectUniqueID [2], extensions [3]
@@ -109,7 +122,79 @@ def parse(der):
             ca = _is_ca(der, start, start + length)
         pos = start + length
     return Cert(_name(der, subject_at), _name(der, issuer_at), self_issued, ca, not_before,
-                not_after)
+                not_after, key_start, key_end)
+
+
+def _bits(der, pos, end, what):
+    """(start, end) of the bytes of a BIT STRING of whole bytes (a key), past its "unused bits"
+    count."""
+    start, stop = _element(der, pos, end, _BIT_STRING, what)
+    if start == stop or der[start] != 0:
+        raise CertError("%s at byte %d is not a key of whole bytes" % (what, pos))
+    return start + 1, stop
+
+
+def public_key(der):
+    """The public key that goes with the private key `der` (DER: PKCS#8, or the older EC
+    (SEC1) and RSA (PKCS#1) forms), as bytes equal to the subjectPublicKey of its certificate
+    (Cert.key_start:key_end); None when the file does not hold it (an EC key saved without
+    its public point, which only curve maths could recover). CertError when malformed or of
+    another kind than EC or RSA."""
+    start, end = _element(der, 0, len(der), _SEQUENCE, "private key")
+    if end != len(der):
+        raise CertError("%d bytes after the private key" % (len(der) - end))
+    pos = _element(der, start, end, _INTEGER, "key version")[1]
+    if pos >= end:
+        raise CertError("private key cut short at byte %d" % pos)
+    tag = der[pos]
+    if tag == _SEQUENCE:  # PKCS#8: the algorithm, then the key of that kind in an OCTET STRING
+        alg_start, alg_end = _element(der, pos, end, _SEQUENCE, "key algorithm")
+        oid_start, oid_end = _element(der, alg_start, alg_end, _OID, "key algorithm")
+        key_at = _element(der, alg_end, end, _OCTET_STRING, "private key")[0]
+        oid = der[oid_start:oid_end]
+        if oid == _OID_EC_KEY:
+            return _ec_public(der, key_at)
+        if oid == _OID_RSA_KEY:
+            return _rsa_public(der, key_at)
+        raise CertError("a private key neither EC nor RSA (the TLS module takes only those)")
+    if tag == _OCTET_STRING:  # SEC1 ECPrivateKey: version 1, then the private scalar
+        return _ec_public(der, 0)
+    if tag == _INTEGER:  # PKCS#1 RSAPrivateKey: version 0, then the modulus
+        return _rsa_public(der, 0)
+    raise CertError("not a private key (PKCS#8, EC or RSA) at byte %d" % pos)
+
+
+def _ec_public(der, pos):
+    """The public point of the ECPrivateKey at der[pos] (its optional [1] field), or None."""
+    pos, end = _element(der, pos, len(der), _SEQUENCE, "EC private key")
+    pos = _element(der, pos, end, _INTEGER, "EC key version")[1]
+    pos = _element(der, pos, end, _OCTET_STRING, "EC private key")[1]
+    while pos < end:  # [0] parameters, [1] public key: both optional
+        tag, start, length = header(der, pos)
+        if start + length > end:
+            raise CertError("EC key field cut short at byte %d" % pos)
+        if tag == _EC_PUBLIC_KEY:
+            bits_start, bits_end = _bits(der, start, start + length, "EC public key")
+            return der[bits_start:bits_end]
+        pos = start + length
+    return None
+
+
+def _rsa_public(der, pos):
+    """The RSAPublicKey (modulus, exponent) of the RSAPrivateKey at der[pos], DER-encoded as a
+    certificate holds it: both INTEGERs copied as they are (DER has one encoding of each)."""
+    pos, end = _element(der, pos, len(der), _SEQUENCE, "RSA private key")
+    at = _element(der, pos, end, _INTEGER, "RSA key version")[1]
+    stop = _element(der, _element(der, at, end, _INTEGER, "RSA modulus")[1], end, _INTEGER,
+                    "RSA exponent")[1]
+    size = stop - at
+    if size < 0x80:
+        head = bytes((_SEQUENCE, size))
+    elif size < 0x100:
+        head = bytes((_SEQUENCE, 0x81, size))
+    else:
+        head = bytes((_SEQUENCE, 0x82, size >> 8, size & 0xFF))
+    return head + der[at:stop]
 
 
 def _is_ca(der, pos, end):

@@ -5,7 +5,11 @@ the server's signature), inside one blocking call, with every asyncio task stopp
 does it in a few ms, so an app that forgets the cost would pass here and stall on the board.
 SIM_TLS_MS (default 1000; 0: none) is spent, blocking, once per handshake: inside wrap_socket()
 when it does the handshake, else in the write() or read that completes it (or fails it with a
-TLS error after the server's certificate came). Everything else is the real module's.
+TLS error after the server's certificate came). A context holding a client certificate
+(load_cert_chain) also signs the handshake with its key (CertificateVerify): SIM_TLS_CERT_MS
+more (default 100), on a refusal too, since a broker turns the certificate down only after the
+signature, and closes the connection then (an OSError here). Everything else is the real
+module's.
 """
 
 import io
@@ -33,52 +37,63 @@ from micropython import const  # noqa: E402
 _MP_STREAM_POLL = const(3)
 _MP_STREAM_GET_FILENO = const(10)
 _EINVAL = const(22)
-_cost = []
+_costs = []
 
 
-def _cost_ms():
-    if not _cost:
-        text = _simenv.env("SIM_TLS_MS", "1000")
-        try:
-            ms = int(text)
-            if ms < 0:
-                raise ValueError
-        except ValueError:
-            _simenv.config_error("SIM_TLS_MS", "%r is not a number of milliseconds, like 1000"
-                                 % text)
-        _cost.append(ms)
-    return _cost[0]
+def _check_env():
+    """(SIM_TLS_MS, SIM_TLS_CERT_MS), read once; start.py asks first, so that a bad value is
+    reported before the app runs. The second is a P-256 signature with the node's key: mbedTLS
+    on the host spends about a tenth of a handshake's CPU on it (docs/ARCHITECTURE.md)."""
+    if not _costs:
+        for name, default in (("SIM_TLS_MS", "1000"), ("SIM_TLS_CERT_MS", "100")):
+            text = _simenv.env(name, default)
+            try:
+                ms = int(text)
+                if ms < 0:
+                    raise ValueError
+            except ValueError:
+                _simenv.config_error(name, "%r is not a number of milliseconds, like %s"
+                                     % (text, default))
+            _costs.append(ms)
+    return _costs
 
 
-def _spend(why):
-    ms = _cost_ms()
+def _spend(why, client_cert):
+    ms, cert_ms = _check_env()
+    if client_cert:
+        ms += cert_ms
     if ms:
         t0 = time.ticks_ms()
         time.sleep_ms(ms)  # blocking, as the board's mbedTLS computation is
         _simenv.say("TLS handshake %s: %d ms of blocking CPU, as the ESP32's P-256 in software "
-                    "(SIM_TLS_MS)" % (why, time.ticks_diff(time.ticks_ms(), t0)))
+                    "(SIM_TLS_MS%s)" % (why, time.ticks_diff(time.ticks_ms(), t0),
+                                        " + SIM_TLS_CERT_MS" if client_cert else ""))
 
 
 class _Handshaking(io.IOBase):
     """The TLS socket until its handshake is over: the call that completes it blocks."""
 
-    def __init__(self, tls, sock):
+    def __init__(self, tls, sock, client_cert):
         self._tls = tls
         self._fd = sock.fileno() if hasattr(sock, "fileno") else -1
+        self._client_cert = client_cert
         self._done = False
         self._poller = None
 
     def _call(self, method, args):
         try:
             result = method(*args)
-        except ValueError:  # an mbedTLS error: the handshake was computed, then refused
-            if not self._done:
+        except (ValueError, OSError) as e:
+            # ValueError: the server's certificate was computed on, then refused. An OSError
+            # costs the handshake only with a client certificate: the broker that closes the
+            # connection then has turned it down, after the node's whole flight.
+            if not self._done and (isinstance(e, ValueError) or self._client_cert):
                 self._done = True
-                _spend("failed")
+                _spend("failed", self._client_cert)
             raise
         if result is not None and not self._done:
             self._done = True
-            _spend("done")
+            _spend("done", self._client_cert)
         return result
 
     def write(self, *args):
@@ -122,20 +137,26 @@ class _Handshaking(io.IOBase):
 
 
 class SSLContext(_real.SSLContext):
+    _client_cert = False
+
+    def load_cert_chain(self, certfile, keyfile):
+        super().load_cert_chain(certfile, keyfile)
+        self._client_cert = True
+
     def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True,
                     server_hostname=None):
         try:
             tls = super().wrap_socket(sock, server_side=server_side,
                                       do_handshake_on_connect=do_handshake_on_connect,
                                       server_hostname=server_hostname)
-        except ValueError:
-            if do_handshake_on_connect:
-                _spend("failed")
+        except (ValueError, OSError) as e:
+            if do_handshake_on_connect and (isinstance(e, ValueError) or self._client_cert):
+                _spend("failed", self._client_cert)
             raise
         if do_handshake_on_connect:
-            _spend("done")
+            _spend("done", self._client_cert)
             return tls
-        return _Handshaking(tls, sock)
+        return _Handshaking(tls, sock, self._client_cert)
 
 
 def wrap_socket(sock, server_side=False, key=None, cert=None, cert_reqs=CERT_NONE,  # noqa: F405

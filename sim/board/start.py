@@ -60,7 +60,7 @@ def _check_config():
     network._sim_rssi()
     network._wifi_mode()
     socket._dns_mode()
-    ssl._cost_ms()
+    ssl._check_env()
 
 
 def _clock_line():

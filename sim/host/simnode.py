@@ -105,7 +105,8 @@ def sim_secrets(mqtt_user=None, mqtt_password=None):
 
 # --- flash folder ----------------------------------------------------------------------------
 def make_flash(dest, app_root=REPO, config_path=None, secrets_path=None, clean=False):
-    """Copy the app, config.json, secrets.json and the CA into dest; returns dest as a Path.
+    """Copy the app, config.json, secrets.json and the files config.json names (mqtt.ca, and
+    mqtt.cert and mqtt.key when set) into dest; returns dest as a Path.
 
     Files already in dest that the copy does not replace (boot.json, .sim_reset_cause) stay, as
     they would on a board flashed again, except that boot.json's boot-loop count is cleared as
@@ -131,14 +132,17 @@ def make_flash(dest, app_root=REPO, config_path=None, secrets_path=None, clean=F
     shutil.copy2(config_path, dest / "config.json")
     if secrets_path:
         shutil.copy2(secrets_path, dest / "secrets.json")
-    ca = (load_json(config_path).get("mqtt") or {}).get("ca")
-    if ca and not os.path.isabs(ca):
-        target = (dest / ca).resolve()
+    mqtt = load_json(config_path).get("mqtt") or {}
+    for key in ("ca", "cert", "key"):
+        name = mqtt.get(key)
+        if not name or os.path.isabs(name):
+            continue
+        target = (dest / name).resolve()
         if dest not in target.parents:
-            raise ValueError(f"make_flash: mqtt.ca {ca!r} points outside the flash folder")
-        src = config_path.resolve().parent / ca
+            raise ValueError(f"make_flash: mqtt.{key} {name!r} points outside the flash folder")
+        src = config_path.resolve().parent / name
         if not src.is_file():
-            raise FileNotFoundError(f"mqtt.ca: {src} not found (named by {config_path})")
+            raise FileNotFoundError(f"mqtt.{key}: {src} not found (named by {config_path})")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
     _clear_boot_loop(dest / "boot.json")

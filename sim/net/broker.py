@@ -254,8 +254,10 @@ class Message:
         return f"{self.topic}{flag} {self.text}"
 
 
-def tls_context(ca, server_hostname=None):
-    """A client context trusting only `ca` (PEM or DER file); checks server_hostname if given.
+def tls_context(ca, server_hostname=None, certfile=None, keyfile=None):
+    """A client context trusting only `ca` (PEM or DER file); checks server_hostname if given;
+    presents the client certificate `certfile` with its key `keyfile` (PEM) if given, for a
+    broker that requires one (the operator's identity, tools/broker.py).
 
     paho verifies the name it connects to; a node may connect to an IP and check another name
     (mqtt.server_hostname), so the context can pin the name it checks.
@@ -267,6 +269,8 @@ def tls_context(ca, server_hostname=None):
         ctx.load_verify_locations(cadata=data.decode())
     else:
         ctx.load_verify_locations(cadata=data)  # DER bytes
+    if certfile:
+        ctx.load_cert_chain(certfile, keyfile)
     return ctx
 
 
@@ -286,7 +290,8 @@ class Subscriber:
     """
 
     def __init__(self, host, port, topic="#", ca=None, server_hostname=None, username=None,
-                 password=None, client_id=None, on_message=None, tls=True):
+                 password=None, client_id=None, on_message=None, tls=True, certfile=None,
+                 keyfile=None):
         import paho.mqtt.client as mqtt  # host-side only; keeps `import broker` light
 
         self.host, self.port, self.topic = host, port, topic
@@ -301,8 +306,13 @@ class Subscriber:
             client_id=client_id or f"sim-watch-{os.getpid()}-{next(_client_numbers)}",
         )
         if tls:
-            self.client.tls_set_context(tls_context(ca, server_hostname) if ca else
-                                        ssl.create_default_context())
+            if ca:
+                ctx = tls_context(ca, server_hostname, certfile, keyfile)
+            else:
+                ctx = ssl.create_default_context()
+                if certfile:
+                    ctx.load_cert_chain(certfile, keyfile)
+            self.client.tls_set_context(ctx)
         if username is not None:
             self.client.username_pw_set(username, password)
         self.client.reconnect_delay_set(0.2, 2)

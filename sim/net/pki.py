@@ -2,8 +2,10 @@
 and (tools/broker.py, `make broker`) the lasting CA and server certificate of a user's broker.
 
 Everything is EC P-256: a CA (PEM + DER, the DER is what MicroPython's ssl loads), a server
-certificate for given names and addresses signed by it, and what a re-run needs to decide
-whether a certificate still fits (cert_info, signed_by). make_pki makes the simulator's set,
+certificate for given names and addresses signed by it, a client certificate for a node or an
+operator (CN = its identity, as Mosquitto's use_identity_as_username reads it; tools/provision.py
+issues the nodes' own), and what a re-run needs to decide whether a certificate still fits
+(cert_info, signed_by). make_pki makes the simulator's set,
 valid for two days: the CA, a server certificate for `localhost` + 127.0.0.1, and on request the
 two certificates a node must refuse: one from an impostor CA with the same names, and one from
 the right CA for the wrong host name.
@@ -96,13 +98,20 @@ def make_server_cert(folder, name, ca_pem, ca_key, hosts=DEFAULT_HOSTS, ips=DEFA
     _ec_key(key)
     san = ",".join([f"DNS:{h}" for h in hosts] + [f"IP:{i}" for i in ips])
     cn = hosts[0] if hosts else ips[0]
+    _sign_leaf(key, cert, cn, ca_pem, ca_key, days, f"subjectAltName={san}\n", "serverAuth")
+    return ServerCert(cert=cert, key=key, ca=Path(ca_pem))
+
+
+def _sign_leaf(key, cert, cn, ca_pem, ca_key, days, san_line, usage):
+    """Sign a certificate for `key` with CN=cn by the CA: not a CA itself, for `usage`
+    (serverAuth or clientAuth) only."""
     with tempfile.TemporaryDirectory() as tmp:
-        csr, ext = Path(tmp) / "server.csr", Path(tmp) / "ext.cnf"
+        csr, ext = Path(tmp) / "leaf.csr", Path(tmp) / "ext.cnf"
         ext.write_text(
-            f"subjectAltName={san}\n"
-            "basicConstraints=critical,CA:FALSE\n"
+            san_line
+            + "basicConstraints=critical,CA:FALSE\n"
             "keyUsage=critical,digitalSignature\n"
-            "extendedKeyUsage=serverAuth\n"
+            f"extendedKeyUsage={usage}\n"
             "authorityKeyIdentifier=keyid\n"
         )
         _run("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={cn}")
@@ -111,7 +120,28 @@ def make_server_cert(folder, name, ca_pem, ca_key, hosts=DEFAULT_HOSTS, ips=DEFA
             "0x" + os.urandom(8).hex(), "-days", days, "-sha256", "-extfile", ext,
             "-out", cert,
         )  # fmt: skip
-    return ServerCert(cert=cert, key=key, ca=Path(ca_pem))
+
+
+@dataclass
+class ClientCert:
+    cert: Path  # PEM
+    key: Path  # PEM (PKCS#8), unencrypted
+    cert_der: Path  # the same two in DER: what a node's mqtt.cert and mqtt.key name
+    key_der: Path
+
+
+def make_client_cert(folder, name, cn, ca_pem, ca_key, days=DEFAULT_DAYS):
+    """A client certificate with CN=cn (a node's id, or "operator") signed by the CA, for TLS
+    client authentication only: returns a ClientCert (PEM and DER of both)."""
+    folder = Path(folder)
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    key_der, cert_der = folder / f"{name}-key.der", folder / f"{name}.der"
+    _ec_key(key)
+    _sign_leaf(key, cert, cn, ca_pem, ca_key, days, "", "clientAuth")
+    _run("x509", "-in", cert, "-outform", "DER", "-out", cert_der)
+    _run("pkey", "-in", key, "-outform", "DER", "-out", key_der)
+    os.chmod(key_der, 0o600)
+    return ClientCert(cert=cert, key=key, cert_der=cert_der, key_der=key_der)
 
 
 @dataclass

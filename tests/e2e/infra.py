@@ -123,7 +123,7 @@ def subscribe(certs, broker, topic="nodes/#", ca=None, timeout=5, server_hostnam
 
 def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None, uid=None,
               flash=None, secrets=None, start=True, app_root=REPO, env=None, reboot=False,
-              config=None, clock="host", micropython=None, **overrides):
+              config=None, clock="host", micropython=None, files=None, **overrides):
     """A Node whose flash folder (workdir/flash unless given) points at `broker`.
 
     clock: "host" (default: TEST_CONFIG has no SNTP server, and these tests need a set clock
@@ -134,9 +134,13 @@ def make_node(certs, broker, workdir, audio="sine:1000:-20", dht=None, heap=None
 
     The config is node_config(broker.port, **overrides); returns the Node (started unless
     start=False) with .cfg, .topics and .flash set. env: more SIM_* variables; reboot: start
-    again after a reset, as a board does.
+    again after a reset, as a board does. files: {name: bytes} put beside config.json, as the
+    files its mqtt.cert and mqtt.key name (copied to the flash as the CA is).
     """
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, data in (files or {}).items():
+        (workdir / name).write_bytes(data)
     # config: overrides whose names clash with the arguments here (its "audio" section).
     cfg = node_config(broker.port, **merge(config or {}, overrides))
     config_path = write_json(workdir / "config.json", cfg)

@@ -231,8 +231,10 @@ def _overflow(pbroker_factory, psub_factory, node_factory, name, outbox, reading
     """An outage that overflows an outbox of `outbox`; with freeze_s the broker, once back,
     hangs that long right after the node reconnects (a busy broker: the oldest queued reading
     is in flight while new ones arrive). Returns what happened as a SimpleNamespace."""
+    # The journal off: these runs are about what the RAM outbox drops (with the journal, the
+    # readings past its watermark go to flash instead: tests/e2e/test_journal.py).
     brk, sub, node = _start(pbroker_factory, psub_factory, node_factory, name,
-                            outbox_size=outbox)
+                            outbox_size=outbox, journal={"bytes": 0})
     t = node.topics
     # Nothing in flight when the broker goes: a reading in flight could reach the subscriber
     # and still be dropped from the outbox (and counted) before its PUBACK.
@@ -290,7 +292,12 @@ def test_outage_longer_than_the_outbox_drops_exactly_the_oldest(pbroker_factory,
     assert len(missing) == r.dropped, f"telemetry dropped {r.dropped}, missing {missing}"
     newest = sorted(s for s in r.got if s > max(missing))
     assert newest == list(range(max(missing) + 1, max(r.got) + 1))
-    assert len(newest) >= OUTBOX, f"the {OUTBOX} newest queued did not all arrive: {newest}"
+    # The outbox holds OUTBOX readings, the one in flight when the link broke among them: when
+    # readings taken during the drain overflow it while that one is still unacknowledged, it
+    # keeps its place (and arrives) and the ring holds one newer reading less.
+    kept_in_flight = r.first_queued - 1 in r.got and len(newest) == OUTBOX - 1
+    assert len(newest) >= OUTBOX or kept_in_flight, (
+        f"the {OUTBOX} newest queued did not all arrive: {newest}")
     if r.during_drain:
         # The outbox also overflowed online, with a reading in flight: that one stays (it
         # will arrive) and the next oldest goes instead, so the run has a hole.

@@ -170,3 +170,46 @@ def test_default_names_this_machine_first_then_loopback(monkeypatch):
     assert tool.default_names() == ["desk.local", "desk", "192.168.1.5", "localhost", "127.0.0.1"]
     monkeypatch.setattr(tool.socket, "gethostname", lambda: "mac.local")
     assert tool.default_names()[:2] == ["mac.local", "192.168.1.5"]
+
+
+# --- --client-certs: every client by its certificate -------------------------------------------
+def openssl_text(pem):
+    return subprocess.run(["openssl", "x509", "-in", str(pem), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_client_certs_mode_writes_an_acl_per_node_and_the_operators_certificate(user, capsys):
+    cfg = json.loads((user / "config.json").read_text())
+    cfg["topic_prefix"] = "home/sensors"
+    cfg["discovery"]["prefix"] = "ha"
+    (user / "config.json").write_text(json.dumps(cfg))
+    out = run(user, "--client-certs", capsys=capsys).out
+    b = user / "broker"
+    conf = (b / "mosquitto.conf").read_text().splitlines()
+    for line in ("require_certificate true", f"cafile {b / 'ca.pem'}",
+                 "use_identity_as_username true", f"acl_file {b / 'acl'}",
+                 "allow_anonymous false"):
+        assert line in conf
+    assert not any(line.startswith("password_file") for line in conf)
+    rules = [line for line in (b / "acl").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert rules == ["pattern readwrite home/sensors/%u/#", "pattern write ha/+/%u/#",
+                     "pattern read ha/status", "user operator", "topic readwrite home/sensors/#",
+                     "topic readwrite ha/#"]
+    # The operator: a client certificate of this CA, CN operator, for TLS clients only.
+    assert signed_by(b / "operator.pem", b / "ca.pem")
+    assert cert_info(b / "operator.pem").subject == "CN = operator"
+    assert "TLS Web Client Authentication" in openssl_text(b / "operator.pem")
+    assert (b / "operator.key").stat().st_mode & 0o077 == 0
+    # The node's half: the CA at mqtt.ca; secrets.json is not made or touched.
+    assert (user / "ca.der").exists() and not (user / "secrets.json").exists()
+    assert "secrets.json: left alone" in out
+    for said in (f"Client Certificate: {b / 'operator.pem'}", f"Client Key: {b / 'operator.key'}",
+                 "make provision NODE=<node id>",
+                 f"make plot BROKER=127.0.0.1:18883 CA={b / 'ca.pem'} CERT={b / 'operator.pem'}"
+                 f" KEY={b / 'operator.key'}", "--cert", "Use a client certificate: on"):
+        assert said in out, said
+    # A re-run keeps the operator's certificate.
+    before = (b / "operator.pem").read_bytes()
+    out = run(user, "--client-certs", capsys=capsys).out
+    assert (b / "operator.pem").read_bytes() == before and "operator certificate: kept" in out

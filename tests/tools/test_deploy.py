@@ -266,6 +266,32 @@ def test_full_then_unchanged_deploy(board_factory, tmp_path):
     print("\n" + full.stdout + again.stdout)
 
 
+def test_the_nodes_certificate_and_key_go_with_it(board_factory, tmp_path):
+    """mqtt.cert and mqtt.key (make provision puts them there) are copied as mqtt.ca is, by
+    name only; a missing one is a warning naming what makes it."""
+    key = b"KEY-SECRET-" + bytes(range(40))
+    src, out = make_app(tmp_path / "app", extra={
+        "config.json": '{"mqtt": {"ca": "ca.der", "cert": "node-cert.der", '
+                       '"key": "keys/node-key.der"}}\n'})
+    (src / "node-cert.der").write_bytes(b"CERT" * 40)
+    (src / "keys" / "node-key.der").parent.mkdir()
+    (src / "keys" / "node-key.der").write_bytes(key)
+    b = board_factory()
+    proc = run_deploy(b.port, out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "+ secrets.json + ca.der + node-cert.der + keys/node-key.der" in proc.stdout
+    files = flash_files(b.flash)
+    assert files["node-cert.der"] == b"CERT" * 40 and files["keys/node-key.der"] == key
+    shown = proc.stdout + proc.stderr
+    assert "KEY-SECRET" not in shown and key.hex()[:40] not in shown
+    (src / "keys" / "node-key.der").unlink()
+    (b.flash / "keys" / "node-key.der").unlink()
+    proc = run_deploy(b.port, out, "--dry-run")
+    assert ("config.json names mqtt.key 'keys/node-key.der', but %s is missing and the board has"
+            " none: the node will stop in safe mode until it is there (make provision NODE=<id>"
+            " puts it there)" % (src / "keys" / "node-key.der")) in proc.stdout, proc.stdout
+
+
 def test_dry_run_and_a_leftover_marker(board_factory, tmp_path):
     _src, out = make_app(tmp_path / "app")
     b = board_factory()

@@ -171,6 +171,7 @@ def test_a_recording_without_readings_fails(tmp_path, capsys):
     (["--recording", "x.jsonl", "--duration", "5"], "for a live run"),
     (["--broker", "h:1", "--dht", "x.csv"], "for a simulator run"),
     (["--ca", "ca.pem"], "go with --broker"),
+    (["--cert", "operator.pem", "--key", "operator.key"], "go with --broker"),
 ])  # fmt: skip
 def test_bad_options_are_refused(argv, error, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -187,6 +188,14 @@ def test_broker_address_and_ca_are_checked(tmp_path, capsys):
     assert plot.main(["--broker", "127.0.0.1:1", "--ca", str(tmp_path / "no.pem"),
                       "--out", out]) == 1
     assert "file not found" in capsys.readouterr().out
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    assert plot.main(["--broker", "127.0.0.1:1", "--ca", str(ca), "--cert", str(ca),
+                      "--out", out]) == 1
+    assert "--cert and --key go together" in capsys.readouterr().out
+    assert plot.main(["--broker", "127.0.0.1:1", "--ca", str(ca), "--cert", str(ca), "--key",
+                      str(tmp_path / "no.key"), "--out", out]) == 1
+    assert "--key: file not found" in capsys.readouterr().out
 
 
 def test_png_size_rejects_a_non_png(tmp_path):

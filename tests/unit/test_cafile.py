@@ -374,7 +374,7 @@ bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # what a context costs the heap 
 gc.collect()
 context = before - gc.mem_free()
 before = gc.mem_free()
-ctx = startup.tls_context(sys.argv[1])
+ctx = startup.tls_context({"ca_path": sys.argv[1], "cert_path": None, "key_path": None})
 gc.collect()
 print("left", [m for m in ("node.cafile", "node.x509") if m in sys.modules or
                hasattr(node, m[5:])])

@@ -58,7 +58,7 @@ except RuntimeError as e:
     outcome = "raised " + str(e)
 readings = []
 while len(box):
-    seq, topic, body = box.send_next()
+    seq, topic, body, _ = box.send_next()
     readings.append(json.loads(body))
     box.pop(seq)
 gaps = [time.ticks_diff(b, a) for a, b in zip(dht.calls, dht.calls[1:])]

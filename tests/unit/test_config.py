@@ -52,6 +52,14 @@ BAD_CONFIG = [
     (with_change("mqtt.host", ""), "mqtt.host", "non-empty string"),
     (with_change("mqtt.ca", 5), "mqtt.ca", "string"),
     (with_change("mqtt.keepalive_s", 1), "mqtt.keepalive_s", "5..3600"),
+    (with_change("mqtt.cert", "node-cert.der"), "mqtt.cert/mqtt.key", "both set"),
+    (with_change("mqtt.key", "node-key.der"), "mqtt.cert/mqtt.key", "both set"),
+    (with_change("mqtt.key", None, with_change("mqtt.cert", "c.der")), "mqtt.cert/mqtt.key",
+     "or both null"),
+    (with_change("mqtt.cert", 7, with_change("mqtt.key", "k.der")), "mqtt.cert",
+     "a non-empty string or null"),
+    (with_change("mqtt.key", "", with_change("mqtt.cert", "c.der")), "mqtt.key",
+     "a non-empty string or null"),
     (with_change("mqtt.colour", "red"), "mqtt.colour", "no such key"),
     (with_change("mqtt", "broker"), "mqtt", "an object"),
     (with_change("mqtt", KeyError), "mqtt", "an object"),
@@ -110,6 +118,15 @@ BAD_CONFIG = [
     (with_change("led.brightness", 0.5, WS2812), "led.brightness", "an integer"),
     (with_change("led.count", 2, WS2812), "led.count",
      "no such key (known: brightness, kind, pin)"),
+    (with_change("journal.bytes", 8192), "journal.bytes",
+     "0 (no journal) or at least 16384 (four 4 KB segments), got 8192"),
+    (with_change("journal.bytes", 2 ** 21), "journal.bytes", "0..1048576"),
+    (with_change("journal.bytes", "128k"), "journal.bytes", "an integer"),
+    (with_change("journal.grace_s", -1), "journal.grace_s", "0..3600"),
+    (with_change("journal.flush_s", 301), "journal.flush_s", "0..300"),
+    (with_change("journal.watermark_pct", 5), "journal.watermark_pct", "10..100"),
+    (with_change("journal.path", "/sd"), "journal.path", "no such key"),
+    (with_change("journal", [131072]), "journal", "an object"),
     (with_change("wifi", "x"), "wifi", "no such key"),
     ([1, 2], "(top level)", "an object"),
     ("config", "(top level)", "an object"),
@@ -142,6 +159,21 @@ def test_good_config_and_defaults(mpy, tmp_path):
                                      ["secrets", GOOD_SECRETS]]) == ["ok", "ok", "ok"]
 
 
+def test_journal_defaults_and_off(mpy, tmp_path):
+    out = mpy("""
+import json
+from node import config
+raw = json.load(open("config.json"))
+raw.pop("journal")
+print(json.dumps(config.validate(raw)["journal"]))
+raw["journal"] = {"bytes": 0}
+print(json.dumps(config.validate(raw)["journal"]["bytes"]))
+""").stdout.splitlines()
+    assert json.loads(out[0]) == {"bytes": 131072, "grace_s": 30, "flush_s": 10,
+                                  "watermark_pct": 75}
+    assert out[1] == "0"
+
+
 def test_the_largest_outbox_the_board_takes(mpy, tmp_path):
     """1415 readings at the default 8 KB of bodies is the most the config accepts."""
     results = run_cases(mpy, tmp_path, [["config", with_change("outbox_size", 1415)],
@@ -172,7 +204,7 @@ try:
     path = sys.argv[1]
     cfg = config.resolve_paths(config.validate(config.read_json(path), path), path)
     config.validate_secrets(config.read_json(sys.argv[2]), sys.argv[2])
-    print("ca", cfg["mqtt"]["ca_path"])
+    print("ca", cfg["mqtt"]["ca_path"], cfg["mqtt"]["cert_path"], cfg["mqtt"]["key_path"])
 except config.ConfigError as e:
     print("error", e)
 """
@@ -194,9 +226,23 @@ def load(mpy, d, config="config.json", secrets="secrets.json"):
 def test_ca_relative_to_config_folder(mpy, files):
     """The CA file itself is node.cafile's (tests/unit/test_cafile.py)."""
     d = files
-    assert load(mpy, d) == "ca %s/ca.der" % d
+    assert load(mpy, d) == "ca %s/ca.der None None" % d
     (d / "config.json").write_text(json.dumps(with_change("mqtt.ca", "/certs/ca.pem")))
-    assert load(mpy, d) == "ca /certs/ca.pem"
+    assert load(mpy, d) == "ca /certs/ca.pem None None"
+
+
+def test_client_certificate_paths_resolve_as_the_ca_does(mpy, files):
+    """mqtt.cert and mqtt.key: relative to config.json's folder, absolute as given; the files
+    themselves are node.clientcert's (tests/unit/test_clientcert.py)."""
+    d = files
+    both = with_change("mqtt.key", "keys/node-key.der", with_change("mqtt.cert", "node.pem"))
+    (d / "config.json").write_text(json.dumps(both))
+    assert load(mpy, d) == "ca %s/ca.der %s/node.pem %s/keys/node-key.der" % (d, d, d)
+    (d / "config.json").write_text(json.dumps(with_change("mqtt.cert", "/c.der", both)))
+    assert load(mpy, d) == "ca %s/ca.der /c.der %s/keys/node-key.der" % (d, d)
+    nulls = with_change("mqtt.key", None, with_change("mqtt.cert", None))
+    (d / "config.json").write_text(json.dumps(nulls))
+    assert load(mpy, d) == "ca %s/ca.der None None" % d
 
 
 @pytest.mark.parametrize("breakage,expected", [

@@ -38,8 +38,10 @@ class FakeTls:
     # Writes are collected in `out`; reads come from `chunks`: bytes (a read gets at most one
     # piece, as from one TCP segment), None (nothing waiting), an exception (raised), a Fill.
     # After the last chunk the stream ends (a read returns 0).
-    def __init__(self, chunks=(), pending_writes=0, write_error=None):
+    def __init__(self, chunks=(), pending_writes=0, write_error=None, checks_broker=False):
         self.chunks = list(chunks)
+        self.checks_broker = checks_broker  # the handshake reaches the broker's certificate
+        self.ctx = None
         self.out = bytearray()
         self.pending = pending_writes  # writes that return None: the handshake waits for the peer
         self.write_error = write_error
@@ -48,6 +50,10 @@ class FakeTls:
 
     def write(self, buf, n=None):
         self.writes += 1
+        if self.checks_broker:  # as mbedTLS does for each certificate of the broker's chain
+            self.checks_broker = False
+            for depth in (1, 0):
+                assert self.ctx.verify_callback(memoryview(b"cert"), depth) == 0
         if self.write_error is not None:
             raise self.write_error
         if self.pending:
@@ -171,7 +177,9 @@ class FakeContext:
 
     def wrap_socket(self, raw, server_hostname=None, do_handshake_on_connect=True):
         self.wraps.append((server_hostname, do_handshake_on_connect))
-        return self.tls.pop(0) if self.tls else FakeTls()
+        tls = self.tls.pop(0) if self.tls else FakeTls()
+        tls.ctx = self
+        return tls
 
 
 mqtt.select = FakeSelect
@@ -631,6 +639,41 @@ def open_tls_refusals():
     return out
 
 @case
+def open_client_cert_refusals():
+    # The broker ends the handshake after its certificate was checked: over the node's own
+    # certificate (or its lack of one). Anything else keeps its own kind.
+    out = []
+    for err, checks, pending, cert in (
+            (OSError(32), True, 0, "/node-cert.der"),  # EPIPE: closed under the last flight
+            (OSError(-0x7780), True, 0, "/node-cert.der"),  # the broker's fatal alert
+            (OSError(-0x7280), True, 0, None),  # end of stream, no certificate configured
+            (OSError(errno.ECONNRESET), True, 0, None),
+            (OSError(errno.ENOTCONN), True, 0, "/c.der"),
+            (OSError(errno.ECONNRESET), False, 0, "/c.der"),  # before the broker's certificate
+            (ValueError("\nThe certificate is not correctly signed by the trusted CA\n"), True, 0,
+             "/c.der"),  # the broker's certificate itself failed
+            (OSError(errno.EHOSTUNREACH), True, 0, "/c.der"),  # not an answer from the broker
+            (None, True, 10 ** 6, "/c.der")):  # stalled after its certificate: ETIMEDOUT
+        fake_net()
+        tls = FakeTls(write_error=err, checks_broker=checks, pending_writes=pending)
+        c = client(FakeContext(tls), client_cert=cert)
+        try:
+            run(c.open(100))
+        except (mqtt.TlsError, OSError) as e:
+            kinds = [k.__name__ for k in (mqtt.ClientCertRefused, mqtt.TlsError, OSError)
+                     if isinstance(e, k)]
+            text = errno.errorcode.get(e.args[0]) if isinstance(e, OSError) else str(e)
+        out.append((kinds, text, tls.closed))
+    # Refused once, then accepted: the next handshake starts with a clean slate.
+    fake_net()
+    ctx = FakeContext(FakeTls(write_error=OSError(32), checks_broker=True), FakeTls())
+    c = client(ctx, client_cert="/c.der")
+    first = outcome(lambda: run(c.open(100)))
+    run(c.open(100))
+    out.append((first[1], c.sock is not None))
+    return out
+
+@case
 def open_wrap_refused():
     net = fake_net()
 
@@ -979,6 +1022,27 @@ def test_open_tls_refusals(results):
          "SSL - A fatal alert message was received from our peer", True, True, 1),
         (["TlsError", "MQTTException"], "mbedTLS error -0x7780", True, True, 1),
         (["OSError"], "ECONNRESET", True, True, 1),  # the peer hung up mid-handshake
+    ]
+
+
+def test_open_client_cert_refusals(results):
+    """A handshake the broker ends after its certificate was checked, before it finished, was
+    ended over the node's certificate: ClientCertRefused (a TlsError) names the file, or says
+    that the broker wants one."""
+    refused = ["ClientCertRefused", "TlsError"]
+    with_cert = "the broker refused the client certificate %s"
+    without = "the broker requires a client certificate (mqtt.cert, mqtt.key)"
+    assert results["open_client_cert_refusals"] == [
+        (refused, with_cert % "/node-cert.der", True),
+        (refused, with_cert % "/node-cert.der", True),
+        (refused, without, True),
+        (refused, without, True),
+        (refused, with_cert % "/c.der", True),
+        (["OSError"], "ECONNRESET", True),
+        (["TlsError"], "The certificate is not correctly signed by the trusted CA", True),
+        (["OSError"], "EHOSTUNREACH", True),
+        (["OSError"], "ETIMEDOUT", True),
+        ("ClientCertRefused", True),
     ]
 
 

@@ -23,7 +23,8 @@ import random
 import time
 
 import node.publisher as P
-from node.mqtt import CertificateDateError, ProtocolError, Refused, TlsError
+from node.mqtt import (CertificateDateError, ClientCertRefused, ProtocolError, Refused,
+                       TlsError)
 from node.outbox import Outbox
 from node.payload import Topics
 
@@ -524,6 +525,8 @@ _KINDS = [
     ('plan(open=TlsError("The certificate Common Name (CN) does not match"))', True,
      "TLS refused: The certificate Common Name (CN) does not match"),
     ('plan(open=TlsError(""))', True, "TLS refused: handshake failed"),
+    ('plan(open=ClientCertRefused("the broker refused the client certificate /c.der"))', True,
+     "TLS refused: the broker refused the client certificate /c.der"),
     ("plan(connack=Refused(4))", True,
      "broker refused CONNECT: bad user name or password (return code 4)"),
     ("plan(connack=Refused(5))", True,
@@ -538,7 +541,7 @@ _KINDS = [
 
 @pytest.mark.parametrize(("failing", "refused", "described"), _KINDS,
                          ids=["tcp-refused", "dns", "bare-oserror", "cert-date", "tls-cn",
-                              "tls-no-text", "bad-credentials", "not-authorised",
+                              "tls-no-text", "client-cert", "bad-credentials", "not-authorised",
                               "bad-connack", "no-connack", "protocol-in-session"])
 def test_each_kind_of_failure_is_classified_and_described(mpy, failing, refused, described):
     r = run(mpy, f"""

@@ -76,22 +76,23 @@ for i in range(6):
     box.add(b"t/climate", (("temperature", 20 + i),))
 now[0] = 1800000000
 print(json.dumps([box.taken, box.dropped, len(box)]))
-seq, topic, body = box.send_next()
-print(json.dumps([seq, topic.decode(), json.loads(body)]))
+seq, topic, body, dup = box.send_next()
+print(json.dumps([seq, topic.decode(), json.loads(body), dup]))
 box.pop(seq)
 box.pop(seq)          # a repeated acknowledgement pops nothing more
 box.pop(999)          # nor does one for a reading that is not the oldest
-print(json.dumps([box.delivered, len(box), box.send_next()[0]]))
+first, again = box.send_next(), box.send_next()   # a resend (after a reconnect) is a DUP
+print(json.dumps([box.delivered, len(box), first[0], first[3], again[0], again[3]]))
 """
 
 
 def test_outbox_drops_oldest_and_numbers_readings(mpy):
     lines = mpy(_OUTBOX).stdout.splitlines()
     assert json.loads(lines[0]) == [6, 2, 4]
-    seq, topic, body = json.loads(lines[1])
-    assert (seq, topic) == (3, "t/climate")
+    seq, topic, body, dup = json.loads(lines[1])
+    assert (seq, topic, dup) == (3, "t/climate", False)
     assert body == {"boot": 7, "seq": 3, "ts": 1700000002, "temperature": 22}
-    assert json.loads(lines[2]) == [1, 3, 4]
+    assert json.loads(lines[2]) == [1, 3, 4, False, 4, True]
 
 
 def test_outbox_same_on_cpython():
@@ -100,7 +101,7 @@ def test_outbox_same_on_cpython():
     box = Outbox(4, 7, lambda: 1800000000, lambda: 0, 4096)
     for i in range(6):
         box.add(b"t/climate", (("temperature", 20 + i),))
-    seq, _, body = box.send_next()
+    seq, _, body, _ = box.send_next()
     assert (box.taken, box.dropped, len(box), seq) == (6, 2, 4, 3)
     assert json.loads(body) == {"boot": 7, "seq": 3, "ts": 1800000000, "temperature": 22}
 
@@ -138,7 +139,7 @@ print(box.send_next()[2].decode())                  # still unknown when sent: m
 box.add(b"t", (("temperature", 21.0),))           # taken at uptime 65 s
 now[0] = 1800000000                                 # the clock is set at uptime 95 s...
 up[0] = 95000
-seq, _, body = box.send_next()
+seq, _, body, _ = box.send_next()
 print(body.decode())                                # ...so the first was taken 90 s before
 now[0] = 1800000100                                 # a resend 100 s later...
 up[0] = 195000
@@ -267,7 +268,7 @@ in_flight = None
 violations = 0
 bad = 0
 
-def deliver(seq, topic, body):
+def deliver(seq, topic, body, dup):
     global bad
     p = json.loads(body)
     if (len(p["v"]), p["v"][0]) != sent.pop(seq) or p["seq"] != seq or p["boot"] != 2:
