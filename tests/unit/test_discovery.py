@@ -331,7 +331,8 @@ def all_at_once():
 print(one_at_a_time(), all_at_once())
 """).stdout.split()
     peak, held = map(int, out)
-    assert peak < 2500 and peak < held * 0.6, (peak, held)
+    # The peak holds one payload, its dict and the row's fields split from the module's table.
+    assert peak < 3200 and peak < held * 0.6, (peak, held)
 
 
 def test_the_fullest_sound_reading_fits_the_outbox(mpy):
