@@ -1,5 +1,5 @@
-"""Sound levels of raw I2S frames: RMS and peak in @micropython.viper; the LevelMeter that adds
-the calibrated levels (node.weighting), octave bands (node.bands) and noise events (node.events).
+"""Sound levels of raw I2S frames: RMS and peak in @micropython.viper, and the LevelMeter, which
+adds node.soundmeter's (calibrated levels, octave bands, noise events) when the config asks.
 
 `LevelMeter.add()` runs once per I2S frame and allocates nothing: the kernels keep every sum in
 preallocated `array("i")` state, and each intermediate fits in int32 by construction (viper ints
@@ -29,8 +29,6 @@ import math
 
 import micropython
 from micropython import const
-
-from node import unload
 
 _FLOOR16_DBFS = -90.30899869919436  # one LSB: 20*log10(1 / 32768)
 _FLOOR32_DBFS = -138.47379800543135  # one LSB of the 24-bit data: 20*log10(2**-23)
@@ -184,12 +182,12 @@ def sum_bins(st, at, nbins):
 class LevelMeter:
     """Levels of a stream of raw I2S frames: add() each frame, read() once per interval.
 
-    Always RMS and peak (dBFS). With `mic_sensitivity_dbfs` also the calibrated levels of
-    node.weighting (A and C, Fast, percentiles) and LZeq; with `bands` the octave bands of
-    node.bands (dB SPL when calibrated, else dBFS); with `events` = (threshold dB(A),
-    hysteresis dB, minimum s) and a calibrated microphone, the noise events of node.events.
-    Each of those modules is imported only when used. `rate_hz` matters only to them. An
-    interval may hold up to 2**31 - 1 samples (12 hours at 48 kHz).
+    Always RMS and peak (dBFS). With `mic_sensitivity_dbfs` also the calibrated levels
+    (node.weighting), with `bands` or `events` (threshold dB(A), hysteresis dB, minimum s) the
+    octave bands and noise events too (node.soundmeter): `slm`, None without them, and their
+    modules are not loaded.
+    `rate_hz` matters only to them. An interval may hold up to 2**31 - 1 samples (12 hours at
+    48 kHz).
     """
 
     def __init__(self, bits=16, rate_hz=16000, mic_sensitivity_dbfs=None, bands=False,
@@ -197,54 +195,32 @@ class LevelMeter:
         if bits not in (16, 32):
             raise ValueError("audio bits must be 16 or 32, not %r" % (bits,))
         self._wide = 1 if bits == 32 else 0
-        self._rate_hz = rate_hz
+        self.rate_hz = rate_hz
         self._sample_bytes = 4 if self._wide else 2
         self._frame = _frame32 if self._wide else _frame16
         self._fs2 = _FS2_32 if self._wide else _FS2_16
         self.floor_dbfs = _FLOOR32_DBFS if self._wide else _FLOOR16_DBFS
         self._r = array.array("i", bytes(4 * (_R_BINS + 2 * _R_NBIN)))
         self._frames = 0
-        self._w = None  # node.weighting.Weighting while calibrated
-        self._events = events
-        self._ev = None  # node.events.EventDetector while calibrated and asked for
-        self._bands = None
-        self.spl_db = None
-        self.calibrate(mic_sensitivity_dbfs)
-        if bands:
-            from node.bands import OctaveBank
+        self.slm = None  # node.weighting.Weighting or node.soundmeter.SoundMeter
+        if mic_sensitivity_dbfs is not None or bands or events is not None:
+            self.equip(mic_sensitivity_dbfs, bands, events)
 
-            self._bands = OctaveBank(rate_hz, self._wide)
+    def equip(self, mic_sensitivity_dbfs, bands=False, events=None):
+        """Add the calibrated levels (node.weighting), and the octave bands and noise events
+        (node.soundmeter) when asked for. MemoryError if the heap cannot hold them (no part is
+        added then)."""
+        self.slm = None
+        if bands or events is not None:
+            from node.soundmeter import SoundMeter
 
-    def calibrate(self, mic_sensitivity_dbfs):
-        """Measure with this sensitivity from now on (None: uncalibrated, dBFS only). Turning
-        calibration on takes the weighting's memory (about 4 KB): MemoryError if it is not there."""
-        if mic_sensitivity_dbfs is None:
-            self._w = self._ev = self.spl_db = None
-            unload("weighting", "events")  # a calibration undone: their code leaves the heap
-            return
-        from node import spl  # needed only now
-
-        spl_db = spl.offset_db(mic_sensitivity_dbfs)
-        del spl
-        unload("spl")
-        if self._w is None:
+            slm = SoundMeter(self._wide, self.rate_hz, self.floor_dbfs, bands, events)
+            slm.calibrate(mic_sensitivity_dbfs)
+        else:
             from node.weighting import Weighting
 
-            self._w = Weighting(self._rate_hz, self._wide, spl_db, self.floor_dbfs)
-        else:
-            self._w.calibrate(spl_db)
-        self.spl_db = spl_db
-        if self._events is not None:
-            if self._ev is None:
-                from node.events import EventDetector
-
-                self._ev = EventDetector(self._w, *self._events)
-            else:
-                self._ev.calibrate()
-
-    @property
-    def events_on(self):
-        return self._ev is not None
+            slm = Weighting(self.rate_hz, self._wide, mic_sensitivity_dbfs, self.floor_dbfs)
+        self.slm = slm
 
     def add(self, buf, nbytes):
         """Take one frame: nbytes of raw I2S data from buf (4-byte aligned). No allocation."""
@@ -257,10 +233,8 @@ class LevelMeter:
             return
         if self._frame(nbytes, 0, buf, self._r) < 0:  # pyright: ignore[reportArgumentType]
             raise ValueError("frame buffer not 4-byte aligned")
-        if self._w is not None:
-            self._w.add(buf, nbytes)
-        if self._bands is not None:
-            self._bands.add(buf, nbytes, 0 if self._ev is None else self._ev.active)
+        if self.slm is not None:
+            self.slm.add(buf, nbytes)
         self._frames += 1
 
     def read(self):
@@ -284,23 +258,6 @@ class LevelMeter:
         for i in range(len(r)):
             r[i] = 0
         self._frames = 0
-        spl_db = self.spl_db
-        if self._w is not None:
-            self._w.read(lv, samples)
-            lv["lzeq_dbz"] = lv["rms_dbfs"] + spl_db
-        if self._bands is not None:
-            offset = 0.0 if spl_db is None else spl_db
-            bands = self._bands.read(self.floor_dbfs + offset, offset)
-            lv["bands_dbfs" if spl_db is None else "bands_dbz"] = bands
+        if self.slm is not None:
+            self.slm.read(lv, samples)
         return lv
-
-    def event(self):
-        """A finished noise event: (age_ms of its start, [(key, value)]), or None."""
-        if self._ev is None:
-            return None
-        taken = self._ev.take()
-        if taken is not None and self._bands is not None:
-            band = self._bands.event_band()
-            if band is not None:
-                taken[1].append(("dominant_band", band))
-        return taken

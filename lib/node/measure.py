@@ -6,37 +6,102 @@ sensitivity in force. Imported when one of them is needed, unloaded when it is d
 import gc
 import time
 
+from micropython import const
+
+from node import unload
 from node.dsp import LevelMeter
 from node.log import log
 
+# What the node must still have free, by the reckoning below, once the meter's parts are made
+# (at the end of its setup), so that its connects (the TLS handshake, Home Assistant discovery)
+# and its tasks have their room: measured on the 32-bit port with the x86 bundle (README "The
+# sound level meter"). With the parts the node also crosses a qstr pool's end: their names, and
+# discovery's at the first connect, make MicroPython take the next pool, twice the last one
+# (1280 entries, 8992 bytes), in one piece; where the heap has no such block, that connect fails.
+HEADROOM_BYTES = const(7168)
+QSTR_POOL_BYTES = const(8992)
+# The heap each part takes, modules and state (tests/unit/test_heap_costs.py measures them, and
+# fails when these fall short): the calibrated levels (node.weighting, with the 32-bit data's
+# histogram), node.soundmeter (with bands or events), the octave bands at 48 kHz (node.bands),
+# the noise events (node.events).
+CALIBRATED_BYTES = const(7100)
+PARTS_BYTES = const(1800)
+BANDS_BYTES = const(7100)
+EVENTS_BYTES = const(1600)
 
-def meter_for(audio):
-    """The level meter for the audio config: bands and events only when asked for (their code and
-    memory are spent only then); events need a calibrated microphone, and wait for one. Where
-    the heap cannot hold what was asked for, the octave bands go first (about 7 KB), then the
-    events (2 KB), each with a log line: a node that measures less beats one in a boot loop."""
+
+def follow(meter, audio):
+    """Put the audio config in force in the meter (node.dsp.LevelMeter): at boot what it asks
+    for, later a new sensitivity (None: none). node.soundmeter's levels, bands and events are
+    loaded only when asked for; events need a calibrated microphone, and wait for one. Where the
+    heap cannot hold what was asked for and still leave HEADROOM_BYTES free, the octave bands go
+    first (about 7 KB), then the noise events (1.5 KB), then the calibrated levels (6 KB), each
+    with a log line naming it: a node that measures less beats one in a boot loop."""
+    sensitivity = audio["mic_sensitivity_dbfs"]
+    slm = meter.slm
+    if slm is None:
+        if sensitivity is not None or audio["bands"] or audio["event_threshold_dba"] is not None:
+            _equip(meter, sensitivity, audio)
+    elif sensitivity != slm.sensitivity:
+        try:
+            slm.calibrate(sensitivity)
+        except MemoryError:
+            # The weighting's ~4 KB are not there in one piece now; at boot they are.
+            slm.calibrate(None)
+            log("sound", "no memory for the calibrated levels now: they start at the next boot")
+        else:
+            log("sound", "sensitivity %s dBFS: %s" % (
+                sensitivity, "dBFS only" if sensitivity is None else "dB SPL levels"))
+    slm = meter.slm
+    if slm is not None and slm.idle:
+        meter.slm = None  # nothing left to add: its code leaves the heap
+        unload("soundmeter", "weighting", "events", "bands")
+
+
+def _need(sensitivity, bands, events):
+    """The heap the meter's parts take (BYTES), for the parts given."""
+    need = 0 if sensitivity is None else CALIBRATED_BYTES
+    if bands or events is not None:
+        need += PARTS_BYTES + (BANDS_BYTES if bands else 0)
+        if events is not None and sensitivity is not None:
+            need += EVENTS_BYTES
+    return need
+
+
+def _equip(meter, sensitivity, audio):
     bands = audio["bands"]
     events = None
     if audio["event_threshold_dba"] is not None:
         events = (audio["event_threshold_dba"], audio["event_hysteresis_db"],
                   audio["event_min_s"])
-        if audio["mic_sensitivity_dbfs"] is None:
+        if sensitivity is None:
             log("sound", "noise events wait for a calibrated microphone (mic_sensitivity_dbfs"
                 " or the calibrate command)")
+    gc.collect()
+    free = gc.mem_free()
     while True:
-        try:
-            return LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"],
-                              bands, events)
-        except MemoryError:
-            if not bands and events is None:
-                raise
-            log("sound", "not enough memory for %s: measuring without"
-                % ("the octave bands" if bands else "noise events"))
-            if bands:
-                bands = False
-            else:
-                events = None
-            gc.collect()
+        need = _need(sensitivity, bands, events)
+        if free - need >= HEADROOM_BYTES + QSTR_POOL_BYTES:
+            try:
+                meter.equip(sensitivity, bands, events)
+                log("sound", "the meter's parts: %d bytes, of %d free" % (need, free))
+                return
+            except MemoryError:  # the heap has the bytes, not in the pieces they need
+                meter.slm = None
+                unload("soundmeter", "weighting", "events", "bands", "bandpass", "spl")
+                gc.collect()
+        why = "%d bytes free, %d needed, %d kept for the rest and %d for the next qstr pool" % (
+            free, need, HEADROOM_BYTES, QSTR_POOL_BYTES)
+        if bands:
+            bands, what = False, "the octave bands"
+        elif events is not None and sensitivity is not None:
+            events, what = None, "noise events"
+        else:
+            log("sound", "not enough memory for the calibrated levels (%s): dBFS only" % why)
+            return
+        log("sound", "not enough memory for %s (%s): measuring without" % (what, why))
+        if sensitivity is None and events is None:
+            return
 
 
 def start(sound, seconds, done):
@@ -44,19 +109,6 @@ def start(sound, seconds, done):
     Measurement.finish() says; sound feeds and ends it (node.sound.Sound.run)."""
     settings = sound.settings
     sound.measurement = Measurement(settings["bits"], settings["rate_hz"], seconds, done)
-
-
-def recalibrate(meter, sensitivity):
-    """Put a new sensitivity (None: none) in force in the meter, or say why not."""
-    try:
-        meter.calibrate(sensitivity)
-    except MemoryError:
-        # The weighting's ~4 KB are not there in one piece now; at boot they are.
-        meter.calibrate(None)
-        log("sound", "no memory for the calibrated levels now: they start at the next boot")
-        return
-    log("sound", "sensitivity %s dBFS: %s" % (
-        sensitivity, "dBFS only" if sensitivity is None else "dB SPL levels"))
 
 
 class Measurement:

@@ -7,10 +7,6 @@ import time
 from node import unload
 from node.log import log
 
-# The sound reading's keys after the contract's two, in this order, when the meter gives them.
-_LEVELS = ("laeq_dba", "lafmax_dba", "lafmin_dba", "la10_dba", "la50_dba", "la90_dba",
-           "lceq_dbc", "lcpeak_dbc", "lzeq_dbz", "bands_dbz", "bands_dbfs")
-
 
 class Sound:
     """Owns the I2S microphone; frames go through the viper level meter, levels to the outbox."""
@@ -38,7 +34,6 @@ class Sound:
         self._event_topic = event_topic
         self._beat = beat
         self.frames = 0
-        self.events = 0
         # Samples the microphone produced but we never got (the DMA ring overflowed while the
         # loop was late), less what may still sit in the ring: small ints, kept per interval.
         self._interval_samples = 0
@@ -78,8 +73,9 @@ class Sound:
                 self._interval_samples += n // sample_bytes
                 if self.measurement is not None:
                     self.measurement.add(buf, n)
-                if meter.events_on:
-                    event = meter.event()
+                slm = meter.slm
+                if slm is not None and slm.events_on:
+                    event = slm.event()
                     if event is not None:
                         self._publish_event(event)
             self._beat()
@@ -112,9 +108,11 @@ class Sound:
             return
         # The contract's two levels first, then the calibrated ones and the bands it has.
         fields = [("rms_dbfs", levels["rms_dbfs"]), ("peak_dbfs", levels["peak_dbfs"])]
-        for key in _LEVELS:
-            if key in levels:
-                fields.append((key, levels[key]))
+        slm = self.meter.slm
+        if slm is not None:
+            for key in slm.KEYS:
+                if key in levels:
+                    fields.append((key, levels[key]))
         fields.append(("measured_pct", measured_pct))
         seq = self._outbox.add(self._topic, fields)
         log("sound", "reading %d: %.2f dBFS rms, %.2f dBFS peak, %d frames"
@@ -123,6 +121,5 @@ class Sound:
     def _publish_event(self, event):
         """Queue a noise event, dated by its start."""
         age_ms, fields = event
-        self.events += 1
         seq = self._outbox.add(self._event_topic, fields, age_ms)
         log("sound", "event %d: %.2f s, LAFmax %.2f dB(A)" % (seq, fields[0][1], fields[1][1]))

@@ -31,6 +31,7 @@ import math
 import micropython
 from micropython import const
 
+from node import unload
 from node.dsp import LOW_UNIT, level
 
 
@@ -425,15 +426,21 @@ def _a_state(rate_hz, wide):
 
 class Weighting:
     """The calibrated levels of a stream of raw I2S frames: add() each frame, read() once per
-    interval, both called by node.dsp.LevelMeter.
+    interval, both called by node.dsp.LevelMeter (alone, as its `slm`, or through
+    node.soundmeter with the bands and events).
 
-    `spl_db` maps the meter's dBFS (full-scale square = 0) to dB SPL; `floor_dbfs` is the level of
-    one LSB of the sample format, which silence reads. `hook`, when set, is a viper function
-    called as hook(hook_state, level, energy, k) after each sub-block (node.events); it must
-    allocate nothing.
+    `mic_sensitivity_dbfs` gives dB SPL (node.spl); `floor_dbfs` is the level of one LSB of the
+    sample format, which silence reads. `hook`, when set, is a viper function called as
+    hook(hook_state, level, energy, k) after each sub-block (node.events); it must allocate
+    nothing.
     """
 
-    def __init__(self, rate_hz, wide, spl_db, floor_dbfs):
+    # The sound reading's keys read() adds, in the reading's order (node.sound).
+    KEYS = ("laeq_dba", "lafmax_dba", "lafmin_dba", "la10_dba", "la50_dba", "la90_dba",
+            "lceq_dbc", "lcpeak_dbc", "lzeq_dbz")
+    events_on = False  # as node.soundmeter.SoundMeter's, for the meter's users
+
+    def __init__(self, rate_hz, wide, mic_sensitivity_dbfs, floor_dbfs):
         if not _RATE_MIN_HZ <= rate_hz <= _RATE_MAX_HZ:
             raise ValueError(
                 "audio rate %r Hz: A- and C-weighting support %d..%d Hz"
@@ -451,13 +458,26 @@ class Weighting:
         self.state[_A_HBASE] = round(base_db * _LEVEL_UNIT)
         self.hook = self.hook_state = None
         self._floor_dbfs = floor_dbfs
-        self.calibrate(spl_db)
+        self.calibrate(mic_sensitivity_dbfs)
 
-    def calibrate(self, spl_db):
-        """Use `spl_db` from now on (a new sensitivity): every level read() gives follows it."""
+    @property
+    def idle(self):
+        """Uncalibrated (calibrate(None)): nothing to measure; node.measure lets it go."""
+        return self.sensitivity is None
+
+    def calibrate(self, mic_sensitivity_dbfs):
+        """Use this sensitivity from now on: every level read() gives follows it. None: none,
+        until the next calibrate()."""
+        self.sensitivity = mic_sensitivity_dbfs
+        if mic_sensitivity_dbfs is None:
+            return
+        from node import spl  # needed only now
+
+        self.spl_db = spl_db = spl.offset_db(mic_sensitivity_dbfs)
+        del spl
+        unload("spl")
         # The filter input is Q4 of 16-bit full scale (2**19) in both formats; the 1 kHz gain of
         # each cascade is undone.
-        self.spl_db = spl_db
         self._a_scale = 10 ** ((spl_db - self._a_gain_db) / 10) / 2.0**38
         self._c_scale = 10 ** ((spl_db - self._c_gain_db) / 10) / 2.0**38
         self.floor_db = self._floor_dbfs + spl_db  # silence: one LSB of the format
@@ -481,7 +501,8 @@ class Weighting:
         _a_frame(buf, nbytes, self.state, self._hist, self.hook, self.hook_state)
 
     def read(self, lv, samples):
-        """Add the levels of the interval's `samples` to the dict `lv`; the next interval starts."""
+        """Add the levels of the interval's `samples` to the meter's levels `lv` (its rms_dbfs
+        among them); the next interval starts."""
         st = self.state
         nsub = st[_A_NSUB]
         m = self.sub_block
@@ -498,6 +519,7 @@ class Weighting:
         # C: every sample since the last read(), sub-blocks or not
         lv["lceq_dbc"] = level(_sums(st, _A_CSUM) / samples, self._c_scale, floor)
         lv["lcpeak_dbc"] = level(float(st[_A_CPK]) ** 2, self._c_scale, floor)
+        lv["lzeq_dbz"] = lv["rms_dbfs"] + self.spl_db  # unweighted: the meter's RMS in dB SPL
         for i in range(_A_CSUM, _A_CPK + 1):
             st[i] = 0
         for i in range(_A_HTOTAL, _A_HBINS):  # the count, the ranks, the A sums

@@ -11,6 +11,7 @@ import time
 
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
+from node.dsp import LevelMeter
 from node.files import BOOT_PATH, CLOCK_PATH, SETTINGS_PATH
 from node.lagprobe import LagProbe
 from node.led import StatusLed
@@ -100,18 +101,12 @@ class Node:
             topics.climate.encode(), supervisor.register("climate", CLIMATE_SILENCE_MS),
         )
         audio = cfg["audio"]
-        from node import measure  # the meter's setup: once, here
-
-        meter = measure.meter_for(audio)
-        del measure
-        unload("measure")
         self.sound = Sound(
-            board.microphone(audio), meter, audio, self.outbox,
-            topics.sound.encode(), topics.event.encode(),
+            board.microphone(audio), LevelMeter(audio["bits"], audio["rate_hz"]), audio,
+            self.outbox, topics.sound.encode(), topics.event.encode(),
             supervisor.register("sound", SOUND_SILENCE_MS),
             board.mic_ring_samples(audio["rate_hz"]),
         )
-        self._sensitivity = audio["mic_sensitivity_dbfs"]
         self.publisher = Publisher(
             make_client(cfg, secrets, ctx, self.node_id), self.outbox, topics,
             cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
@@ -131,6 +126,8 @@ class Node:
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
             self.publisher.on_connect = self._announce
+        # Last: what the meter adds, if it leaves the rest of the node its room (node.measure).
+        self._audio_changed()
 
     async def run(self):
         asyncio.get_event_loop().set_exception_handler(task_died)
@@ -147,13 +144,14 @@ class Node:
         from node import discovery
 
         cfg = self.cfg
+        slm = self.sound.meter.slm
         sent = 0
         # Three missed intervals make Home Assistant show a sensor as unavailable.
         for topic, body in discovery.messages(
             cfg["discovery"]["prefix"], self.node_id, self.topics, VERSION, MODEL, MANUFACTURER,
-            self.sound.meter.spl_db is not None, 3 * cfg["dht"]["interval_s"],
+            slm is not None and slm.spl_db is not None, 3 * cfg["dht"]["interval_s"],
             3 * cfg["audio"]["publish_interval_s"], 3 * cfg["telemetry_interval_s"],
-            self.sound.meter.events_on,
+            slm is not None and slm.events_on,
         ):
             # An empty body removes a sensor that is no longer there (discovery.messages).
             if self.publisher.publish_now(topic.encode(), body, retain=True) and body:
@@ -194,14 +192,14 @@ class Node:
 
             self.commands = Commands(self._raw_cfg, self._saved, SETTINGS_PATH, self.cfg,
                                      self._reboot, self.led.identify, self._settings_changed,
-                                     self.sound.measure, self._late_reply)
+                                     self.sound.measure, self._reply)
             self._raw_cfg = self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
         if reply is not None:  # None: it comes later (calibrate)
-            self.publisher.publish_now(self.topics.reply.encode(), reply)
+            self._reply(reply)
 
-    def _late_reply(self, reply):
-        # Best effort, as every reply: a command's sender listens while it waits.
+    def _reply(self, reply):
+        # Best effort: a command's sender listens while it waits.
         self.publisher.publish_now(self.topics.reply.encode(), reply)
 
     def _refuse_retained(self):
@@ -219,15 +217,20 @@ class Node:
                      " (a retained one would run again at every connect); it was cleared",
         }))
 
-    def _settings_changed(self):
-        sens = self.cfg["audio"]["mic_sensitivity_dbfs"]
-        if sens != self._sensitivity:
+    def _audio_changed(self):
+        # The meter as the audio config asks (node.measure), unless it asks for dBFS alone, as
+        # the default does: such a node never loads that code.
+        audio = self.cfg["audio"]
+        if (self.sound.meter.slm is not None or audio["mic_sensitivity_dbfs"] is not None
+                or audio["bands"] or audio["event_threshold_dba"] is not None):
             from node import measure
 
-            self._sensitivity = sens
-            measure.recalibrate(self.sound.meter, sens)
+            measure.follow(self.sound.meter, audio)
             del measure
             unload("measure")
+
+    def _settings_changed(self):
+        self._audio_changed()  # a new sensitivity
         if self.cfg["discovery"]["enabled"] and self.publisher.connected:
             self._announce()  # expire_after follows the intervals; dB(A) sensors the calibration
 

@@ -16,7 +16,11 @@ from node.dsp import LevelMeter
 
 
 def states(m, tag):
-    w, b, e = m._w, m._bands, m._ev
+    slm = m.slm  # None, a node.weighting.Weighting, or a node.soundmeter.SoundMeter
+    if slm is None or not hasattr(slm, "_bands"):
+        w, b, e = slm, None, None
+    else:
+        w, b, e = slm._w, slm._bands, slm._ev
     print(json.dumps({
         "states": tag, "r": list(m._r),
         "a": None if w is None else list(w.state), "h": None if w is None else list(w._hist),
@@ -44,7 +48,7 @@ def main():
                 break
             m.add(buf, n)
             frames += 1
-            ev = m.event()
+            ev = m.slm.event() if m.slm is not None and m.slm.events_on else None
             if ev is not None:
                 print(json.dumps({"event": [ev[0], ev[1]], "frame": frames}))
             if every and frames % every == 0:

@@ -395,7 +395,7 @@ for bits, rate, sens, bands, events in (
     lv = m.read()
     assert lv["frames"] == 600 + 6 * (rate * 3 // 512), lv
     if events and sens is not None:
-        assert m.event() is not None or m._ev.lost, "no event seen"
+        assert m.slm.event() is not None or m.slm._ev.lost, "no event seen"
 print("no allocation")
 """
 
