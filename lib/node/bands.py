@@ -42,6 +42,7 @@ _Q_COEF = const(10)
 _LIM = const(163840)  # 1.25 * 2**17: the decimated signal's clamp
 _CHUNK = const(512)  # samples decimated per kernel call: the scratch holds this many + 1
 _BIAS = const(0x400000)  # signed words are stored offset, as in node.dsp (ptr32 loads unsigned)
+_Q2_BIASED = const(0x3E0000)  # _BIAS - (0x8000 << 2): a 16-bit sample's offset in Q2, biased
 _LOW_BITS = const(30)
 _LOW_MASK = const(0x3FFFFFFF)
 _Q2_FULL2 = 2.0**34  # a full-scale square, squared, in Q2 units: 0 dBFS
@@ -80,63 +81,66 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
     runs the band-pass on both and the half-band on the pair, and writes its one output sample
     over the input at scr[o], o = 1, 2, ..., which it has read already. Returns 0.
     """
-    bias = _BIAS
     n = st[_K_CNT]
     off = st[_K_OFF]
     i = 0
     if st[_K_WIDE]:
         p32 = ptr32(int(ptr32(buf)) + 4 * off)
         while i < n:
-            scr[i + 1] = (((((p32[i] >> 8) & 0xFFFFFF) ^ 0x800000) - 0x800000) >> 6) + bias
+            scr[i + 1] = (((((p32[i] >> 8) & 0xFFFFFF) ^ 0x800000) - 0x800000) >> 6) + _BIAS
             i += 1
     else:
         p16 = ptr16(int(ptr16(buf)) + 2 * off)
         if n & 1:  # the odd one first; then two samples per 32-bit load
-            scr[n] = (((p16[n - 1] ^ 0x8000) - 0x8000) << 2) + bias
+            scr[n] = (((p16[n - 1] ^ 0x8000) - 0x8000) << 2) + _BIAS
         p32 = ptr32(p16)
-        while i < n - 1:
-            y = p32[i >> 1]
-            scr[i + 1] = ((((y & 0xFFFF) ^ 0x8000) - 0x8000) << 2) + bias
-            scr[i + 2] = (((((y >> 16) & 0xFFFF) ^ 0x8000) - 0x8000) << 2) + bias
-            i += 2
+        out = ptr32(int(scr) + 4)  # scr[1..]
+        # The pairs counted down in t, the second of the two registers viper gives its locals
+        # (y, the word, has the first): the cheapest loop it makes. ((h ^ 0x8000) - 0x8000) << 2
+        # sign-extends each half h in Q2; its constant and the bias are added as one.
+        t = n >> 1
+        while t:
+            t -= 1
+            y = p32[t]
+            out[2 * t] = (((y & 0xFFFF) ^ 0x8000) << 2) + _Q2_BIASED
+            out[2 * t + 1] = ((((y >> 16) & 0xFFFF) ^ 0x8000) << 2) + _Q2_BIASED
     event = st[_K_EVENT]
     lev = 0
     nlev = st[_K_NLEV]
     while lev < nlev:
         s = ptr32(int(st) + 4 * (_K_HEAD + _LW * lev))
-        c1a = s[_B_C] - bias
-        c1b = s[_B_C + 1] - bias
-        c2a = s[_B_C + 2] - bias
-        c2b = s[_B_C + 3] - bias
-        c3a = s[_B_C + 4] - bias
-        c3b = s[_B_C + 5] - bias
-        c4a = s[_B_C + 6] - bias
-        c4b = s[_B_C + 7] - bias
+        c1a = s[_B_C] - _BIAS
+        c1b = s[_B_C + 1] - _BIAS
+        c2a = s[_B_C + 2] - _BIAS
+        c2b = s[_B_C + 3] - _BIAS
+        c3a = s[_B_C + 4] - _BIAS
+        c3b = s[_B_C + 5] - _BIAS
+        c4a = s[_B_C + 6] - _BIAS
+        c4b = s[_B_C + 7] - _BIAS
         g2 = s[_B_SH]
         g3 = s[_B_SH + 1]
         g4 = s[_B_SH + 2]
         four = s[_B_FOUR]
-        h0 = s[_B_HB] - bias
-        h1 = s[_B_HB + 1] - bias
-        xa = s[_B_X] - bias
-        xb = s[_B_X + 1] - bias
-        p1a = s[_B_Y] - bias
-        p1b = s[_B_Y + 1] - bias
-        p2a = s[_B_Y + 2] - bias
-        p2b = s[_B_Y + 3] - bias
-        p3a = s[_B_Y + 4] - bias
-        p3b = s[_B_Y + 5] - bias
-        p4a = s[_B_Y + 6] - bias
-        p4b = s[_B_Y + 7] - bias
-        q0x = s[_B_Q] - bias
-        q0y = s[_B_Q + 1] - bias
-        q1x = s[_B_Q + 2] - bias
-        q1y = s[_B_Q + 3] - bias
+        h0 = s[_B_HB] - _BIAS
+        h1 = s[_B_HB + 1] - _BIAS
+        xa = s[_B_X] - _BIAS
+        xb = s[_B_X + 1] - _BIAS
+        p1a = s[_B_Y] - _BIAS
+        p1b = s[_B_Y + 1] - _BIAS
+        p2a = s[_B_Y + 2] - _BIAS
+        p2b = s[_B_Y + 3] - _BIAS
+        p3a = s[_B_Y + 4] - _BIAS
+        p3b = s[_B_Y + 5] - _BIAS
+        p4a = s[_B_Y + 6] - _BIAS
+        p4b = s[_B_Y + 7] - _BIAS
+        q0x = s[_B_Q] - _BIAS
+        q0y = s[_B_Q + 1] - _BIAS
+        q1x = s[_B_Q + 2] - _BIAS
+        q1y = s[_B_Q + 3] - _BIAS
         acc = 0
         carry = 0
         big = 0
         bigc = 0
-        o = 1  # the next output's index
         i = 1
         if s[_B_HAS]:
             scr[0] = s[_B_HELD]
@@ -146,7 +150,7 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
             # The first of the pair: xa = x[n-1] and xb = x[n-2]; p_a = y[n-1], p_b = y[n-2]
             # of each section. The new value overwrites the older, so the roles swap for the
             # second sample and are back after it.
-            y = scr[i] - bias
+            y = scr[i] - _BIAS
             t = y - xb
             xb = y
             y = t - ((c1a * p1a + c1b * p1b) >> _Q_COEF)
@@ -167,7 +171,7 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
                 y = (t >> g3) - ((acc_s + ((acc_s >> 31) & 1023)) >> _Q_COEF)
                 p3b = y
             ya = y
-            y = scr[i + 1] - bias
+            y = scr[i + 1] - _BIAS
             t = y - xa
             xa = y
             y = t - ((c1a * p1b + c1b * p1a) >> _Q_COEF)
@@ -216,30 +220,29 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
                     y = _LIM
                 elif y < 0 - _LIM:
                     y = 0 - _LIM
-            scr[o] = y + bias
-            o += 1
+            scr[(i >> 1) + 1] = y + _BIAS  # output o = i // 2 + 1 (i starts at 0 or 1)
             i += 2
             pairs -= 1
-        o -= 1  # outputs made
+        o = i >> 1  # outputs made
         if i == n:  # one sample left over: the next call starts with it
             s[_B_HELD] = scr[n]
             s[_B_HAS] = 1
         else:
             s[_B_HAS] = 0
-        s[_B_X] = xa + bias
-        s[_B_X + 1] = xb + bias
-        s[_B_Y] = p1a + bias
-        s[_B_Y + 1] = p1b + bias
-        s[_B_Y + 2] = p2a + bias
-        s[_B_Y + 3] = p2b + bias
-        s[_B_Y + 4] = p3a + bias
-        s[_B_Y + 5] = p3b + bias
-        s[_B_Y + 6] = p4a + bias
-        s[_B_Y + 7] = p4b + bias
-        s[_B_Q] = q0x + bias
-        s[_B_Q + 1] = q0y + bias
-        s[_B_Q + 2] = q1x + bias
-        s[_B_Q + 3] = q1y + bias
+        s[_B_X] = xa + _BIAS
+        s[_B_X + 1] = xb + _BIAS
+        s[_B_Y] = p1a + _BIAS
+        s[_B_Y + 1] = p1b + _BIAS
+        s[_B_Y + 2] = p2a + _BIAS
+        s[_B_Y + 3] = p2b + _BIAS
+        s[_B_Y + 4] = p3a + _BIAS
+        s[_B_Y + 5] = p3b + _BIAS
+        s[_B_Y + 6] = p4a + _BIAS
+        s[_B_Y + 7] = p4b + _BIAS
+        s[_B_Q] = q0x + _BIAS
+        s[_B_Q + 1] = q0y + _BIAS
+        s[_B_Q + 2] = q1x + _BIAS
+        s[_B_Q + 3] = q1y + _BIAS
         # fold into (lo, hi): lo < 2**30 and the sums < 2**30, as in node.dsp
         at = _B_LO
         while True:
