@@ -33,12 +33,12 @@ def start():
     unload("startup", "config", "settings")
     if booted is None:
         return
-    cfg, raw, saved, secrets, ctx = booted
+    cfg, saved, secrets, ctx = booted
     node = None
     try:
         from node.wiring import Node
 
-        node = Node(cfg, raw, saved, secrets, ctx)
+        node = Node(cfg, saved, secrets, ctx)
         asyncio.run(node.run())
     except KeyboardInterrupt:
         # Stopped at the console (mpremote, Ctrl-C) while every task was alive: not a crash.

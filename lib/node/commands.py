@@ -151,16 +151,18 @@ class Commands:
 
     `live` is the validated config the tasks read their intervals from: the one place that
     holds the settings in force; `saved` (what settings.accepted() kept) is what settings_path
-    holds on top of raw_config. The node's own actions come as callables: `reboot()` schedules
-    a reset, `identify(seconds)` flickers the LED, `changed()` hears that settings
-    changed, `measure(seconds, done)` starts measuring the microphone's level for that long
-    and calls done((rms_dbfs, peak_dbfs, measured_pct)) then (None: no audio), and
-    `reply(payload)` publishes a reply that comes later (calibrate's).
+    holds on top of the file at config_path (config.json), which is read again for each
+    command that changes settings: its parsed form is not kept in RAM between them. The
+    node's own actions come as callables: `reboot()` schedules a reset, `identify(seconds)`
+    flickers the LED, `changed()` hears that settings changed, `measure(seconds, done)` starts
+    measuring the microphone's level for that long and calls done((rms_dbfs, peak_dbfs,
+    measured_pct)) then (None: no audio), and `reply(payload)` publishes a reply that comes
+    later (calibrate's).
     """
 
-    def __init__(self, raw_config, saved, settings_path, live, reboot, identify, changed,
+    def __init__(self, config_path, saved, settings_path, live, reboot, identify, changed,
                  measure, reply):
-        self._raw = raw_config
+        self._config_path = config_path
         self._saved = saved
         self._path = settings_path
         self._live = live
@@ -214,7 +216,7 @@ class Commands:
     def _save(self, merged, where):
         """Validate config.json with `merged` on top, save it, put it in force: the config."""
         # The ranges (DHT11 >= 1 s, DHT22 >= 2 s, ...) come from config.py alone.
-        cfg = _validated(store.overlay(self._raw, merged), where)
+        cfg = _validated(self._config_path, merged, where)
         try:
             store.save(self._path, merged)
         except OSError as e:
@@ -274,12 +276,13 @@ class Commands:
         self._reply(json.dumps(reply).encode())
 
     def _reset_settings(self, msg, reply):
+        cfg = _validated(self._config_path, {}, "config.json")  # first: it may fail now
         try:
             store.clear(self._path)
         except OSError as e:
             raise CommandError("reset_settings: cannot delete %s (%s)" % (self._path, e))
         self._saved = {}
-        self._apply(_validated(self._raw, "config.json"))
+        self._apply(cfg)
         reply["settings"] = self._saved
 
     def _identify_led(self, msg, reply):
@@ -325,13 +328,14 @@ _TABLE = (
 _NAMES = tuple(entry[0] for entry in _TABLE)
 
 
-def _validated(raw, where):
-    """config.validate(raw), its error as the reply's. The config code (7 KB of the board's heap)
-    is loaded for the few commands that change settings, and leaves the heap again after."""
+def _validated(config_path, saved, where):
+    """config.validate() of the file at config_path with the settings `saved` on top, its error
+    as the reply's. The config code (7 KB of the board's heap) is loaded for the few commands
+    that change settings, and leaves the heap again after."""
     from node import config
 
     try:
-        return config.validate(raw, where)
+        return config.validate(store.overlay(config.read_json(config_path), saved), where)
     except config.ConfigError as e:
         raise CommandError(str(e))
     finally:

@@ -17,6 +17,9 @@ _REQUIRED = object()
 # ESP32's ~2 MB LittleFS partition; 128 KB hold about 1,500 readings (1.4 h at the default rates).
 JOURNAL_BYTES_MIN = 16384
 _JOURNAL_BYTES_MAX = 1048576
+# The RAM outbox's bodies: the default with a journal (outbox_bytes), and the least it may be.
+OUTBOX_BYTES_WITH_JOURNAL = 2048
+OUTBOX_BYTES_MIN = 2048
 
 
 class ConfigError(ValueError):
@@ -117,14 +120,6 @@ def validate(raw, where="config.json"):
         raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
     )
     cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int", 100, lo=4, hi=2000)
-    # 8 KB hold the default 100 readings at the default rates (bodies of 35 to 130 bytes).
-    cfg["outbox_bytes"] = _take(raw, "outbox_bytes", where, "", "int", 8192, lo=2048,
-                                hi=OUTBOX_RAM_BYTES)
-    need = outbox_ram(cfg["outbox_size"], cfg["outbox_bytes"])
-    if need > OUTBOX_RAM_BYTES:
-        _fail(where, "outbox_size/outbox_bytes", "at most %d bytes of the board's RAM for the "
-              "outbox (Wi-Fi, TLS and the I2S DMA need the rest); %d readings and %d bytes of "
-              "them take %d" % (OUTBOX_RAM_BYTES, cfg["outbox_size"], cfg["outbox_bytes"], need))
     src = _section(raw, "journal", where, optional=True)
     _no_unknown(src, ("bytes", "grace_s", "flush_s", "watermark_pct"), where, "journal.")
     journal = cfg["journal"] = {}
@@ -143,6 +138,17 @@ def validate(raw, where="config.json"):
     # RAM outbox this full (readings or bytes): to flash even while the broker is reachable.
     journal["watermark_pct"] = _take(src, "watermark_pct", where, "journal.", "int", 75, lo=10,
                                      hi=100)
+    # 8 KB hold the default 100 readings at the default rates (bodies of 35 to 130 bytes). With
+    # a journal, RAM only bridges the grace time and a batch (flash holds the outage): 2 KB,
+    # about 25 readings, leave the journal's 11 KB the room it needs on the board.
+    cfg["outbox_bytes"] = _take(raw, "outbox_bytes", where, "", "int",
+                                OUTBOX_BYTES_WITH_JOURNAL if journal["bytes"] else 8192,
+                                lo=OUTBOX_BYTES_MIN, hi=OUTBOX_RAM_BYTES)
+    need = outbox_ram(cfg["outbox_size"], cfg["outbox_bytes"])
+    if need > OUTBOX_RAM_BYTES:
+        _fail(where, "outbox_size/outbox_bytes", "at most %d bytes of the board's RAM for the "
+              "outbox (Wi-Fi, TLS and the I2S DMA need the rest); %d readings and %d bytes of "
+              "them take %d" % (OUTBOX_RAM_BYTES, cfg["outbox_size"], cfg["outbox_bytes"], need))
     # Commands carried out per second on average (node.ratelimit): a flood on `cmd`
     # is dropped and counted instead of starving the sampling tasks and the publisher.
     cfg["commands_per_s"] = _take(raw, "commands_per_s", where, "", "int", 5, lo=1, hi=100)

@@ -1,26 +1,17 @@
-"""SNTP (RFC 4330) client that never blocks the event loop, and the task that keeps the clock.
+"""The task that keeps the board's clock, and what the clock can be trusted for.
 
-MicroPython's ntptime.settime() waits up to a second for the answer with the whole board
-stopped; here the UDP socket is non-blocking and polled from asyncio. Packet building and
-checking are pure, so they are tested on the host.
+The SNTP exchange itself is node.ntp, loaded for each query and unloaded after: a sync comes
+once an hour (ntp.resync_s), and its code need not stay in the heap between them.
 """
 
 import asyncio
-import errno
 import json
-import socket
-import time
 
 from micropython import const
 
+from node import unload
 from node.log import log
 
-_PACKET_BYTES = const(48)
-_POLL_MS = const(20)
-# Seconds from the NTP epoch (1900) to the Unix epoch (1970).
-_NTP_TO_UNIX_S = 2208988800
-_MODE_SERVER = const(4)
-_LEAP_UNSYNCHRONISED = const(3)
 _TIMEOUT_MS = const(2000)
 # A lost packet is asked again soon (UDP gives no second chance), then less often while the
 # server stays silent: until the first answer nothing dated can be trusted.
@@ -32,63 +23,6 @@ _LINK_POLL_S = const(1)
 _VALID_FROM_S = 1767225600  # 2026-01-01
 _FROM_NTP = "ntp"
 _FROM_FLOOR = "floor"
-
-
-class SntpError(ValueError):
-    """The server's answer is not a usable time."""
-
-
-def request():
-    packet = bytearray(_PACKET_BYTES)
-    packet[0] = 0x23  # leap 0, version 4, mode 3 (client)
-    return packet
-
-
-def parse(packet):
-    """Unix seconds from a server's answer; SntpError if it is not a trustworthy time."""
-    if len(packet) < _PACKET_BYTES:
-        raise SntpError("short answer (%d bytes)" % len(packet))
-    if packet[0] & 7 != _MODE_SERVER:
-        raise SntpError("not a server answer (mode %d)" % (packet[0] & 7))
-    if packet[0] >> 6 == _LEAP_UNSYNCHRONISED or packet[1] == 0:
-        # Stratum 0 is a kiss-o'-death (RATE, DENY): the server asks us to go away.
-        raise SntpError("server unsynchronised or refusing (stratum %d)" % packet[1])
-    seconds = int.from_bytes(packet[40:44], "big")  # transmit timestamp
-    if seconds == 0:
-        raise SntpError("no transmit time")
-    # Era 0 ends in 2036; a value below 2000 is then era 1 (RFC 4330 section 3).
-    if seconds < 3155673600:
-        seconds += 1 << 32
-    return seconds - _NTP_TO_UNIX_S
-
-
-def resolve(server, port):
-    """The server's address: blocking on the board (getaddrinfo), so done once and kept."""
-    try:
-        return socket.getaddrinfo(server, port, 0, socket.SOCK_DGRAM)[0][-1]
-    except (OSError, IndexError) as e:  # lwIP raises OSError; an empty answer, IndexError
-        raise OSError("DNS lookup of %s failed (%s)" % (server, e))
-
-
-async def query(server, addr, timeout_ms):
-    """Ask `server` (at `addr`, from resolve()) for the time; Unix seconds, OSError on no
-    answer, SntpError on a bad one."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.sendto(request(), addr)
-        start = time.ticks_ms()
-        while True:
-            try:
-                return parse(sock.recv(_PACKET_BYTES))
-            except OSError as e:
-                if e.errno != errno.EAGAIN:  # EAGAIN: nothing yet
-                    raise
-            if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
-                raise OSError("no answer from %s within %d ms" % (server, timeout_ms))
-            await asyncio.sleep_ms(_POLL_MS)
-    finally:
-        sock.close()
 
 
 class Clock:
@@ -145,15 +79,20 @@ class Clock:
 
     async def sync(self, timeout_ms=_TIMEOUT_MS):
         """Ask the server once; True when the clock was set. Errors are logged."""
+        from node import ntp
+
         server, port = self._settings["server"], self._settings["port"]
         try:
             if self._addr is None:
-                self._addr = resolve(server, port)
-            now = await query(server, self._addr, timeout_ms)
-        except (OSError, SntpError) as e:
+                self._addr = ntp.resolve(server, port)
+            now = await ntp.query(server, self._addr, timeout_ms)
+        except (OSError, ntp.SntpError) as e:
             self._addr = None  # moved, or never answered: look it up again next time
             log("time", "NTP from %s failed: %s" % (server, e))
             return False
+        finally:
+            del ntp
+            unload("ntp")
         before = self.now()
         self._set_rtc(now)
         self._trusted = True

@@ -13,14 +13,14 @@ from node.sntp import known_time
 
 
 def boot():
-    """(config in force, config.json as parsed, saved settings, secrets, TLS context) for the
-    node, or None when it must not run and safe mode has run instead."""
+    """(config in force, saved settings, secrets, TLS context) for the node, or None when it
+    must not run and safe mode has run instead."""
     if deploy_unfinished():
         _safe_mode("a deploy did not finish (%s); run make deploy again" % DEPLOY_MARKER)
         return None
     configured = configure()
     if configured is not None and bootcount.safe_mode:
-        cfg, _raw, _saved, secrets, ctx = configured
+        cfg, _saved, secrets, ctx = configured
         _safe_mode(bootcount.safe_mode, cfg, secrets, ctx)
         return None
     return configured
@@ -64,7 +64,8 @@ def deploy_unfinished():
 
 
 def load():
-    """(config with persisted settings applied, config.json as parsed, settings, secrets)."""
+    """(config with persisted settings applied, settings, secrets). The parsed config.json is
+    not kept: the commands that change settings read it again (node.commands)."""
     from node import config, settings
 
     raw = config.read_json(CONFIG_PATH)
@@ -74,16 +75,16 @@ def load():
     saved = settings.accepted(raw, settings.load(SETTINGS_PATH))
     cfg = config.validate(settings.overlay(raw, saved), CONFIG_PATH)
     secrets = config.validate_secrets(config.read_json(SECRETS_PATH), SECRETS_PATH)
-    return config.resolve_paths(cfg, CONFIG_PATH), raw, saved, secrets
+    return config.resolve_paths(cfg, CONFIG_PATH), saved, secrets
 
 
 def configure():
-    """(cfg, raw, saved, secrets, TLS context); None when a config error sent it to safe mode."""
+    """(cfg, saved, secrets, TLS context); None when a config error sent it to safe mode."""
     from node import config
 
     try:
-        cfg, raw, saved, secrets = load()
-        return cfg, raw, saved, secrets, tls_context(cfg["mqtt"])
+        cfg, saved, secrets = load()
+        return cfg, saved, secrets, tls_context(cfg["mqtt"])
     except config.ConfigError as e:
         _safe_mode(e)
     return None

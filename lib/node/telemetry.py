@@ -84,4 +84,11 @@ class Telemetry:
                 self._sample_heap()
                 continue
             waited_s = 0
-            node.publisher.publish_now(self._topic, payload.telemetry(self.pairs()))
+            try:
+                body = payload.telemetry(self.pairs())
+            except MemoryError as e:
+                # Best effort: a message is skipped, never the task (the watchdog would reset
+                # the board and lose every reading in RAM over a heap too full for a moment).
+                log("telemetry", "no room in RAM for the message (%s): skipped" % e)
+                continue
+            node.publisher.publish_now(self._topic, body)

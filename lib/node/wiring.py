@@ -12,7 +12,7 @@ import time
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
 from node.dsp import LevelMeter
-from node.files import BOOT_PATH, CLOCK_PATH, SETTINGS_PATH
+from node.files import BOOT_PATH, CLOCK_PATH, CONFIG_PATH, SETTINGS_PATH
 from node.lagprobe import LagProbe
 from node.led import StatusLed
 from node.log import log, uptime_ms
@@ -78,7 +78,7 @@ class Node:
     command changes them there (node.commands), so it is the one place they live.
     """
 
-    def __init__(self, cfg, raw_cfg, saved, secrets, ctx):
+    def __init__(self, cfg, saved, secrets, ctx):
         self.cfg = cfg
         self.boot = bootcount.read(BOOT_PATH)
         self.cause = board.reset_cause()
@@ -115,7 +115,6 @@ class Node:
         # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
         self.spill = Spill(cfg["journal"], self.outbox, self.publisher, self.clock.now)
         self.telemetry = Telemetry(self)
-        self._raw_cfg = raw_cfg
         self._saved = saved
         self.commands = None  # node.commands, made when the first command arrives
         self.command_rate = RateLimit(cfg["commands_per_s"], time.ticks_ms)
@@ -125,7 +124,7 @@ class Node:
         self.publisher.subscribe(topics.cmd, self._on_command)
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
-            self.publisher.on_connect = self._announce
+            self.publisher.on_connect = self._on_session
         # Last: what the meter adds, if it leaves the rest of the node its room (node.measure).
         self._audio_changed()
 
@@ -138,6 +137,16 @@ class Node:
                                                self.supervisor)):
             asyncio.create_task(coro)
         await self.supervisor.run()
+
+    def _on_session(self):
+        if self.outbox.journal is None:
+            self._announce()
+            return
+        # The journal (11 KB) and an announcement (3 KB, with the new session's TLS) do not fit
+        # the board's heap at once: the announcement waits until the journal is drained and
+        # let go. Home Assistant keeps the sensors announced before (retained) meanwhile.
+        self._announce_due = True
+        log("discovery", "announcing once the journal is drained")
 
     def _announce(self):
         # Needed once a session: its 2.5 KB leave the heap again after.
@@ -169,7 +178,8 @@ class Node:
     async def _announcer(self):
         while True:
             await asyncio.sleep_ms(ANNOUNCE_QUIET_MS)
-            if self._announce_due and self.publisher.connected:
+            if (self._announce_due and self.publisher.connected
+                    and self.outbox.journal is None):
                 self._announce_due = False
                 self._announce()
 
@@ -190,10 +200,10 @@ class Node:
             # Many nodes never get a command: their 5 KB of code are not loaded until one does.
             from node.commands import Commands
 
-            self.commands = Commands(self._raw_cfg, self._saved, SETTINGS_PATH, self.cfg,
+            self.commands = Commands(CONFIG_PATH, self._saved, SETTINGS_PATH, self.cfg,
                                      self._reboot, self.led.identify, self._settings_changed,
                                      self.sound.measure, self._reply)
-            self._raw_cfg = self._saved = None  # the commands own them from here on
+            self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
         if reply is not None:  # None: it comes later (calibrate)
             self._reply(reply)

@@ -90,7 +90,7 @@ class _Handshaking(io.IOBase):
             if not self._done and (isinstance(e, ValueError) or self._client_cert):
                 self._done = True
                 _spend("failed", self._client_cert)
-            raise
+            raise e
         if result is not None and not self._done:
             self._done = True
             _spend("done", self._client_cert)
@@ -152,7 +152,7 @@ class SSLContext(_real.SSLContext):
         except (ValueError, OSError) as e:
             if do_handshake_on_connect and (isinstance(e, ValueError) or self._client_cert):
                 _spend("failed", self._client_cert)
-            raise
+            raise e
         if do_handshake_on_connect:
             _spend("done", self._client_cert)
             return tls

@@ -168,11 +168,11 @@ def node_command(flash, heap=None, micropython=None):
 
 # The simulated hardware modules are built into the board's firmware, in flash: here they are
 # compiled to machine code (mpy-cross -X emit=native), which the unix port keeps outside its GC
-# heap as the board does, so that HEAP is close to what the app has on the board. ssl.py uses
-# what the native emitter cannot compile (a bare `raise` in a handler) and stays source;
-# start.py is the script the port runs.
+# heap as the board does, so that HEAP is close to what the app has on the board (the native
+# emitter takes no bare `raise` in a handler: they name what they re-raise). start.py is the
+# script the port runs.
 _BOARD_SOURCES = REPO / "sim" / "board"
-_BOARD_AS_SOURCE = ("start.py", "ssl.py")
+_BOARD_AS_SOURCE = ("start.py",)
 _NATIVE_DIR = REPO / ".sim" / "board-native"
 _ARCH_OF_ELF_CLASS = {1: "x86", 2: "x64"}
 
@@ -195,6 +195,8 @@ def native_board(micropython):
         for src in sorted(_BOARD_SOURCES.glob("*.py")):
             as_source = src.name in _BOARD_AS_SOURCE
             dest = out / (src.name if as_source else src.stem + ".mpy")
+            # The other form, left from an older build, would be imported first (.py wins).
+            dest.with_suffix(".mpy" if as_source else ".py").unlink(missing_ok=True)
             if dest.is_file() and dest.stat().st_mtime >= src.stat().st_mtime:
                 continue
             tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")

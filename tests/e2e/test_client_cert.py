@@ -27,6 +27,7 @@ from sim.net.pki import make_ca, make_client_cert
 from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
+    HEAP_32_BIT,
     TAKEN_RX,
     broker_factory,
     certs,
@@ -302,7 +303,6 @@ def test_make_broker_client_certs_and_make_provision_as_printed(tmp_path):
 
 
 # --- the 32-bit port, the board's word size: the x86 bundle in the heap the node runs in -------
-HEAP_32_BIT = "128k"  # as tests/e2e/test_e2e.py
 
 
 _LOADER_HEAP = """

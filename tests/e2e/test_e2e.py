@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
+    HEAP_32_BIT,
     REPO,
     TAKEN_RX,
     assert_no_seq_gap,
@@ -411,12 +412,6 @@ def test_x64_bundle_runs_the_node_end_to_end(certs, tmp_path):
         sub.close()
         brk.stop()
 
-
-# The heap the node runs in on the 32-bit 1.27 port (the board's word size), from the x86
-# bundle: the goal of the issue "the board's truths". The simulator's modules run as native code
-# but their data (~29 KB) and mbedTLS's session (~4 KB) are counted here, and the board keeps
-# them outside the GC heap. A feature that makes the node need more fails this test.
-HEAP_32_BIT = "128k"
 
 
 @pytest.mark.skipif(not MP32.is_file(), reason="no 32-bit MicroPython (../shared/mp32) here")

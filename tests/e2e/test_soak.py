@@ -45,6 +45,7 @@ from tests.e2e.faultkit import (  # noqa: F401  (fixtures are found by pytest in
 from tests.e2e.infra import (  # noqa: F401
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
+    HEAP_32_BIT,
     certs,
     node_factory,
 )
@@ -57,7 +58,7 @@ pytestmark = pytest.mark.skipif(
 
 SOAK_S = float(os.environ.get("SOAK_S", "600"))
 ON_MP32 = MP32.is_file()
-SOAK_HEAP = os.environ.get("SOAK_HEAP", "128k" if ON_MP32 else "512k")
+SOAK_HEAP = os.environ.get("SOAK_HEAP", HEAP_32_BIT if ON_MP32 else "512k")
 # config.json's rates. make_node's `dht` and `audio` are the simulated sensors' inputs, so those
 # two sections are written into the flash folder before the node starts.
 DEFAULTS = {"mqtt": {"keepalive_s": 30}, "telemetry_interval_s": 60}

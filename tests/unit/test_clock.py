@@ -27,6 +27,7 @@ out = {"before": [clock.can_verify(), clock.now()], "sets": list(sets)}
 if %(sync)s:
     out["synced"] = asyncio.run(clock.sync(300))
     out["after"] = [clock.can_verify(), clock.now(), clock.syncs]
+    out["ntp_loaded"] = "node.ntp" in sys.modules  # the protocol's code, between queries
 try:
     out["file"] = json.load(open("clock.json"))
 except (OSError, ValueError):  # none, or the damaged one a test wrote
@@ -91,6 +92,7 @@ def test_ntp_sets_and_dates_and_moves_the_floor(mpy, tmp_path, ntp_server):
     r, log = run(mpy, tmp_path, POWER_ON, {"t": FLOOR, "source": "ntp"}, server="127.0.0.1",
                  port=server.port, sync=True)
     assert r["synced"] is True and r["after"] == [True, NOW, 1]
+    assert r["ntp_loaded"] is False  # unloaded until the next query
     assert r["sets"] == [FLOOR]  # sets made by start(); sync's comes after the snapshot
     assert r["file"] == {"t": NOW, "source": "ntp"}
     assert "clock set by NTP (was unset)" in log
@@ -100,6 +102,7 @@ def test_a_lost_answer_is_logged_and_leaves_the_clock_as_it_was(mpy, tmp_path, n
     server = ntp_server(lambda req: None)
     r, log = run(mpy, tmp_path, POWER_ON, server="127.0.0.1", port=server.port, sync=True)
     assert r["synced"] is False and r["after"] == [False, None, 0]
+    assert r["ntp_loaded"] is False  # after a failed query too
     assert "NTP from 127.0.0.1 failed: no answer from 127.0.0.1 within 300 ms" in log
 
 

@@ -32,6 +32,8 @@ if not hasattr(time, "ticks_ms"):
 """
 
 _ACTIONS = """
+import json
+
 from node import config as _config
 from node import settings as _settings
 from node.commands import Commands
@@ -79,10 +81,17 @@ class Actions:
         self.done(None if result is None else tuple(result))
 
 
+# Commands read config.json from flash for each command that changes settings: `raw` is written
+# to this file in the working directory for them.
+CONFIG_UNDER_TEST = "config-under-test.json"
+
+
 def make(raw, saved, path):
     actions = Actions(raw, saved)
-    return Commands(raw, saved, path, actions.live, actions.reboot, actions.identify,
-                    actions.changed, actions.measure, actions.reply), actions
+    with open(CONFIG_UNDER_TEST, "w") as f:
+        f.write(json.dumps(raw))
+    return Commands(CONFIG_UNDER_TEST, saved, path, actions.live, actions.reboot,
+                    actions.identify, actions.changed, actions.measure, actions.reply), actions
 """
 
 # Each case on a fresh Commands: settings.json holds `pre` first. Prints one result per case.
@@ -473,7 +482,8 @@ def test_sequence_persists_and_reboot_loads(mpy, tmp_path):
     saved, dht_s, telemetry_s, files = replies[5]
     assert saved == {"dht.interval_s": 10, "telemetry_interval_s": 30}
     assert (dht_s, telemetry_s) == (10, 30)
-    assert files == ["config.json", "settings.json"]  # the atomic save left no .tmp behind
+    # The atomic save left no .tmp behind.
+    assert files == ["config-under-test.json", "config.json", "settings.json"]
 
     # The next boot starts from the saved settings; reset_settings goes back to config.json.
     lines = mpy(_SEQUENCE, '{"cmd":"config"}', '{"cmd":"reset_settings"}', '{"cmd":"config"}',
@@ -484,7 +494,8 @@ def test_sequence_persists_and_reboot_loads(mpy, tmp_path):
     assert replies[1] == [{"ok": True, "cmd": "reset_settings", "settings": {}},
                           [["apply", "dht.interval_s", 5], ["apply", "telemetry_interval_s", 60]]]
     assert replies[2][0]["settings"] == {}
-    assert replies[3][:3] == [{}, 5, 60] and replies[3][3] == ["config.json"]
+    assert replies[3][:3] == [{}, 5, 60] and replies[3][3] == [
+        "config-under-test.json", "config.json"]  # settings.json gone
 
 
 def test_save_failure_is_a_reply_not_a_crash(mpy, tmp_path):
@@ -500,6 +511,41 @@ print(actions.calls)
         "set: cannot save no/such/dir/settings.json ("), reply
     assert out[1] == "[]"
 
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("delete", "config-under-test.json: cannot read the file (missing?)"),
+    ("garble", "config-under-test.json: not valid JSON"),
+])
+def test_config_json_gone_since_boot_is_a_reply_not_a_crash(mpy, tmp_path, damage, words):
+    """config.json is read again for each set/reset_settings (its parsed form is not kept in
+    RAM): if it went or was garbled since the boot, those commands answer with an error naming
+    it, change nothing, and the others still work."""
+    out = mpy(_SHIM + _ACTIONS + """
+import os, sys
+commands, actions = make(json.load(open(sys.argv[2])), {}, "settings.json")
+print(commands.handle(b'{"cmd":"set","telemetry_interval_s":30}').decode())
+if sys.argv[1] == "delete":
+    os.remove(CONFIG_UNDER_TEST)
+else:
+    with open(CONFIG_UNDER_TEST, "w") as f:
+        f.write('{"dht": ')
+for cmd in (b'{"cmd":"set","dht.interval_s":10}', b'{"cmd":"reset_settings"}',
+            b'{"cmd":"config"}'):
+    print(commands.handle(cmd).decode())
+print(actions.calls, sorted(os.listdir(".")))
+""".replace("CONFIG_UNDER_TEST", repr("config-under-test.json")), damage,
+               str(REPO / "config.json"), cwd=tmp_path).stdout.splitlines()
+    out = [line for line in out if line[:1] in "{["]  # not the log's lines
+    before, set_reply, reset_reply, config_reply = (json.loads(line) for line in out[:4])
+    assert before["ok"] is True
+    assert set_reply == {"ok": False, "cmd": "set", "error": words}, set_reply
+    assert reset_reply == {"ok": False, "cmd": "reset_settings", "error": words}, reset_reply
+    # The setting made before stays in force and on flash.
+    assert config_reply["ok"] is True
+    assert config_reply["settings"] == {"telemetry_interval_s": 30}
+    assert out[4].startswith("[['apply', 'telemetry_interval_s', 30]] "), out[4]
+    assert "'settings.json'" in out[4]
 
 # --- settings.json --------------------------------------------------------------------------
 
@@ -800,7 +846,7 @@ def payload(i):
 
 settings.clear(path)
 actions = Actions(config.validate(raw))
-commands = Commands(raw, {}, path, actions.live, actions.reboot_, actions.identify_,
+commands = Commands(sys.argv[2], {}, path, actions.live, actions.reboot_, actions.identify_,
                     actions.changed, actions.measure_, actions.reply_)
 strict_json = None
 if not MPY:

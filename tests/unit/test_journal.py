@@ -342,13 +342,34 @@ node.journal = NoRoom()   # what `from node import journal` finds
 for t in range(1, 40):
     second(t, False, take=1)
 stuck = events[-1]
-delattr(node, "journal")  # room again
+assert not hasattr(node, "journal")  # the failed attempt left nothing: the next finds room
 for t in range(40, 100):
     second(t, False, take=1)
 print(json.dumps({"stuck": stuck, "end": events[-1]}))
 """, cwd=tmp_path)
     assert r["stuck"][1:3] == [39, None], r  # all in RAM, no journal
     assert r["end"][1] < 10 and r["end"][2] >= 80, r  # loaded at 31 + 60 s, then spilled
+
+
+def test_a_journal_that_cannot_be_made_leaves_the_heap(mpy, tmp_path):
+    """Its code loaded, but no room for its buffers: the module goes again (8 KB of code the
+    other tasks need), the readings stay in RAM, and a minute later it loads afresh."""
+    r = run(mpy, _SPILL + """
+import sys
+from node import journal
+def no_room(*args):
+    raise MemoryError("memory allocation failed, allocating 1024 bytes")
+journal.Journal = no_room
+del journal
+for t in range(1, 40):
+    second(t, False, take=1)
+stuck = [events[-1], "node.journal" in sys.modules]
+for t in range(40, 100):
+    second(t, False, take=1)
+print(json.dumps({"stuck": stuck, "end": events[-1]}))
+""", cwd=tmp_path)
+    assert r["stuck"] == [r["stuck"][0], False] and r["stuck"][0][1:3] == [39, None], r
+    assert r["end"][1] < 10 and r["end"][2] >= 80, r  # the real one, imported again
 
 
 def test_config_minimum_is_four_segments(mpy):

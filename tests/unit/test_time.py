@@ -11,7 +11,7 @@ from sim.net.fakentp import server_answer
 
 QUERY = """
 import asyncio, time
-from node import sntp
+from node import ntp
 
 async def ticker(n):
     while True:
@@ -23,8 +23,8 @@ async def main():
     asyncio.create_task(ticker(n))
     t0 = time.ticks_ms()
     try:
-        result = await sntp.query("127.0.0.1", sntp.resolve("127.0.0.1", PORT), 500)
-    except (OSError, sntp.SntpError) as e:
+        result = await ntp.query("127.0.0.1", ntp.resolve("127.0.0.1", PORT), 500)
+    except (OSError, ntp.SntpError) as e:
         result = "%s: %s" % (type(e).__name__, e)
     # the loop ran meanwhile: the query never blocked it
     print(result, "|", time.ticks_diff(time.ticks_ms(), t0), "ms |", n[0], "ticks")
