@@ -12,14 +12,13 @@ from node import unload
 from node.dsp import LevelMeter
 from node.log import log
 
-# What the node must still have free, by the reckoning below, once the meter's parts are made
-# (at the end of its setup), so that its connects (the TLS handshake, Home Assistant discovery)
-# and its tasks have their room: measured on the 32-bit port with the x86 bundle (README "The
-# sound level meter"). With the parts the node also crosses a qstr pool's end: their names, and
-# discovery's at the first connect, make MicroPython take the next pool, twice the last one
-# (1280 entries, 8992 bytes), in one piece; where the heap has no such block, that connect fails.
-HEADROOM_BYTES = const(7168)
-QSTR_POOL_BYTES = const(8992)
+# What the node must still have free once the meter's parts are made (at the end of its setup),
+# by the reckoning below and in fact, so that its connects (the TLS handshake, Home Assistant
+# discovery) and its tasks have their room: measured on the 32-bit port with the x86 bundle
+# (README "The sound level meter"). The check after the parts are made also sees what the
+# reckoning cannot: their names (qstrs) may fill MicroPython's last qstr pool, and the next is
+# twice as large (1280 entries, 9 KB).
+HEADROOM_BYTES = const(8192)
 # The heap each part takes, modules and state (tests/unit/test_heap_costs.py measures them, and
 # fails when these fall short): the calibrated levels (node.weighting, with the 32-bit data's
 # histogram), node.soundmeter (with bands or events), the octave bands at 48 kHz (node.bands),
@@ -81,17 +80,23 @@ def _equip(meter, sensitivity, audio):
     free = gc.mem_free()
     while True:
         need = _need(sensitivity, bands, events)
-        if free - need >= HEADROOM_BYTES + QSTR_POOL_BYTES:
+        why = "%d bytes free, %d needed, %d kept for the rest" % (free, need, HEADROOM_BYTES)
+        if free - need >= HEADROOM_BYTES:
             try:
                 meter.equip(sensitivity, bands, events)
-                log("sound", "the meter's parts: %d bytes, of %d free" % (need, free))
-                return
-            except MemoryError:  # the heap has the bytes, not in the pieces they need
-                meter.slm = None
-                unload("soundmeter", "weighting", "events", "bands", "bandpass", "spl")
                 gc.collect()
-        why = "%d bytes free, %d needed, %d kept for the rest and %d for the next qstr pool" % (
-            free, need, HEADROOM_BYTES, QSTR_POOL_BYTES)
+                left = gc.mem_free()
+                if left >= HEADROOM_BYTES:
+                    log("sound", "the meter's parts: %d bytes free before, %d after"
+                        % (free, left))
+                    return
+                why = "%d bytes left with them, under %d" % (left, HEADROOM_BYTES)
+            except MemoryError:
+                why = "the heap has the bytes, not in the pieces they need"
+            meter.slm = None
+            unload("soundmeter", "weighting", "events", "bands", "bandpass", "spl")
+            gc.collect()
+            free = gc.mem_free()
         if bands:
             bands, what = False, "the octave bands"
         elif events is not None and sensitivity is not None:

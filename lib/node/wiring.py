@@ -125,6 +125,13 @@ class Node:
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
             self.publisher.on_connect = self._on_session
+            # Imported once now: the names it interns stay for good, so a new qstr pool they
+            # may need (9 KB in one piece) is taken here, while the heap has such a block, and
+            # node.measure sees what is left; not at the first connect.
+            from node import discovery
+
+            del discovery
+            unload("discovery")
         # Last: what the meter adds, if it leaves the rest of the node its room (node.measure).
         self._audio_changed()
 
