@@ -125,13 +125,6 @@ class Node:
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
             self.publisher.on_connect = self._on_session
-            # Imported once now: the names it interns stay for good, so a new qstr pool they
-            # may need (9 KB in one piece) is taken here, while the heap has such a block, and
-            # node.measure sees what is left; not at the first connect.
-            from node import discovery
-
-            del discovery
-            unload("discovery")
         # Last: what the meter adds, if it leaves the rest of the node its room (node.measure).
         self._audio_changed()
 
@@ -240,6 +233,15 @@ class Node:
         audio = self.cfg["audio"]
         if (self.sound.meter.slm is not None or audio["mic_sensitivity_dbfs"] is not None
                 or audio["bands"] or audio["event_threshold_dba"] is not None):
+            if self.cfg["discovery"]["enabled"]:
+                # Its first import interns names that stay for good: made before the parts',
+                # so that a new qstr pool the two may need (9 KB in one piece) is taken now,
+                # while the heap has such a block and node.measure sees what is left, and not
+                # at the first connect.
+                from node import discovery
+
+                del discovery
+                unload("discovery")
             from node import measure
 
             measure.follow(self.sound.meter, audio)
