@@ -194,33 +194,19 @@ class LevelMeter:
                  events=None):
         if bits not in (16, 32):
             raise ValueError("audio bits must be 16 or 32, not %r" % (bits,))
-        self._wide = 1 if bits == 32 else 0
+        self.wide = 1 if bits == 32 else 0
         self.rate_hz = rate_hz
-        self._sample_bytes = 4 if self._wide else 2
-        self._frame = _frame32 if self._wide else _frame16
-        self._fs2 = _FS2_32 if self._wide else _FS2_16
-        self.floor_dbfs = _FLOOR32_DBFS if self._wide else _FLOOR16_DBFS
+        self._sample_bytes = 4 if self.wide else 2
+        self._frame = _frame32 if self.wide else _frame16
+        self._fs2 = _FS2_32 if self.wide else _FS2_16
+        self.floor_dbfs = _FLOOR32_DBFS if self.wide else _FLOOR16_DBFS
         self._r = array.array("i", bytes(4 * (_R_BINS + 2 * _R_NBIN)))
         self._frames = 0
         self.slm = None  # node.weighting.Weighting or node.soundmeter.SoundMeter
         if mic_sensitivity_dbfs is not None or bands or events is not None:
-            self.equip(mic_sensitivity_dbfs, bands, events)
+            from node import measure
 
-    def equip(self, mic_sensitivity_dbfs, bands=False, events=None):
-        """Add the calibrated levels (node.weighting), and the octave bands and noise events
-        (node.soundmeter) when asked for. MemoryError if the heap cannot hold them (no part is
-        added then)."""
-        self.slm = None
-        if bands or events is not None:
-            from node.soundmeter import SoundMeter
-
-            slm = SoundMeter(self._wide, self.rate_hz, self.floor_dbfs, bands, events)
-            slm.calibrate(mic_sensitivity_dbfs)
-        else:
-            from node.weighting import Weighting
-
-            slm = Weighting(self.rate_hz, self._wide, mic_sensitivity_dbfs, self.floor_dbfs)
-        self.slm = slm
+            measure.equip(self, mic_sensitivity_dbfs, bands, events)
 
     def add(self, buf, nbytes):
         """Take one frame: nbytes of raw I2S data from buf (4-byte aligned). No allocation."""
@@ -243,7 +229,7 @@ class LevelMeter:
         if not self._frames:
             return None
         r = self._r
-        if self._wide:
+        if self.wide:
             energy = sum_bins(r, _R_BINS, _R_NBIN)
             peak2 = float(r[_R_PEAK]) ** 2
         else:

@@ -57,6 +57,23 @@ def follow(meter, audio):
         unload("soundmeter", "weighting", "events", "bands")
 
 
+def equip(meter, mic_sensitivity_dbfs, bands=False, events=None):
+    """Add the calibrated levels (node.weighting) to the meter (node.dsp.LevelMeter), and the
+    octave bands and noise events (node.soundmeter) when asked for. MemoryError if the heap
+    cannot hold them (no part is added then)."""
+    meter.slm = None
+    if bands or events is not None:
+        from node.soundmeter import SoundMeter
+
+        slm = SoundMeter(meter.wide, meter.rate_hz, meter.floor_dbfs, bands, events)
+        slm.calibrate(mic_sensitivity_dbfs)
+    else:
+        from node.weighting import Weighting
+
+        slm = Weighting(meter.rate_hz, meter.wide, mic_sensitivity_dbfs, meter.floor_dbfs)
+    meter.slm = slm
+
+
 def _need(sensitivity, bands, events):
     """The heap the meter's parts take (BYTES), for the parts given."""
     need = 0 if sensitivity is None else CALIBRATED_BYTES
@@ -83,7 +100,7 @@ def _equip(meter, sensitivity, audio):
         why = "%d bytes free, %d needed, %d kept for the rest" % (free, need, HEADROOM_BYTES)
         if free - need >= HEADROOM_BYTES:
             try:
-                meter.equip(sensitivity, bands, events)
+                equip(meter, sensitivity, bands, events)
                 gc.collect()
                 left = gc.mem_free()
                 if left >= HEADROOM_BYTES:
