@@ -9,6 +9,8 @@ import asyncio
 import sys
 import time
 
+from micropython import const
+
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
 from node.dsp import LevelMeter
@@ -29,15 +31,15 @@ from node.telemetry import Telemetry
 
 # Longest a read or write may block once a session is up (the rest of a packet, a full socket
 # buffer): short enough that even a broker sending half a packet costs the loop < 250 ms.
-IO_TIMEOUT_MS = 200
+_IO_TIMEOUT_MS = const(200)
 # Longest silence before a task counts as hung. The publisher's includes a TLS handshake,
 # about 1 s of CPU on an ESP32, and its 10 s connect timeout.
-CLIMATE_SILENCE_MS = 10000
-SOUND_SILENCE_MS = 5000
-PUBLISHER_SILENCE_MS = 15000
-REBOOT_DELAY_MS = 1000  # lets the command's reply reach the broker first
+_CLIMATE_SILENCE_MS = const(10000)
+_SOUND_SILENCE_MS = const(5000)
+_PUBLISHER_SILENCE_MS = const(15000)
+_REBOOT_DELAY_MS = const(1000)  # lets the command's reply reach the broker first
 # Discovery is announced again at most this often however many "online" arrive.
-ANNOUNCE_QUIET_MS = 1000
+_ANNOUNCE_QUIET_MS = const(1000)
 MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
 
@@ -57,7 +59,7 @@ def make_client(cfg, secrets, ctx, node_id):
         node_id.encode(), mqtt["host"], mqtt["port"], ctx, mqtt["server_hostname"],
         user.encode() if user is not None else None,
         password.encode() if password is not None else None,
-        mqtt["keepalive_s"], IO_TIMEOUT_MS, mqtt["cert_path"],
+        mqtt["keepalive_s"], _IO_TIMEOUT_MS, mqtt["cert_path"],
     )
 
 
@@ -98,18 +100,18 @@ class Node:
         self.lag = LagProbe()
         self.climate = Climate(
             board.dht_sensor(cfg["dht"]["model"], cfg["dht"]["pin"]), cfg["dht"], self.outbox,
-            topics.climate.encode(), supervisor.register("climate", CLIMATE_SILENCE_MS),
+            topics.climate.encode(), supervisor.register("climate", _CLIMATE_SILENCE_MS),
         )
         audio = cfg["audio"]
         self.sound = Sound(
             board.microphone(audio), LevelMeter(audio["bits"], audio["rate_hz"]), audio,
             self.outbox, topics.sound.encode(), topics.event.encode(),
-            supervisor.register("sound", SOUND_SILENCE_MS),
+            supervisor.register("sound", _SOUND_SILENCE_MS),
             board.mic_ring_samples(audio["rate_hz"]),
         )
         self.publisher = Publisher(
             make_client(cfg, secrets, ctx, self.node_id), self.outbox, topics,
-            cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
+            cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", _PUBLISHER_SILENCE_MS),
             self.wifi.up, self.clock.can_verify,
         )
         # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
@@ -177,7 +179,7 @@ class Node:
 
     async def _announcer(self):
         while True:
-            await asyncio.sleep_ms(ANNOUNCE_QUIET_MS)
+            await asyncio.sleep_ms(_ANNOUNCE_QUIET_MS)
             if (self._announce_due and self.publisher.connected
                     and self.outbox.journal is None):
                 self._announce_due = False
@@ -255,7 +257,7 @@ class Node:
 
     def _reboot(self):
         async def later():
-            await asyncio.sleep_ms(REBOOT_DELAY_MS)
+            await asyncio.sleep_ms(_REBOOT_DELAY_MS)
             log("main", "rebooting by command")
             bootcount.mark_stable(BOOT_PATH)  # asked for: not a crash
             board.reset()
