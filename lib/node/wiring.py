@@ -104,9 +104,8 @@ class Node:
         )
         audio = cfg["audio"]
         self.sound = Sound(
-            board.microphone(audio),
-            LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"]),
-            audio, self.outbox, topics.sound.encode(),
+            board.microphone(audio), LevelMeter(audio["bits"], audio["rate_hz"]), audio,
+            self.outbox, topics.sound.encode(), topics.event.encode(),
             supervisor.register("sound", _SOUND_SILENCE_MS),
             board.mic_ring_samples(audio["rate_hz"]),
         )
@@ -128,6 +127,8 @@ class Node:
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
             self.publisher.on_connect = self._on_session
+        # Last: what the meter adds, if it leaves the rest of the node its room (node.measure).
+        self._audio_changed()
 
     async def run(self):
         asyncio.get_event_loop().set_exception_handler(task_died)
@@ -154,12 +155,14 @@ class Node:
         from node import discovery
 
         cfg = self.cfg
+        slm = self.sound.meter.slm
         sent = 0
         # Three missed intervals make Home Assistant show a sensor as unavailable.
         for topic, body in discovery.messages(
             cfg["discovery"]["prefix"], self.node_id, self.topics, VERSION, MODEL, MANUFACTURER,
-            cfg["audio"]["mic_sensitivity_dbfs"] is not None, 3 * cfg["dht"]["interval_s"],
+            slm is not None and slm.spl_db is not None, 3 * cfg["dht"]["interval_s"],
             3 * cfg["audio"]["publish_interval_s"], 3 * cfg["telemetry_interval_s"],
+            slm is not None and slm.events_on,
         ):
             # An empty body removes a sensor that is no longer there (discovery.messages).
             if self.publisher.publish_now(topic.encode(), body, retain=True) and body:
@@ -200,9 +203,15 @@ class Node:
             from node.commands import Commands
 
             self.commands = Commands(CONFIG_PATH, self._saved, SETTINGS_PATH, self.cfg,
-                                     self._reboot, self.led.identify, self._settings_changed)
+                                     self._reboot, self.led.identify, self._settings_changed,
+                                     self.sound.measure, self._reply)
             self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
+        if reply is not None:  # None: it comes later (calibrate)
+            self._reply(reply)
+
+    def _reply(self, reply):
+        # Best effort: a command's sender listens while it waits.
         self.publisher.publish_now(self.topics.reply.encode(), reply)
 
     def _refuse_retained(self):
@@ -220,9 +229,31 @@ class Node:
                      " (a retained one would run again at every connect); it was cleared",
         }))
 
+    def _audio_changed(self):
+        # The meter as the audio config asks (node.measure), unless it asks for dBFS alone, as
+        # the default does: such a node never loads that code.
+        audio = self.cfg["audio"]
+        if (self.sound.meter.slm is not None or audio["mic_sensitivity_dbfs"] is not None
+                or audio["bands"] or audio["event_threshold_dba"] is not None):
+            if self.cfg["discovery"]["enabled"]:
+                # Its first import interns names that stay for good: made before the parts',
+                # so that a new qstr pool the two may need (9 KB in one piece) is taken now,
+                # while the heap has such a block and node.measure sees what is left, and not
+                # at the first connect.
+                from node import discovery
+
+                del discovery
+                unload("discovery")
+            from node import measure
+
+            measure.follow(self.sound.meter, audio)
+            del measure
+            unload("measure")
+
     def _settings_changed(self):
+        self._audio_changed()  # a new sensitivity
         if self.cfg["discovery"]["enabled"] and self.publisher.connected:
-            self._announce()  # expire_after follows the intervals
+            self._announce()  # expire_after follows the intervals; dB(A) sensors the calibration
 
     def _reboot(self):
         async def later():
