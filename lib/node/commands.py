@@ -229,12 +229,7 @@ class Commands:
         if isinstance(level, bool) or level not in _CALIBRATOR_DB:
             raise CommandError("calibrate: level_db: expected 94 or 114 (the calibrator's level"
                                " in dB SPL), got %s" % _kind(level))
-        seconds = _CALIBRATE_DEFAULT_S
-        if "seconds" in msg:
-            seconds = _integer(msg["seconds"], "calibrate: seconds")
-            if not 2 <= seconds <= _CALIBRATE_MAX_S:
-                raise CommandError("calibrate: seconds: expected an integer in 2..%d, got %d"
-                                   % (_CALIBRATE_MAX_S, seconds))
+        seconds = _seconds(msg, "calibrate", _CALIBRATE_DEFAULT_S, 2, _CALIBRATE_MAX_S)
         if self._measuring:
             raise CommandError("calibrate: already measuring; its reply comes first")
         self._measuring = True
@@ -286,12 +281,7 @@ class Commands:
         reply["settings"] = self._saved
 
     def _identify_led(self, msg, reply):
-        seconds = _IDENTIFY_DEFAULT_S
-        if "seconds" in msg:
-            seconds = _integer(msg["seconds"], "identify: seconds")
-            if not 1 <= seconds <= IDENTIFY_MAX_S:
-                raise CommandError("identify: seconds: expected an integer in 1..%d, got %d"
-                                   % (IDENTIFY_MAX_S, seconds))
+        seconds = _seconds(msg, "identify", _IDENTIFY_DEFAULT_S, 1, IDENTIFY_MAX_S)
         self._identify(seconds)
         reply["seconds"] = seconds
 
@@ -340,6 +330,17 @@ def _validated(config_path, saved, where):
         raise CommandError(str(e))
     finally:
         unload("config")
+
+
+def _seconds(msg, cmd, default, lo, hi):
+    """The message's "seconds" (`default` when it has none): an integer in lo..hi."""
+    if "seconds" not in msg:
+        return default
+    seconds = _integer(msg["seconds"], cmd + ": seconds")
+    if not lo <= seconds <= hi:
+        raise CommandError("%s: seconds: expected an integer in %d..%d, got %d"
+                           % (cmd, lo, hi, seconds))
+    return seconds
 
 
 def _find(cmd):
