@@ -2,14 +2,17 @@
 
 On the unix port, the same 512-sample 16-bit frame goes through the naive `ustruct.unpack`
 loop, the same loop under @micropython.native, a loop with `unpack_from`, the viper RMS kernel,
-the viper A-weighting kernel and LevelMeter.add(); the C reference (tools/bench/bench_rms.c)
-is built with gcc twice, scalar (-O2 -fno-tree-vectorize) and vectorised (-O3). Figures are ns
-per sample, the best of several rounds, and ratios; they are printed, never asserted (tests
-assert correctness only).
+the A/C weighting kernels, the octave bank, LevelMeter.add() calibrated and the whole chain
+(RMS + A + C + percentiles + bands, and with events). Two C references are built with gcc:
+the RMS kernel (tools/bench/bench_rms.c, scalar -O2 -fno-tree-vectorize and vectorised -O3)
+and the whole chain in the same int32 arithmetic (tools/bench/bench_chain.c, scalar), started
+from the meter's own state so that its end state can be checked against MicroPython's. Figures
+are ns per sample, the best of several rounds, and ratios; they are printed, never asserted
+(tests assert correctness only).
 
-Then the ESP32 load is estimated from the code itself: mpy-cross compiles lib/node/dsp.py for
+Then the ESP32 load is estimated from the code itself: mpy-cross compiles the modules for
 xtensawin, the viper functions are cut out of the .mpy and disassembled (binutils-xtensa-lx106),
-and each hot loop's instructions are counted, with a cycle model stated in the output.
+and each loop's instructions are counted, with a cycle model stated in the output.
 """
 
 import ast
@@ -26,7 +29,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
-DSP = REPO / "lib" / "node" / "dsp.py"
+NODE = REPO / "lib" / "node"
+DSP = NODE / "dsp.py"
 FRAME_SAMPLES = 512
 ESP32_HZ = 240e6
 OBJDUMP = "xtensa-lx106-elf-objdump"  # Debian: binutils-xtensa-lx106; same base ISA as LX6
@@ -35,6 +39,8 @@ OBJDUMP = "xtensa-lx106-elf-objdump"  # Debian: binutils-xtensa-lx106; same base
 LOADS = ("l32i", "l32i.n", "l16ui", "l16si", "l8ui", "l32r")
 CALL_CYCLES = 600  # allowance for one Python-level call of a viper function on the board
 ADD_GLUE_CYCLES = 5000  # allowance for LevelMeter.add()'s own bytecode, once per frame
+CHAIN_GLUE_CYCLES = 3000  # and for what the chain adds: Weighting.add, the bank's chunk loop
+CHUNK_GLUE_CYCLES = 1500  # the bytecode of one pass of OctaveBank.add()'s chunk loop
 
 
 def tool(name):
@@ -75,6 +81,54 @@ def build_c(tmp):
     return built
 
 
+def build_chain(tmp):
+    gcc = shutil.which("gcc")
+    if not gcc:
+        return None
+    exe = tmp / "bench_chain"
+    src = REPO / "tools" / "bench" / "bench_chain.c"
+    subprocess.run([gcc, "-O2", "-fno-tree-vectorize", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def consts(*names):
+    """The `_NAME = const(...)` integers of lib/node modules (the state layouts)."""
+    out = {}
+    for name in names:
+        text = (NODE / f"{name}.py").read_text()
+        for key, value in re.findall(r"^(_\w+) = const\(([^)]+)\)", text, re.M):
+            out[key] = int(value, 0)
+    return out
+
+
+def chain_check(frame, exe, tmp, rate=48000, frames=50):
+    """(ns per sample of the C chain, whether its state after `frames` frames is MicroPython's)."""
+    env = dict(os.environ, MICROPYPATH=str(REPO / "lib"))
+    cmd = [tool("micropython"), str(REPO / "tools" / "bench" / "bench_mpy.py"), str(frame),
+           "state", str(rate), str(frames)]
+    mp = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
+                                   text=True).stdout)
+    state = tmp / "state.txt"
+    lines = [" ".join(str(v) for v in words) for words in mp["before"]]
+    lines += [f"{k} {v}" for k, v in consts("weighting", "bands").items()]
+    state.write_text("\n".join(lines) + "\n")
+    same = subprocess.run([str(exe), str(state), str(frame), str(frames)], check=True,
+                          capture_output=True, text=True).stdout.splitlines()
+    after = [[int(v) for v in line.split()] for line in same[1:4]]
+    total, peak = (int(v) for v in same[4].split())
+    # The words that only pass a call's arguments (which samples) are the Python side's.
+    k = consts("weighting", "bands")
+    for words, at in ((0, ("_A_SRC", "_A_CHUNK")), (2, ("_K_OFF", "_K_CNT"))):
+        for name in at:
+            after[words][k[name]] = mp["after"][words][k[name]]
+    r = mp["r"]
+    agree = after == mp["after"] and total == r[1] * (1 << 30) + r[0] and peak == r[2]
+    best = min(float(subprocess.run([str(exe), str(state), str(frame), "4000"], check=True,
+                                    capture_output=True, text=True).stdout.split()[0])
+               for _ in range(3))
+    return best, agree
+
+
 def run_c(frame, built):
     """{label: (ns, sum, peak)} from one run of each C build."""
     out = {}
@@ -98,7 +152,7 @@ def best_of(runs):
     return mp, c
 
 
-def print_timings(mp, c):
+def print_timings(mp, c, chain_c):
     scalar = next(iter(c.values()))[0] if c else None
     naive = mp["naive"]["ns"]
     rows = [
@@ -106,23 +160,35 @@ def print_timings(mp, c):
         ("same loop, @micropython.native", mp["native"]["ns"]),
         ("loop with ustruct.unpack_from (no slice)", mp["unpack_from"]["ns"]),
         ("viper RMS kernel (_frame16)", mp["viper_rms"]["ns"]),
-        ("viper A-weighting kernel, 16 kHz", mp["viper_a_16000"]["ns"]),
-        ("viper A-weighting kernel, 48 kHz", mp["viper_a_48000"]["ns"]),
-        ("LevelMeter.add: RMS + A, 16 kHz", mp["add_16000"]["ns"]),
-        ("LevelMeter.add: RMS + A, 48 kHz", mp["add_48000"]["ns"]),
-    ] + [(label, v[0]) for label, v in c.items()]
+    ]
+    for rate in (16000, 48000):
+        k = rate // 1000
+        rows += [
+            (f"viper A+C weighting (Weighting.add), {k} kHz", mp[f"viper_ac_{rate}"]["ns"]),
+            (f"viper octave bank (OctaveBank.add), {k} kHz", mp[f"viper_bands_{rate}"]["ns"]),
+            (f"LevelMeter.add: RMS + A + C, {k} kHz", mp[f"add_{rate}"]["ns"]),
+            (f"LevelMeter.add: RMS + A + C + bands, {k} kHz", mp[f"chain_{rate}"]["ns"]),
+            (f"  the same with events on, {k} kHz", mp[f"chain_events_{rate}"]["ns"]),
+        ]
+    rows += [(label, v[0]) for label, v in c.items()]
+    if chain_c:
+        rows.append(("C chain RMS + A + C + bands, 48 kHz (-O2 scalar)", chain_c[0]))
     print(
         f"Sound-level kernels, one {mp['samples']}-sample 16-bit frame (-10 dBFS noise), "
         "unix port, best of 3 x 9 rounds"
     )
-    print(f"{'variant':44} {'ns/sample':>10} {'naive/x':>8} {'x/C -O2':>8}")
+    print(f"{'variant':50} {'ns/sample':>10} {'naive/x':>8} {'x/C -O2':>8}")
     for label, ns in rows:
         vs_c = f"{ns / scalar:8.2f}" if scalar else f"{'-':>8}"
-        print(f"{label:44} {ns:10.2f} {naive / ns:8.1f} {vs_c}")
+        print(f"{label:50} {ns:10.2f} {naive / ns:8.1f} {vs_c}")
     sums = {(mp[k]["sum"], mp[k]["peak"]) for k in ("naive", "native", "unpack_from", "viper_rms")}
     sums |= {(v[1], v[2]) for v in c.values()}
     same = "yes" if len(sums) == 1 else f"NO: {sums}"
     print(f"all compute the same sum of squares and peak: {same}")
+    if chain_c:
+        print("the C chain ends in the same state words as the viper one (weighting, histogram, "
+              f"bank, RMS) after 50 frames: {'yes' if chain_c[1] else 'NO'}; viper chain / C "
+              f"chain at 48 kHz: {mp['chain_48000']['ns'] / chain_c[0]:.1f}x")
     viper = mp["viper_rms"]["ns"]
     print(
         f"targets: viper RMS >= 100x the ustruct.unpack loop: {naive / viper:.0f}x "
@@ -250,43 +316,60 @@ def loops(ins):
     return found
 
 
-def walk(ins, start, end, take_first=False):
-    """One pass through the loop [start, end] along the path where every `if` is false (no
-    conditional branch taken, every jump taken), or with the first conditional branch taken
-    (the loop's first `if` true): its cycles by the model."""
+def path(ins, start, end, taken=()):
+    """Cycles of one pass through the loop [start, end] along the path where every `if` is
+    false (viper jumps to an `if`'s body with a conditional branch, past it with a `j`), but
+    for the conditional branches whose ordinals along the path are in `taken`."""
     at = {addr: k for k, (addr, _, _) in enumerate(ins)}
-    k, run, taken = at[start], [], 0
-    while True:
+    k, run, jumps, seen = at[start], [], 0, 0
+    for _ in range(10 * len(ins)):
         addr, op, ops = ins[k]
         run.append(ins[k])
         if addr == end:
-            return cycles(run, taken + 1)
-        if op == "j" or (_is_branch(op) and take_first):
-            take_first = False
-            taken += 1
-            k = at[int(ops[-1], 16)]
+            return cycles(run, jumps + 1)
+        target = int(ops[-1], 16) if _is_branch(op) else None
+        if op == "j" or (_is_branch(op) and seen in taken):
+            jumps += 1
+            k = at[target]
         else:
             k += 1
+        if _is_branch(op) and op != "j":
+            seen += 1
+    raise SystemExit("no path through the loop at %#x" % start)
 
 
-def kernel_costs(code, tmp, take_first=False):
-    """Costs of one viper function: (instructions in its hot loop, cycles of one pass through
-    it every branch counted as taken, cycles of the typical pass, cycles per call outside it).
-    The hot loop is the one with a multiply (else the only one); the rest of the function runs
-    once per call, its other loops 11 times, the bound on their iterations in dsp.py."""
-    ins = disassemble(code, tmp)
-    spans = loops(ins)
-    body = {s: [x for x in ins if s[0] <= x[0] <= s[1]] for s in spans}
-    hot = ([s for s in spans if any(op == "mull" for _, op, _ in body[s])] or spans)[0]
+def analyse(module, tmp):
+    """{function: (instructions, [(start, end) of each loop, in order])} of a lib/node module's
+    viper functions, compiled for xtensawin."""
+    src = NODE / f"{module}.py"
+    mpy = tmp / f"{module}.mpy"
+    subprocess.run([tool("mpy-cross"), "-march=xtensawin", "-o", str(mpy), str(src)], check=True)
+    tree = ast.parse(src.read_text())
+    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    out = {}
+    for name, code in viper_functions(mpy, names).items():
+        ins = disassemble(code, tmp)
+        out[name] = (ins, loops(ins))
+    return out
 
-    def bound(run):
-        return cycles(run, sum(_is_branch(op) for _, op, _ in run))
 
-    inner = {x[0] for x in body[hot]}
-    rest = [x for x in ins if x[0] not in inner]
-    per_call = bound(rest) + sum(10 * bound(body[s]) for s in spans if s != hot)
-    typical = walk(ins, hot[0], hot[1], take_first)
-    return len(body[hot]), bound(body[hot]), typical, per_call
+def body(ins, span):
+    return [x for x in ins if span[0] <= x[0] <= span[1]]
+
+
+def bound(run):
+    """Cycles of running every instruction of `run` once, every branch taken."""
+    return cycles(run, sum(_is_branch(op) for _, op, _ in run))
+
+
+def outside(ins, spans):
+    inner = {x[0] for s in spans for x in body(ins, s)}
+    return bound([x for x in ins if x[0] not in inner])
+
+
+def hot(ins, spans, n=0):
+    """The n-th loop with a multiply."""
+    return [s for s in spans if any(op == "mull" for _, op, _ in body(ins, s))][n]
 
 
 def print_xtensa(tmp):
@@ -298,62 +381,94 @@ def print_xtensa(tmp):
             + " (apt-get install binutils-xtensa-lx106)"
         )
         return
-    mpy = tmp / "dsp.mpy"
-    subprocess.run([cross, "-march=xtensawin", "-o", str(mpy), str(DSP)], check=True)
-    tree = ast.parse(DSP.read_text())
-    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-    code = viper_functions(mpy, names)
-    cost = {name: kernel_costs(code[name], tmp) for name in code}
-    wide_filter = kernel_costs(code["_a_filter"], tmp, take_first=True)
-    sub_block = (48000 + 126) // 252
-    per_frame = FRAME_SAMPLES
-    chunks = per_frame / sub_block + 1  # a frame meets about one sub-block boundary more
-    subs = per_frame / sub_block
+    dsp = analyse("dsp", tmp)
+    w = analyse("weighting", tmp)
+    bk = analyse("bands", tmp)
+    ev = analyse("events", tmp)
     print(
-        f"\nESP32 estimate at 48 kHz ({per_frame}-sample frames, A sub-blocks of "
-        f"{sub_block}): xtensawin code from mpy-cross, disassembled with {OBJDUMP}"
+        f"\nESP32 estimate, {FRAME_SAMPLES}-sample 16-bit frames: xtensawin code from mpy-cross,"
+        f" disassembled with {OBJDUMP}"
     )
     print(
         "cycle model: 1 per instruction, +1 when the next instruction uses a load's or a "
         "multiply's result, +2 per taken branch; 'typical' is the pass where every `if` is "
-        "false (16-bit samples), 'bound' runs every instruction of the loop and takes every "
-        f"branch; {CALL_CYCLES} cycles per viper call, {ADD_GLUE_CYCLES} per add() for the "
+        "false (16-bit samples, no carry, no clamp, signals under -12 dBFS per band), 'bound' "
+        "runs every instruction of the loop and takes every branch; outside the loops every "
+        "instruction counts, small loops at their bound times their iteration limit; "
+        f"{CALL_CYCLES} cycles per viper call, {ADD_GLUE_CYCLES} per add() and "
+        f"{CHAIN_GLUE_CYCLES} more for the chain, {CHUNK_GLUE_CYCLES} per bank chunk, for the "
         "bytecode around the kernels"
     )
-    print(f"{'loop':44} {'instr':>6} {'typical':>8} {'bound':>6}  per")
-    parts = [
-        ("_frame16 (RMS, 2 samples per pass)", "_frame16", 0.5),
-        ("_peak24 (32-bit RMS pass 1: peak)", "_peak24", 1),
-        ("_frame32 (32-bit RMS pass 2: squares)", "_frame32", 1),
-        ("_a_filter (6 A-weighting sections)", "_a_filter", 1),
-        ("_a_filter, 32-bit samples", "_a_filter32", 1),
-        ("_a_sub_block (block-FP squares)", "_a_sub_block", 1),
-    ]
-    cost["_a_filter32"] = wide_filter
-    for label, name, scale in parts:
-        n_ins, n_bound, n_typ, _ = cost[name]
-        per = "2 samples" if scale < 1 else "sample"
-        print(f"{label:44} {n_ins:6} {n_typ:8} {n_bound:6}  {per}")
-    calls = {"_a_filter": chunks, "_a_sub_block": subs, "_a_frame": 1}
-    for fmt, rms, a_filter in (
-        (16, ["_frame16"], "_a_filter"),
-        (32, ["_peak24", "_frame32"], "_a_filter32"),
+    ins, spans = dsp["_frame16"]
+    rms = [path(ins, *spans[0]) / 2, bound(body(ins, spans[0])) / 2]  # 2 samples per pass
+    ins, spans = w["_a_filter"]
+    a_filter = [path(ins, *spans[0]), bound(body(ins, spans[0]))]
+    a_call = outside(ins, spans)
+    ins, spans = w["_a_sub_block"]
+    # its loops in order: the energy's exponent, Fast renormalising, the level's bit length,
+    # the histogram's halving (once per 65535 sub-blocks at most: left out); typical and most
+    # passes of the others
+    if len(spans) != 4:
+        raise SystemExit("_a_sub_block's loops changed: update the model in tools/bench.py")
+    small = [(spans[0], 0, 3), (spans[1], 1, 11), (spans[2], 2, 31)]
+    sub = [outside(ins, spans) + sum(n * bound(body(ins, sp)) for sp, n, _ in small),
+           outside(ins, spans) + sum(n * bound(body(ins, sp)) for sp, _, n in small)]
+    ins, spans = w["_a_frame"]
+    frame_call = outside(ins, spans)
+    frame_pass = bound(body(ins, spans[0]))  # once per chunk of a sub-block
+    ins, spans = bk["_bank"]
+    # its loops: 24-bit decoding, 16-bit decoding (two samples a pass), the pair loop, the
+    # fold (once, twice while an event is on), the level loop around the last two
+    if len(spans) != 5:
+        raise SystemExit("_bank's loops changed: update the model in tools/bench.py")
+    pair = spans[2]
+    pair_cycles = {48000: path(ins, *pair), 16000: path(ins, *pair, taken=(0, 1))}
+    pair_bound = bound(body(ins, pair))
+    decode = bound(body(ins, spans[1])) / 2
+    fold = bound(body(ins, spans[3]))
+    level = bound(body(ins, spans[4])) - pair_bound - fold + fold  # setup, store, one fold
+    bank_call = outside(ins, spans)
+    ins, spans = ev["_sub_block"]
+    event_sub = outside(ins, spans)  # its loops run at an event's start, merge and end only
+    print(f"{'loop':52} {'typical':>8} {'bound':>6}  per")
+    for label, v, per in (
+        ("_frame16 (RMS)", rms, "sample"),
+        ("_a_filter (6 sections; A and C energies, C peak)", a_filter, "sample"),
+        ("_a_sub_block (energy, Fast, level, histogram)", sub, "sub-block"),
+        ("_bank pair loop, 48 kHz (3 sections each, half-band)", (pair_cycles[48000], pair_bound),
+         "pair"),
+        ("_bank pair loop, 16 kHz (4 sections each, half-band)", (pair_cycles[16000], pair_bound),
+         "pair"),
+        ("_bank 16-bit decoding", (decode, decode), "sample"),
+        ("_bank per level (state in and out, the fold)", (level, level), "level, call"),
+        ("events' _sub_block, no event beginning or ending", (event_sub, event_sub), "sub-block"),
     ):
-        call_list = dict(calls, **dict.fromkeys(rms, 1))
-        once = sum(n * (cost[k][3] + CALL_CYCLES) for k, n in call_list.items())
-        once += chunks * cost["_a_frame"][1]  # _a_frame's own loop runs once per chunk
-        glue = (once + ADD_GLUE_CYCLES) / per_frame
-        per_sample = []
-        for col in (2, 1):  # typical, bound
-            scale = {"_frame16": 0.5}
-            loop = sum(cost[k][col] * scale.get(k, 1) for k in [*rms, a_filter, "_a_sub_block"])
-            per_sample.append(loop + glue)
-        typ, bound = (100 * c * 48000 / ESP32_HZ for c in per_sample)
-        print(
-            f"{fmt}-bit, RMS + A-weighting: {per_sample[0]:.0f} (typical) to {per_sample[1]:.0f}"
-            f" (bound) cycles/sample, of which {glue:.0f} per-call code and calls -> "
-            f"{typ:.1f} % to {bound:.1f} % of a 240 MHz core at 48 kHz"
-        )
+        print(f"{label:52} {v[0]:8.0f} {v[1]:6.0f}  {per}")
+    for rate in (48000, 16000):
+        m = (rate + 126) // 252
+        n = FRAME_SAMPLES
+        chunks = -(-n // 512)
+        levels = 8 if rate == 48000 else 7
+        subs = n / m
+        calls = (ADD_GLUE_CYCLES + CALL_CYCLES  # add() and _frame16
+                 + CHAIN_GLUE_CYCLES + CALL_CYCLES + frame_call  # Weighting.add, _a_frame
+                 + (subs + 1) * (CALL_CYCLES + a_call + frame_pass)  # _a_filter per chunk
+                 + subs * CALL_CYCLES)  # _a_sub_block
+        bank_calls = chunks * (CHUNK_GLUE_CYCLES + CALL_CYCLES + bank_call + levels * level)
+        base = [rms[i] + a_filter[i] + sub[i] / m + calls / n for i in (0, 1)]
+        band = [pair_cycles[rate] * (1 - 0.5**levels) + decode + bank_calls / n,
+                pair_bound * (1 - 0.5**levels) + decode + bank_calls / n]
+        events = (event_sub + 2 * CALL_CYCLES) / m  # the hook's call from _a_frame, and its own
+        print(f"{rate // 1000} kHz, 16-bit, per sample: RMS + A + C + percentiles "
+              f"{base[0]:.0f} to {base[1]:.0f} cycles (of which per-frame code and calls "
+              f"{calls / n:.0f}), octave bands {band[0]:.0f} to {band[1]:.0f} "
+              f"(per chunk and level {bank_calls / n:.0f}), noise events {events:.0f}")
+        for what, extra in (("RMS + A + C + percentiles", (0, 0)), ("+ octave bands", band),
+                            ("+ bands + noise events", (band[0] + events, band[1] + events))):
+            cyc = [base[i] + extra[i] for i in (0, 1)]
+            pct = [100 * c * rate / ESP32_HZ for c in cyc]
+            print(f"  {what}: {cyc[0]:.0f} (typical) to {cyc[1]:.0f} (bound) cycles/sample -> "
+                  f"{pct[0]:.1f} % to {pct[1]:.1f} % of a 240 MHz core at {rate // 1000} kHz")
 
 
 def main():
@@ -366,7 +481,8 @@ def main():
             print("gcc not found: no C reference")
         # MicroPython and C alternate three times, so that both see the machine's quiet moments
         mp, c = best_of([(run_micropython(frame), run_c(frame, built)) for _ in range(3)])
-        print_timings(mp, c)
+        exe = build_chain(tmp)
+        print_timings(mp, c, chain_check(frame, exe, tmp) if exe else None)
         print_xtensa(tmp)
     return 0
 

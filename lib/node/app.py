@@ -10,20 +10,22 @@ import gc
 import sys
 import time
 
+from micropython import const
+
 from node import board, bootcount, files, unload, wdtfeed
 from node.log import log
 
 # After an unexpected error, the time to read it on the console before the board resets.
-CRASH_RESET_DELAY_MS = 3000
+_CRASH_RESET_DELAY_MS = const(3000)
 # MicroPython collects garbage only when the heap is full. Left at that, the boot's short-lived
 # objects (the config parsed, modules loaded) push the long-lived ones across the whole heap,
 # and its free half is left in pieces too small for the outbox's ring. A collection every few
 # KB allocated keeps what lives packed low, at about 1 ms each on the board.
-GC_EVERY_BYTES = 4096
+_GC_EVERY_BYTES = const(4096)
 
 
 def start():
-    gc.threshold(GC_EVERY_BYTES)
+    gc.threshold(_GC_EVERY_BYTES)
     from node import startup
 
     booted = startup.boot()
@@ -52,6 +54,6 @@ def start():
         raise
     except Exception as e:  # noqa: BLE001 - anything at all: a node must not sit at the REPL
         sys.print_exception(e)
-        log("main", "crashed: %r; resetting in %d s" % (e, CRASH_RESET_DELAY_MS // 1000))
-        time.sleep_ms(CRASH_RESET_DELAY_MS)
+        log("main", "crashed: %r; resetting in %d s" % (e, _CRASH_RESET_DELAY_MS // 1000))
+        time.sleep_ms(_CRASH_RESET_DELAY_MS)
         board.reset()

@@ -8,7 +8,7 @@ touches nothing.
 import json
 
 from node import settings as store
-from node import unload
+from node import spl, unload
 from node.limits import IDENTIFY_MAX_S
 from node.log import log
 
@@ -23,6 +23,15 @@ _ID_INT_LIMIT = 10**15
 _NAME_MAX_CHARS = 32
 _IDENTIFY_DEFAULT_S = 10
 _BASE_KEYS = ("cmd", "id")
+_SENSITIVITY = "audio.mic_sensitivity_dbfs"
+_CALIBRATOR_DB = (94, 114)  # the two levels sound calibrators give (IEC 60942)
+_CALIBRATE_DEFAULT_S = 5
+_CALIBRATE_MAX_S = 30
+# A calibrator's 1 kHz sine has a crest factor (peak over RMS) of 3.0 dB; anything far from it
+# is not the calibrator (off, loose, or drowned by noise).
+_CREST_DB = (2.0, 4.5)
+_MEASURED_MIN_PCT = 90  # audio lost while measuring: the result would be too
+_LATER = object()  # an action that replies when it is done (calibrate)
 
 
 class CommandError(ValueError):
@@ -66,6 +75,16 @@ def _integer(value, where):
     # bool is an int subclass in Python, but true is no number of seconds.
     if isinstance(value, bool) or not isinstance(value, int):
         raise CommandError("%s: expected an integer, got %s" % (where, _kind(value)))
+    return value
+
+
+def _number(value, where):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CommandError("%s: expected a number, got %s" % (where, _kind(value)))
+    # json.loads takes NaN and Infinity (MicroPython's and CPython's), which no range check
+    # would refuse.
+    if value - value != 0:
+        raise CommandError("%s: expected a finite number, got NaN or infinity" % where)
     return value
 
 
@@ -135,10 +154,14 @@ class Commands:
     holds on top of the file at config_path (config.json), which is read again for each
     command that changes settings: its parsed form is not kept in RAM between them. The
     node's own actions come as callables: `reboot()` schedules a reset, `identify(seconds)`
-    flickers the LED, `changed()` hears that settings changed.
+    flickers the LED, `changed()` hears that settings changed, `measure(seconds, done)` starts
+    measuring the microphone's level for that long and calls done((rms_dbfs, peak_dbfs,
+    measured_pct)) then (None: no audio), and `reply(payload)` publishes a reply that comes
+    later (calibrate's).
     """
 
-    def __init__(self, config_path, saved, settings_path, live, reboot, identify, changed):
+    def __init__(self, config_path, saved, settings_path, live, reboot, identify, changed,
+                 measure, reply):
         self._config_path = config_path
         self._saved = saved
         self._path = settings_path
@@ -146,9 +169,13 @@ class Commands:
         self._reboot = reboot
         self._identify = identify
         self._changed = changed
+        self._measure = measure
+        self._reply = reply
+        self._measuring = False
 
     def handle(self, payload):
-        """The reply to one payload (bytes, any content) as JSON bytes; never raises for it."""
+        """The reply to one payload (bytes, any content) as JSON bytes, or None when the command
+        replies later through `reply` (calibrate); never raises for it."""
         reply = {}
         reply["ok"] = False
         try:
@@ -164,7 +191,8 @@ class Commands:
             name, action, keys = entry
             reply["cmd"] = name
             _check_keys(msg, name, keys)
-            action(self, msg, reply)
+            if action(self, msg, reply) is _LATER:
+                return None
             reply["ok"] = True
         except CommandError as e:
             reply["error"] = str(e)
@@ -177,19 +205,70 @@ class Commands:
             if key in msg:
                 # Typed here, not by validate(): its message would echo the value, and a NaN
                 # or a raw surrogate does not survive MicroPython's json.dumps.
-                merged[key] = _integer(msg[key], "set: " + key)
+                check = _number if key in store.NUMBERS else _integer
+                merged[key] = check(msg[key], "set: " + key)
                 given = True
         if not given:
             raise CommandError("set: expected at least one of " + ", ".join(store.SETTABLE))
+        self._save(merged, "set")
+        reply["settings"] = merged
+
+    def _save(self, merged, where):
+        """Validate config.json with `merged` on top, save it, put it in force: the config."""
         # The ranges (DHT11 >= 1 s, DHT22 >= 2 s, ...) come from config.py alone.
-        cfg = _validated(self._config_path, merged, "set")
+        cfg = _validated(self._config_path, merged, where)
         try:
             store.save(self._path, merged)
         except OSError as e:
-            raise CommandError("set: cannot save %s (%s)" % (self._path, e))
+            raise CommandError("%s: cannot save %s (%s)" % (where, self._path, e))
         self._saved = merged
         self._apply(cfg)
-        reply["settings"] = merged
+
+    def _calibrate(self, msg, reply):
+        level = msg.get("level_db", _CALIBRATOR_DB[0])
+        if isinstance(level, bool) or level not in _CALIBRATOR_DB:
+            raise CommandError("calibrate: level_db: expected 94 or 114 (the calibrator's level"
+                               " in dB SPL), got %s" % _kind(level))
+        seconds = _seconds(msg, "calibrate", _CALIBRATE_DEFAULT_S, 2, _CALIBRATE_MAX_S)
+        if self._measuring:
+            raise CommandError("calibrate: already measuring; its reply comes first")
+        self._measuring = True
+        log("commands", "calibrate: measuring %d s for a %d dB calibrator" % (seconds, level))
+        self._measure(seconds, lambda result: self._calibrated(reply, level, result))
+        return _LATER
+
+    def _calibrated(self, reply, level, result):
+        """The measurement is in: the sensitivity it implies, saved and put in force."""
+        self._measuring = False
+        try:
+            if result is None:
+                raise CommandError("calibrate: no audio came from the microphone")
+            rms, peak, measured_pct = result
+            if measured_pct < _MEASURED_MIN_PCT:
+                raise CommandError("calibrate: only %d %% of the audio was measured (the node "
+                                   "was too busy); try again" % measured_pct)
+            crest = peak - rms
+            if not _CREST_DB[0] <= crest <= _CREST_DB[1]:
+                raise CommandError(
+                    "calibrate: not a steady tone (crest factor %.1f dB, a calibrator's sine "
+                    "has 3.0): is the calibrator on the microphone and switched on?" % crest)
+            sens = round(spl.sensitivity_dbfs(rms, level), 2)
+            before = self._live["audio"]["mic_sensitivity_dbfs"]
+            merged = dict(self._saved)
+            merged[_SENSITIVITY] = sens
+            self._save(merged, "calibrate")
+            reply["mic_sensitivity_dbfs"] = sens
+            reply["level_db"] = level
+            reply["previous_db"] = (None if before is None
+                                    else round(rms + spl.offset_db(before), 2))
+            reply["measured_dbfs"] = round(rms, 2)
+            reply["settings"] = merged
+            reply["ok"] = True
+            log("commands", "calibrate: sensitivity %.2f dBFS" % sens)
+        except CommandError as e:
+            reply["error"] = str(e)
+            log("commands", str(e))
+        self._reply(json.dumps(reply).encode())
 
     def _reset_settings(self, msg, reply):
         cfg = _validated(self._config_path, {}, "config.json")  # first: it may fail now
@@ -202,12 +281,7 @@ class Commands:
         reply["settings"] = self._saved
 
     def _identify_led(self, msg, reply):
-        seconds = _IDENTIFY_DEFAULT_S
-        if "seconds" in msg:
-            seconds = _integer(msg["seconds"], "identify: seconds")
-            if not 1 <= seconds <= IDENTIFY_MAX_S:
-                raise CommandError("identify: seconds: expected an integer in 1..%d, got %d"
-                                   % (IDENTIFY_MAX_S, seconds))
+        seconds = _seconds(msg, "identify", _IDENTIFY_DEFAULT_S, 1, IDENTIFY_MAX_S)
         self._identify(seconds)
         reply["seconds"] = seconds
 
@@ -234,6 +308,7 @@ class Commands:
 
 # The commands, what each may carry besides "cmd" and "id", and what carries it out.
 _TABLE = (
+    ("calibrate", Commands._calibrate, ("level_db", "seconds")),
     ("config", Commands._show_config, ()),
     ("identify", Commands._identify_led, ("seconds",)),
     ("reboot", Commands._reboot_board, ()),
@@ -255,6 +330,17 @@ def _validated(config_path, saved, where):
         raise CommandError(str(e))
     finally:
         unload("config")
+
+
+def _seconds(msg, cmd, default, lo, hi):
+    """The message's "seconds" (`default` when it has none): an integer in lo..hi."""
+    if "seconds" not in msg:
+        return default
+    seconds = _integer(msg["seconds"], cmd + ": seconds")
+    if not lo <= seconds <= hi:
+        raise CommandError("%s: seconds: expected an integer in %d..%d, got %d"
+                           % (cmd, lo, hi, seconds))
+    return seconds
 
 
 def _find(cmd):

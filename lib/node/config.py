@@ -248,7 +248,8 @@ def validate(raw, where="config.json"):
     _no_unknown(
         src,
         ("sck", "ws", "sd", "rate_hz", "bits", "frame_samples", "publish_interval_s",
-         "mic_sensitivity_dbfs"),
+         "mic_sensitivity_dbfs", "bands", "event_threshold_dba", "event_hysteresis_db",
+         "event_min_s"),
         where,
         "audio.",
     )
@@ -266,6 +267,17 @@ def validate(raw, where="config.json"):
     audio["mic_sensitivity_dbfs"] = _take(
         src, "mic_sensitivity_dbfs", where, "audio.", "num", None, lo=-80, hi=0
     )
+    # Octave bands (node.bands) and noise events (node.events) cost RAM and CPU: off unless
+    # asked for. Events need a calibrated microphone (a sensitivity here, or from calibrate);
+    # without one they wait for it, so this is not an error.
+    audio["bands"] = _take(src, "bands", where, "audio.", "bool", False)
+    audio["event_threshold_dba"] = _take(
+        src, "event_threshold_dba", where, "audio.", "num", None, lo=20, hi=140
+    )
+    audio["event_hysteresis_db"] = _take(
+        src, "event_hysteresis_db", where, "audio.", "num", 3.0, lo=0, hi=20
+    )
+    audio["event_min_s"] = _take(src, "event_min_s", where, "audio.", "num", 1.0, lo=0, hi=600)
     return cfg
 
 

@@ -50,7 +50,7 @@ _ANCHOR = const(4)
 _KIND_MASK = const(0x0F)
 _SENT = const(0x80)
 _READING_FIELDS = const(17)  # boot, seq, ts, taken_s (4 bytes each), topic index (1)
-_TOPICS_MAX = const(16)  # topics one segment can name (the node has two)
+_TOPICS_MAX = const(16)  # topics one segment can name (the node has three)
 # The window segments are read through: any record the node writes fits in it.
 _READ_BYTES = const(1024)
 _PAYLOAD_MAX = const(1016)  # _READ_BYTES - _HEAD_BYTES

@@ -8,7 +8,8 @@ from node import payload
 # offset and length (2 each) and its topic's index (1). node.config bounds the outbox with it.
 # (Plain ints, not const(): this module also runs on CPython as the tests' reference.)
 INDEX_BYTES_PER_READING = 17
-# The largest body one reading may have (a sound reading with every level is about 120 bytes).
+# The largest body one reading may have (a sound reading with every level and eight octave
+# bands is at most 370 bytes).
 MAX_BODY_BYTES = 512
 
 
@@ -82,10 +83,9 @@ class Outbox:
         used = (self._write - self._offs[self._head]) % size or size
         return max(100 * self.in_ram() // self._cap, 100 * used // size)
 
-    def add(self, topic, pairs):
-        """Queue a reading of (key, value) pairs, stamped now; when full the oldest goes.
-
-        Returns its seq.
+    def add(self, topic, pairs, age_ms=0):
+        """Queue a reading of (key, value) pairs, stamped now less `age_ms` (a noise event is
+        dated by its start); when full the oldest goes. Returns its seq.
         """
         body = payload.fields(pairs)
         n = len(body)
@@ -106,8 +106,9 @@ class Outbox:
         self._write = at + n
         self._seqs[slot] = self.seq
         ts = self._clock()
-        self._ts[slot] = 0 if ts is None else ts
-        self._taken_s[slot] = self._uptime_ms() // 1000
+        age_s = (age_ms + 500) // 1000
+        self._ts[slot] = 0 if ts is None else ts - age_s
+        self._taken_s[slot] = max(0, self._uptime_ms() // 1000 - age_s)
         self._offs[slot] = at
         self._lens[slot] = n
         self._kinds[slot] = self._kind(topic)

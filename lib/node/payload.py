@@ -11,6 +11,7 @@ class Topics:
         self.status = base + "status"
         self.climate = base + "climate"
         self.sound = base + "sound"
+        self.event = base + "event"
         self.telemetry = base + "telemetry"
         self.cmd = base + "cmd"
         self.reply = base + "reply"
@@ -24,16 +25,23 @@ def fields(pairs):
 
     Floats are written with two decimals: MicroPython's float repr would print -9.03 as
     -9.029999999999999. A float that is not a number (NaN, infinity) is written as null, so a
-    bad value never makes invalid JSON.
+    bad value never makes invalid JSON. A list of (key, value) pairs is a nested object, its
+    keys in that order (MicroPython's dicts keep none).
     """
+    return _fields(pairs).encode()
+
+
+def _fields(pairs):
     parts = []
     for key, value in pairs:
         if isinstance(value, float):
             text = "%.2f" % value if value - value == 0 else "null"
+        elif isinstance(value, list):
+            text = "{" + _fields(value) + "}"
         else:
             text = json.dumps(value)
         parts.append('"%s":%s' % (key, text))
-    return ",".join(parts).encode()
+    return ",".join(parts)
 
 
 def reading(boot, seq, ts, body):

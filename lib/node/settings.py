@@ -1,4 +1,5 @@
-"""Settings changed by command, kept in flash as settings.json: {"dht.interval_s": 10, ...}.
+"""Settings changed by command, kept in flash as settings.json: {"dht.interval_s": 10, ...}: the
+intervals (`set`) and the microphone's sensitivity (`set` or `calibrate`).
 
 A flat JSON object of dotted config keys whose values overlay config.json's; node.config.validate()
 stays the one judge of what is allowed. Pure apart from the file system: CPython, unix port, board.
@@ -9,10 +10,13 @@ import os
 
 from node.log import log
 
-SETTABLE = ("dht.interval_s", "audio.publish_interval_s", "telemetry_interval_s")
+SETTABLE = ("dht.interval_s", "audio.publish_interval_s", "telemetry_interval_s",
+            "audio.mic_sensitivity_dbfs")
+# The settings that are numbers (with a fraction); the others are integers.
+NUMBERS = ("audio.mic_sensitivity_dbfs",)
 # errno.ENOENT on every MicroPython port (py/mperrno.h), as on Linux; spares importing errno.
 _ENOENT = 2
-# Three settings take under 100 bytes: a larger file is damage, and must not exhaust the heap.
+# Four settings take under 150 bytes: a larger file is damage, and must not exhaust the heap.
 _MAX_FILE_BYTES = 512
 
 
@@ -58,8 +62,9 @@ def load(path):
     for key, value in raw.items():
         if key not in SETTABLE:
             bad.append("%s (no such setting)" % json.dumps(key))
-        elif isinstance(value, bool) or not isinstance(value, int):
-            bad.append("%s (not an integer)" % key)
+        elif isinstance(value, bool) or not isinstance(value, (int, float) if key in NUMBERS
+                                                       else int):
+            bad.append("%s (not %s)" % (key, "a number" if key in NUMBERS else "an integer"))
         else:
             good[key] = value
     if bad:

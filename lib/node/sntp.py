@@ -79,8 +79,11 @@ class Clock:
 
     async def sync(self, timeout_ms=_TIMEOUT_MS):
         """Ask the server once; True when the clock was set. Errors are logged."""
-        from node import ntp
-
+        try:
+            from node import ntp  # for this query only: its code leaves the heap after
+        except MemoryError as e:  # a heap too full for a moment: the task asks again later
+            log("time", "no room in RAM for the NTP query (%s)" % e)
+            return False
         server, port = self._settings["server"], self._settings["port"]
         try:
             if self._addr is None:

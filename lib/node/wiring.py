@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+from micropython import const
+
 from node import VERSION, board, bootcount, unload, wdtfeed
 from node.climate import Climate
 from node.dsp import LevelMeter
@@ -30,15 +32,15 @@ from node.telemetry import Telemetry
 
 # Longest a read or write may block once a session is up (the rest of a packet, a full socket
 # buffer): short enough that even a broker sending half a packet costs the loop < 250 ms.
-IO_TIMEOUT_MS = 200
+_IO_TIMEOUT_MS = const(200)
 # Longest silence before a task counts as hung. The publisher's includes a TLS handshake,
 # about 1 s of CPU on an ESP32, and its 10 s connect timeout.
-CLIMATE_SILENCE_MS = 10000
-SOUND_SILENCE_MS = 5000
-PUBLISHER_SILENCE_MS = 15000
-REBOOT_DELAY_MS = 1000  # lets the command's reply reach the broker first
+_CLIMATE_SILENCE_MS = const(10000)
+_SOUND_SILENCE_MS = const(5000)
+_PUBLISHER_SILENCE_MS = const(15000)
+_REBOOT_DELAY_MS = const(1000)  # lets the command's reply reach the broker first
 # Discovery is announced again at most this often however many "online" arrive.
-ANNOUNCE_QUIET_MS = 1000
+_ANNOUNCE_QUIET_MS = const(1000)
 MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
 
@@ -58,7 +60,7 @@ def make_client(cfg, secrets, ctx, node_id):
         node_id.encode(), mqtt["host"], mqtt["port"], ctx, mqtt["server_hostname"],
         user.encode() if user is not None else None,
         password.encode() if password is not None else None,
-        mqtt["keepalive_s"], IO_TIMEOUT_MS, mqtt["cert_path"],
+        mqtt["keepalive_s"], _IO_TIMEOUT_MS, mqtt["cert_path"],
     )
 
 
@@ -99,19 +101,18 @@ class Node:
         self.lag = LagProbe()
         self.climate = Climate(
             board.dht_sensor(cfg["dht"]["model"], cfg["dht"]["pin"]), cfg["dht"], self.outbox,
-            topics.climate.encode(), supervisor.register("climate", CLIMATE_SILENCE_MS),
+            topics.climate.encode(), supervisor.register("climate", _CLIMATE_SILENCE_MS),
         )
         audio = cfg["audio"]
         self.sound = Sound(
-            board.microphone(audio),
-            LevelMeter(audio["bits"], audio["rate_hz"], audio["mic_sensitivity_dbfs"]),
-            audio, self.outbox, topics.sound.encode(),
-            supervisor.register("sound", SOUND_SILENCE_MS),
+            board.microphone(audio), LevelMeter(audio["bits"], audio["rate_hz"]), audio,
+            self.outbox, topics.sound.encode(), topics.event.encode(),
+            supervisor.register("sound", _SOUND_SILENCE_MS),
             board.mic_ring_samples(audio["rate_hz"]),
         )
         self.publisher = Publisher(
             make_client(cfg, secrets, ctx, self.node_id), self.outbox, topics,
-            cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", PUBLISHER_SILENCE_MS),
+            cfg["mqtt"]["keepalive_s"], supervisor.register("publisher", _PUBLISHER_SILENCE_MS),
             self.wifi.up, self.clock.can_verify,
         )
         # A journal left on flash holds this boot's readings back until it is loaded: it goes first.
@@ -136,6 +137,8 @@ class Node:
             # A chunk of no update under way is dropped: the sender offers the manifest again.
             self.publisher.subscribe(topics.ota + "/chunk", lambda msg, retained: (
                 self.ota is not None and not retained and self.ota.chunk(msg)))
+        # Last: what the meter adds, if it leaves the rest of the node its room (node.measure).
+        self._audio_changed()
 
     async def run(self):
         asyncio.get_event_loop().set_exception_handler(task_died)
@@ -179,12 +182,14 @@ class Node:
         from node import discovery
 
         cfg = self.cfg
+        slm = self.sound.meter.slm
         sent = 0
         # Three missed intervals make Home Assistant show a sensor as unavailable.
         for topic, body in discovery.messages(
             cfg["discovery"]["prefix"], self.node_id, self.topics, VERSION, MODEL, MANUFACTURER,
-            cfg["audio"]["mic_sensitivity_dbfs"] is not None, 3 * cfg["dht"]["interval_s"],
+            slm is not None and slm.spl_db is not None, 3 * cfg["dht"]["interval_s"],
             3 * cfg["audio"]["publish_interval_s"], 3 * cfg["telemetry_interval_s"],
+            slm is not None and slm.events_on,
         ):
             # An empty body removes a sensor that is no longer there (discovery.messages).
             if self.publisher.publish_now(topic.encode(), body, retain=True) and body:
@@ -201,7 +206,7 @@ class Node:
 
     async def _announcer(self):
         while True:
-            await asyncio.sleep_ms(ANNOUNCE_QUIET_MS)
+            await asyncio.sleep_ms(_ANNOUNCE_QUIET_MS)
             if (self._announce_due and self.publisher.connected
                     and self.outbox.journal is None):
                 self._announce_due = False
@@ -225,9 +230,15 @@ class Node:
             from node.commands import Commands
 
             self.commands = Commands(CONFIG_PATH, self._saved, SETTINGS_PATH, self.cfg,
-                                     self._reboot, self.led.identify, self._settings_changed)
+                                     self._reboot, self.led.identify, self._settings_changed,
+                                     self.sound.measure, self._reply)
             self._saved = None  # the commands own them from here on
         reply = self.commands.handle(msg)
+        if reply is not None:  # None: it comes later (calibrate)
+            self._reply(reply)
+
+    def _reply(self, reply):
+        # Best effort: a command's sender listens while it waits.
         self.publisher.publish_now(self.topics.reply.encode(), reply)
 
     def _refuse_retained(self):
@@ -245,13 +256,35 @@ class Node:
                      " (a retained one would run again at every connect); it was cleared",
         }))
 
+    def _audio_changed(self):
+        # The meter as the audio config asks (node.measure), unless it asks for dBFS alone, as
+        # the default does: such a node never loads that code.
+        audio = self.cfg["audio"]
+        if (self.sound.meter.slm is not None or audio["mic_sensitivity_dbfs"] is not None
+                or audio["bands"] or audio["event_threshold_dba"] is not None):
+            if self.cfg["discovery"]["enabled"]:
+                # Its first import interns names that stay for good: made before the parts',
+                # so that a new qstr pool the two may need (9 KB in one piece) is taken now,
+                # while the heap has such a block and node.measure sees what is left, and not
+                # at the first connect.
+                from node import discovery
+
+                del discovery
+                unload("discovery")
+            from node import measure
+
+            measure.follow(self.sound.meter, audio)
+            del measure
+            unload("measure")
+
     def _settings_changed(self):
+        self._audio_changed()  # a new sensitivity
         if self.cfg["discovery"]["enabled"] and self.publisher.connected:
-            self._announce()  # expire_after follows the intervals
+            self._announce()  # expire_after follows the intervals; dB(A) sensors the calibration
 
     def _reboot(self):
         async def later():
-            await asyncio.sleep_ms(REBOOT_DELAY_MS)
+            await asyncio.sleep_ms(_REBOOT_DELAY_MS)
             log("main", "rebooting by command")
             bootcount.mark_stable(BOOT_PATH)  # asked for: not a crash
             board.reset()

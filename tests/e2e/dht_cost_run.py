@@ -22,14 +22,14 @@ class Box(Outbox):
 
     climate = 0
 
-    def add(self, topic, pairs):
+    def add(self, topic, pairs, age_ms=0):
         self.climate += topic == b"c"
-        return super().add(topic, pairs)
+        return super().add(topic, pairs, age_ms)
 
 
 box = Box(200, 1, lambda: 1800000000, lambda: 0, 4096)
 i2s = board.microphone(audio)
-sound = Sound(i2s, LevelMeter(16, rate_hz), audio, box, b"s", lambda: None,
+sound = Sound(i2s, LevelMeter(16, rate_hz), audio, box, b"s", b"e", lambda: None,
               board.mic_ring_samples(rate_hz))
 climate = Climate(board.dht_sensor("DHT11", 4), dht_settings, box, b"c", lambda: None)
 lag = LagProbe()

@@ -65,6 +65,7 @@ class Topics:
         base = f"{prefix}/{node_id}/"
         self.status, self.climate, self.sound = base + "status", base + "climate", base + "sound"
         self.telemetry, self.cmd, self.reply = base + "telemetry", base + "cmd", base + "reply"
+        self.event = base + "event"
         self.all = base + "#"
 
 
@@ -75,9 +76,10 @@ def node_config(port, **overrides):
 
 
 def data_payloads(sub, node_topics, since=0):
-    """Parsed climate + sound payloads in arrival order, each with "_kind" added."""
+    """Parsed climate, sound and event payloads (the readings that share seq) in arrival order,
+    each with "_kind" added."""
     out = []
-    for m in sub.select("^" + re.escape(node_topics.all[:-1]) + "(climate|sound)$", since):
+    for m in sub.select("^" + re.escape(node_topics.all[:-1]) + "(climate|sound|event)$", since):
         p = m.json()
         p["_kind"] = m.topic.rsplit("/", 1)[-1]
         out.append(p)

@@ -30,7 +30,7 @@ CONFIG_TOPIC_RX = rf"^homeassistant/sensor/({ID_RX})/({ID_RX})/config$"
 UNITS = {"temperature": {"°C", "°F", "K"}, "humidity": {"%"}, "signal_strength": {"dB", "dBm"},
          "duration": {"d", "h", "min", "s", "ms"}, "sound_pressure": {"dB", "dBA"}}
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
-TEMPLATE_RX = re.compile(r"^\{\{ *value_json\.([a-z_]+) *\}\}$")
+TEMPLATE_RX = re.compile(r"^\{\{ *value_json\.([a-z0-9_]+) *\}\}$")
 # mic_sensitivity_dbfs set: the node also reports dB(A), and announces it.
 # The node's subscriptions (cmd, homeassistant/status) are in place: commands reach it.
 SUBSCRIBED_RX = r"\bmqtt: subscribed to "
@@ -115,10 +115,13 @@ def test_discovery_follows_home_assistant_rules(ha_node, certs, broker):
         announced = late.select(CONFIG_TOPIC_RX)
     configs = check_discovery(announced, node, latest_payloads(sub, node))
     by_field = {TEMPLATE_RX.match(c["value_template"]).group(1): c for c in configs.values()}
-    assert set(by_field) == {"temperature", "humidity", "rms_dbfs", "laeq_dba", "rssi",
+    # calibrated, no noise events: the dB SPL levels, and no event sensor
+    assert set(by_field) == {"temperature", "humidity", "rms_dbfs", "laeq_dba", "la10_dba",
+                             "la50_dba", "la90_dba", "lceq_dbc", "lzeq_dbz", "rssi",
                              "uptime_s"}, sorted(by_field)
     assert by_field["temperature"]["device_class"] == "temperature"
     assert by_field["laeq_dba"]["unit_of_measurement"] == "dBA"
+    assert by_field["lceq_dbc"]["unit_of_measurement"] == "dB"
     assert by_field["rms_dbfs"]["unit_of_measurement"] == "dBFS"
     print(f"\ndiscovery: {len(configs)} sensors: {sorted(configs)}")
 

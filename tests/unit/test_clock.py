@@ -127,3 +127,28 @@ def test_what_is_known_of_the_time_before_the_clock_starts(mpy, tmp_path):
     assert known(FLOOR + 30, {"t": FLOOR, "source": "floor"}) == [FLOOR + 30, False]
     assert known(POWER_ON, {"t": FLOOR, "source": "ntp"}) == [FLOOR, False]  # the floor
     assert known(POWER_ON) == [None, False]
+
+
+def test_no_room_for_the_ntp_query_is_logged_and_asked_again(mpy, tmp_path):
+    """node.ntp is imported for each query: a heap too full for it costs that query, never the
+    clock's task, and the next query works."""
+    out = mpy("""
+import asyncio, builtins
+from node import sntp
+real_import = builtins.__import__
+def no_room(name, *args):
+    if args and args[2] and "ntp" in args[2]:
+        raise MemoryError("memory allocation failed, allocating 512 bytes")
+    return real_import(name, *args)
+clock = sntp.Clock({"server": "127.0.0.1", "port": 9, "resync_s": 3600}, lambda: True,
+                   lambda: 946684800, lambda t: None, "clock.json")
+builtins.__import__ = no_room
+print("FIRST", asyncio.run(clock.sync(100)))
+builtins.__import__ = real_import
+print("SECOND", asyncio.run(clock.sync(100)))
+""", cwd=tmp_path).stdout
+    assert "FIRST False" in out, out
+    assert ("no room in RAM for the NTP query (memory allocation failed, allocating 512 bytes)"
+            in out), out
+    # The next query imports it: no answer on port 9, so it fails as a query, not for RAM.
+    assert "SECOND False" in out and "NTP from 127.0.0.1 failed: no answer" in out, out

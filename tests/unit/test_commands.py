@@ -18,7 +18,9 @@ RAW = json.loads((REPO / "config.json").read_text())
 RAW["dht"].update(model="DHT11", interval_s=5)
 RAW["audio"]["publish_interval_s"] = 10
 RAW["telemetry_interval_s"] = 60
-SETTABLE = ("dht.interval_s", "audio.publish_interval_s", "telemetry_interval_s")
+SETTABLE = ("dht.interval_s", "audio.publish_interval_s", "telemetry_interval_s",
+            "audio.mic_sensitivity_dbfs")
+SENS = "audio.mic_sensitivity_dbfs"
 
 # Lets node.log (MicroPython's time.ticks_*) import under CPython too.
 _SHIM = """
@@ -44,10 +46,12 @@ def _lookup(cfg, dotted):
 
 
 # What Commands asks of the node, as calls: ["apply", key, value] for each setting that changed
-# in the config in force (`live`, which the tasks read), ["reboot"], ["identify", seconds].
+# in the config in force (`live`, which the tasks read), ["reboot"], ["identify", seconds],
+# ["measure", seconds] (calibrate; finish() gives it its result, `late` is its reply).
 class Actions:
     def __init__(self, raw, saved):
         self.calls = []
+        self.done = self.late = None
         self.live = _config.validate(_settings.overlay(raw, saved))
         self._seen = {}
         for key in _settings.SETTABLE:
@@ -66,6 +70,16 @@ class Actions:
     def identify(self, seconds):
         self.calls.append(["identify", seconds])
 
+    def measure(self, seconds, done):
+        self.calls.append(["measure", seconds])
+        self.done = done
+
+    def reply(self, payload):
+        self.late = payload
+
+    def finish(self, result):
+        self.done(None if result is None else tuple(result))
+
 
 # Commands read config.json from flash for each command that changes settings: `raw` is written
 # to this file in the working directory for them.
@@ -77,7 +91,7 @@ def make(raw, saved, path):
     with open(CONFIG_UNDER_TEST, "w") as f:
         f.write(json.dumps(raw))
     return Commands(CONFIG_UNDER_TEST, saved, path, actions.live, actions.reboot,
-                    actions.identify, actions.changed), actions
+                    actions.identify, actions.changed, actions.measure, actions.reply), actions
 """
 
 # Each case on a fresh Commands: settings.json holds `pre` first. Prints one result per case.
@@ -87,12 +101,16 @@ from node import settings
 
 raw = json.load(open(sys.argv[2]))
 path = sys.argv[3] + "/settings.json"
-for pre, payload in json.load(open(sys.argv[1])):
+for pre, payload, measured in json.load(open(sys.argv[1])):
     settings.clear(path)
     if pre:
         settings.save(path, pre)
     commands, actions = make(raw, settings.load(path), path)
     reply = commands.handle(bytes.fromhex(payload))
+    if reply is None:  # calibrate: measuring; its reply comes with the measurement
+        assert actions.done is not None and actions.late is None
+        actions.finish(measured)
+        reply = actions.late
     print("R " + json.dumps([reply.decode(), actions.calls, settings.load(path), actions.live]))
 """
 
@@ -163,7 +181,20 @@ SETS = [
      "set: audio.publish_interval_s: expected an integer in 1..3600, got 0"),
     ("set nothing", {"cmd": "set"}, {}, False, [],
      "set: expected at least one of dht.interval_s, audio.publish_interval_s, "
-     "telemetry_interval_s"),
+     "telemetry_interval_s, audio.mic_sensitivity_dbfs"),
+    ("set sensitivity", {"cmd": "set", SENS: -26.5}, {}, True, [["apply", SENS, -26.5]],
+     {"settings": {SENS: -26.5}}),
+    ("set sensitivity integer", {"cmd": "set", SENS: -42}, {}, True, [["apply", SENS, -42]], {}),
+    ("set sensitivity -81", {"cmd": "set", SENS: -81}, {}, False, [],
+     "set: audio.mic_sensitivity_dbfs: expected a number in -80..0 or null, got -81"),
+    # 1e999 parses as infinity in both interpreters, which no range check refuses
+    ("set sensitivity 1e999", b'{"cmd":"set","audio.mic_sensitivity_dbfs":1e999}', {}, False,
+     [], "set: audio.mic_sensitivity_dbfs: expected a finite number, got NaN or infinity"),
+    ("set sensitivity -1e999", b'{"cmd":"set","audio.mic_sensitivity_dbfs":-1e999}', {},
+     False, [], "expected a finite number"),
+    ("set sensitivity true", {"cmd": "set", SENS: True}, {}, False, [],
+     "set: audio.mic_sensitivity_dbfs: expected a number, got true"),
+    ("set sensitivity string", {"cmd": "set", SENS: "-26"}, {}, False, [], "got a string"),
     ("set unknown key", {"cmd": "set", "colour": 1}, {}, False, [],
      'set: "colour": no such key (known: cmd, id, dht.interval_s'),
     ("set unsettable key", {"cmd": "set", "dht.model": "DHT22"}, {}, False, [],
@@ -183,6 +214,8 @@ OTHERS = [
     ("reset", {"cmd": "reset_settings"}, {"dht.interval_s": 10, "telemetry_interval_s": 30},
      True, [["apply", "dht.interval_s", 5], ["apply", "telemetry_interval_s", 60]],
      {"settings": {}}),
+    ("reset undoes calibrate", {"cmd": "reset_settings"}, {SENS: -30.5}, True,
+     [["apply", SENS, None]], {"settings": {}}),
     ("reset with none saved", {"cmd": "reset_settings", "id": 3}, {}, True, [],
      {"settings": {}, "id": 3}),
     ("reset extra key", {"cmd": "reset_settings", "all": True}, {"dht.interval_s": 10}, False,
@@ -209,6 +242,47 @@ OTHERS = [
      'config: "secrets": no such key'),
 ]
 
+# calibrate: (name, payload, saved before, the measurement (rms, peak, measured %) or None, ok,
+# calls, want). A 94 dB calibrator read at -29.01 dBFS is a sensitivity of -26.0 dBFS.
+CALIBRATE = [
+    ("calibrate 94", {"cmd": "calibrate", "id": 9}, {}, [-29.01, -26.0, 100], True,
+     [["measure", 5], ["apply", SENS, -26.0]],
+     {"id": 9, "mic_sensitivity_dbfs": -26.0, "level_db": 94, "previous_db": None,
+      "measured_dbfs": -29.01, "settings": {SENS: -26.0}}),
+    ("calibrate 114 for 10 s", {"cmd": "calibrate", "level_db": 114, "seconds": 10}, {},
+     [-9.01, -6.02, 99], True, [["measure", 10], ["apply", SENS, -26.0]],
+     {"mic_sensitivity_dbfs": -26.0, "level_db": 114}),
+    ("calibrate over a sensitivity", {"cmd": "calibrate"}, {SENS: -28.0, "dht.interval_s": 7},
+     [-29.01, -26.0, 100], True, [["measure", 5], ["apply", SENS, -26.0]],
+     {"previous_db": 96.0, "settings": {SENS: -26.0, "dht.interval_s": 7}}),
+    ("calibrate 94.0", {"cmd": "calibrate", "level_db": 94.0}, {}, [-29.01, -26.0, 100], True,
+     [["measure", 5], ["apply", SENS, -26.0]], {}),
+    ("calibrate no audio", {"cmd": "calibrate"}, {}, None, False, [["measure", 5]],
+     "calibrate: no audio came from the microphone"),
+    ("calibrate lost audio", {"cmd": "calibrate"}, {}, [-29.01, -26.0, 50], False,
+     [["measure", 5]], "calibrate: only 50 % of the audio was measured"),
+    ("calibrate noise", {"cmd": "calibrate"}, {}, [-40.0, -28.0, 100], False, [["measure", 5]],
+     "calibrate: not a steady tone (crest factor 12.0 dB, a calibrator's sine has 3.0)"),
+    ("calibrate square", {"cmd": "calibrate"}, {}, [-29.0, -29.0, 100], False, [["measure", 5]],
+     "crest factor 0.0 dB"),
+    ("calibrate too quiet", {"cmd": "calibrate"}, {}, [-110.0, -107.0, 100], False,
+     [["measure", 5]],
+     "calibrate: audio.mic_sensitivity_dbfs: expected a number in -80..0 or null, got -106.99"),
+    ("calibrate 100 dB", {"cmd": "calibrate", "level_db": 100}, {}, None, False, [],
+     "calibrate: level_db: expected 94 or 114 (the calibrator's level in dB SPL), got an "
+     "integer"),
+    ("calibrate true", {"cmd": "calibrate", "level_db": True}, {}, None, False, [],
+     "level_db: expected 94 or 114"),
+    ("calibrate 1 s", {"cmd": "calibrate", "seconds": 1}, {}, None, False, [],
+     "calibrate: seconds: expected an integer in 2..30, got 1"),
+    ("calibrate 31 s", {"cmd": "calibrate", "seconds": 31}, {}, None, False, [], "got 31"),
+    ("calibrate '5' s", {"cmd": "calibrate", "seconds": "5"}, {}, None, False, [],
+     "calibrate: seconds: expected an integer, got a string"),
+    ("calibrate extra key", {"cmd": "calibrate", "db": 94}, {}, None, False, [],
+     'calibrate: "db": no such key (known: cmd, id, level_db, seconds)'),
+]
+MEASURED = {name: measured for name, _, _, measured, *_ in CALIBRATE}
+
 MALFORMED = [
     ("empty", b"", "payload: not valid JSON"),
     ("blank", b"  \n ", "payload: not valid JSON"),
@@ -226,10 +300,10 @@ MALFORMED = [
     ("513 bytes", padded(b'{"cmd":"reboot"}', 513), "payload: too large: 513 bytes (at most 512)"),
     ("100 kB", b"[" * 100000, "payload: too large: 100000 bytes"),
     ("deep nesting", b"[" * 9 + b"]" * 9, "payload: more than 8 '[' or '{'"),
-    ("no cmd", {}, "cmd: expected one of config, identify, reboot, reset_settings, set, "
-                   "got nothing"),
-    ("cmd number", {"cmd": 5}, "cmd: expected one of config, identify, reboot, reset_settings, "
-                               "set, got an integer"),
+    ("no cmd", {}, "cmd: expected one of calibrate, config, identify, reboot, reset_settings, "
+                   "set, got nothing"),
+    ("cmd number", {"cmd": 5}, "cmd: expected one of calibrate, config, identify, reboot, "
+                               "reset_settings, set, got an integer"),
     ("cmd null", {"cmd": None}, "got null"),
     ("cmd list", {"cmd": ["reboot"]}, "got a list"),
     ("cmd case", {"cmd": "REBOOT"}, 'got "REBOOT"'),
@@ -252,6 +326,7 @@ GOOD_IDS = ["", "x" * 64, ' !"\\~', 0, 10**15 - 1, -(10**15 - 1)]
 
 CASES = (
     [(n, P(p), pre, ok, calls, want) for n, p, pre, ok, calls, want in SETS + OTHERS]
+    + [(n, P(p), pre, ok, calls, want) for n, p, pre, _, ok, calls, want in CALIBRATE]
     + [(n, P(p), {}, False, [], want) for n, p, want in MALFORMED]
     + [("good id %r" % i, P({"id": i, "cmd": "identify"}), {}, True, [["identify", 10]],
         {"id": i}) for i in GOOD_IDS]
@@ -262,7 +337,8 @@ CASES = (
 
 
 def _run_table(run, tmp_path, cases, raw=RAW):
-    (tmp_path / "cases.json").write_text(json.dumps([[pre, p.hex()] for _, p, pre, *_ in cases]))
+    (tmp_path / "cases.json").write_text(json.dumps(
+        [[pre, p.hex(), MEASURED.get(name)] for name, p, pre, *_ in cases]))
     (tmp_path / "config.json").write_text(json.dumps(raw))
     out = run(_TABLE, tmp_path / "cases.json", tmp_path / "config.json", tmp_path, cwd=tmp_path)
     results = [json.loads(line[2:]) for line in out.stdout.splitlines() if line.startswith("R ")]
@@ -292,7 +368,7 @@ def check(result, case):
     if ok:
         assert set(reply) >= {"ok", "cmd"} and "error" not in reply, reply
         assert reply["cmd"] == json.loads(payload)["cmd"]
-        if "set" == reply["cmd"]:
+        if reply["cmd"] in ("set", "calibrate"):
             assert saved == reply["settings"]  # what the reply says is what was persisted
         elif reply["cmd"] != "reset_settings":
             assert saved == pre
@@ -340,8 +416,8 @@ LENIENT = [
      "payload: not valid JSON"),
     (b'{"cmd":"identify","seconds":}', {"ok": True, "cmd": "identify", "seconds": 10},
      "payload: not valid JSON"),
-    (b'{"cmd":"re\\qboot"}', {"ok": False, "error": 'cmd: expected one of config, identify, '
-                              'reboot, reset_settings, set, got "reqboot"'},
+    (b'{"cmd":"re\\qboot"}', {"ok": False, "error": 'cmd: expected one of calibrate, config, '
+                              'identify, reboot, reset_settings, set, got "reqboot"'},
      "payload: not valid JSON"),
     (b'{1:2,"cmd":"config"}', {"ok": False, "cmd": "config", "error": "config: (a long or "
                                "unprintable name): no such key (known: cmd, id)"},
@@ -351,8 +427,8 @@ LENIENT = [
      {"ok": False, "cmd": "identify", "error": "identify: seconds: expected an integer, "
                                                "got a number with a fraction or exponent"}),
     (b'{"cmd":"\xed\xa0\x80"}',  # a UTF-8-encoded surrogate: MicroPython decodes it
-     {"ok": False, "error": "cmd: expected one of config, identify, reboot, reset_settings, "
-                            "set, got (a long or unprintable name)"},
+     {"ok": False, "error": "cmd: expected one of calibrate, config, identify, reboot, "
+                            "reset_settings, set, got (a long or unprintable name)"},
      "payload: not UTF-8 text"),
 ]
 
@@ -499,7 +575,12 @@ def load_settings(mpy, tmp_path, content, name="settings.json"):
     (b"null", "[]", "settings.json: expected an object"),
     (b'"dht.interval_s"', "[]", "settings.json: expected an object"),
     (b'{"colour": 1}', "[]", 'settings.json: ignoring "colour" (no such setting); settable: '
-                             "dht.interval_s, audio.publish_interval_s, telemetry_interval_s"),
+                             "dht.interval_s, audio.publish_interval_s, telemetry_interval_s, "
+                             "audio.mic_sensitivity_dbfs"),
+    (b'{"audio.mic_sensitivity_dbfs": "-26"}', "[]",
+     "ignoring audio.mic_sensitivity_dbfs (not a number)"),
+    (b'{"audio.mic_sensitivity_dbfs": false, "dht.interval_s": 9}', "[('dht.interval_s', 9)]",
+     "ignoring audio.mic_sensitivity_dbfs (not a number)"),
     (b'{"dht.interval_s": "10"}', "[]", "ignoring dht.interval_s (not an integer)"),
     (b'{"dht.interval_s": true}', "[]", "ignoring dht.interval_s (not an integer)"),
     (b'{"dht.interval_s": 1.5}', "[]", "ignoring dht.interval_s (not an integer)"),
@@ -508,12 +589,20 @@ def load_settings(mpy, tmp_path, content, name="settings.json"):
      "[('audio.publish_interval_s', 3), ('dht.interval_s', 10)]",
      "telemetry_interval_s (not an integer)"),
 ], ids=["truncated", "empty", "not utf-8", "list", "too large", "null", "string", "unknown key",
-        "string value", "bool value", "float value", "partly valid"])
+        "sensitivity string", "sensitivity bool", "string value", "bool value", "float value",
+        "partly valid"])
 def test_damaged_settings_are_logged_and_skipped(mpy, tmp_path, content, loaded, words):
     got, logs = load_settings(mpy, tmp_path, content)
     assert got == loaded
     assert len(logs) == 1 and words in logs[0], logs
     assert " settings: " in logs[0]
+
+
+def test_a_calibration_loads_as_a_number(mpy, tmp_path):
+    got, logs = load_settings(mpy, tmp_path, b'{"audio.mic_sensitivity_dbfs": -26.13, '
+                                             b'"dht.interval_s": 9}')
+    assert got == "[('audio.mic_sensitivity_dbfs', -26.13), ('dht.interval_s', 9)]"
+    assert logs == []
 
 
 def test_missing_settings_are_empty_and_silent(mpy, tmp_path):
@@ -606,16 +695,33 @@ class Actions:
 
     def __init__(self, live):
         self.live = live
-        self.apply = self.reboot = self.identify = 0
+        self.apply = self.reboot = self.identify = self.measured = 0
+        self.late = None
 
     def changed(self):
         for key in settings.SETTABLE:
             value = self.live
             for part in key.split("."):
                 value = value[part]
-            if type(value) is not int:
+            if key in settings.NUMBERS:
+                ok = value is None or type(value) in (int, float) and -80 <= value <= 0
+            else:
+                ok = type(value) is int
+            if not ok:
                 raise AssertionError("%s = %r" % (key, value))
         self.apply += 1
+
+    def measure_(self, seconds, done):
+        # calibrate: the measurement comes at once, one of a calibrator or of noise; counted
+        # apart (a measurement that is not a calibrator's is an error reply after it); chosen
+        # by the payload, not by rnd(), whose stream must not depend on the interpreter
+        if type(seconds) is not int or not 2 <= seconds <= 30:
+            raise AssertionError("measure(%r)" % seconds)
+        self.measured += 1
+        done(((-29.0, -26.0, 100), (-40.0, -28.0, 100), None)[len(self.payload) % 3])
+
+    def reply_(self, payload):
+        self.late = payload
 
     def reboot_(self):
         self.reboot += 1
@@ -664,7 +770,7 @@ KEYS = [b'"cmd"', b'"id"', b'"seconds"', b'"dht.interval_s"', b'"audio.publish_i
         b'"telemetry_interval_s"', b'"dht"', b'"dht.model"', b'"CMD"', b'"cmd "', b'"\\u0000"',
         b'""', b"1", b"null", b"true", b'"cmd\\u0000"', b'"\xed\xa0\x80"', b'"' + b"k" * 40 + b'"']
 CMDS = [b'"set"', b'"set"', b'"reset_settings"', b'"reboot"', b'"identify"', b'"config"',
-        b'"nope"', b'"Set"', b"5", b"null"]
+        b'"calibrate"', b'"nope"', b'"Set"', b"5", b"null"]
 GOOD = [b"1", b"2", b"5", b"7", b"10", b"30", b"60", b"3600"]
 IDS = [b"1", b"0", b"-7", b'"abc"', b'""', b'"' + b"i" * 64 + b'"', b"999999999999999"]
 SPECIAL = [b"", b" ", b"[" * 1000, b"[" * 511, b"[" * 8 + b"]" * 8, b"[" * 256 + b"]" * 256,
@@ -687,6 +793,11 @@ def command():
                 pairs.append([key, pick(GOOD)])
     elif cmd == b'"identify"' and rnd(2):
         pairs.append([b'"seconds"', pick(GOOD)])
+    elif cmd == b'"calibrate"':
+        if rnd(2):
+            pairs.append([b'"level_db"', pick([b"94", b"114", b"94.0", b"100"])])
+        if rnd(2):
+            pairs.append([b'"seconds"', pick(GOOD)])
     if rnd(2):
         pairs.append([b'"id"', pick(IDS)])
     for _ in range(rnd(4)):
@@ -736,7 +847,7 @@ def payload(i):
 settings.clear(path)
 actions = Actions(config.validate(raw))
 commands = Commands(sys.argv[2], {}, path, actions.live, actions.reboot_, actions.identify_,
-                    actions.changed)
+                    actions.changed, actions.measure_, actions.reply_)
 strict_json = None
 if not MPY:
     def _no_constants(name):  # CPython takes NaN and Infinity; JSON does not
@@ -763,12 +874,16 @@ for i in range(COUNT):
     calls = actions.total()
     before = gc.mem_alloc() if MPY else 0
     t = time.ticks_us()
+    actions.payload = data
     out = commands.handle(data)
+    if out is None:  # calibrate: its reply came through reply_()
+        out = actions.late
     spent_us += time.ticks_diff(time.ticks_us(), t)
     reply = json.loads(out)
     if MPY:
-        # set and reset_settings load node.config (compiled from source here) and unload it.
-        if reply.get("cmd") in ("set", "reset_settings"):
+        # set, reset_settings and calibrate load node.config (compiled from source here) and
+        # unload it.
+        if reply.get("cmd") in ("set", "reset_settings", "calibrate"):
             max_alloc_validating = max(max_alloc_validating, gc.mem_alloc() - before)
         else:
             max_alloc = max(max_alloc, gc.mem_alloc() - before)
@@ -849,3 +964,31 @@ def test_fuzz(mpy, tmp_path):
     print("differential: %d strict-JSON payloads agree; MicroPython parsed %d payloads CPython "
           "refuses (%d of them carried out)" % (strict, lenient, lenient_ok))
     assert strict > 1000
+
+
+def test_calibrate_replies_when_done_and_one_at_a_time(mpy, tmp_path):
+    """calibrate's reply waits for the measurement; a second one meanwhile is refused at once;
+    the settings are saved only when the measurement is in."""
+    (tmp_path / "config.json").write_text(json.dumps(RAW))
+    out = mpy(_SHIM + _ACTIONS + """
+import json
+from node import settings
+raw = json.load(open("config.json"))
+commands, actions = make(raw, {}, "settings.json")
+print(commands.handle(b'{"cmd":"calibrate","id":1}'))
+print(commands.handle(b'{"cmd":"calibrate","id":2}').decode())
+print(json.dumps(settings.load("settings.json")), actions.late)
+actions.finish([-30.0, -27.0, 100])
+print(actions.late.decode())
+print(json.dumps(settings.load("settings.json")))
+print(commands.handle(b'{"cmd":"calibrate","id":3}'))
+""", cwd=tmp_path).stdout.splitlines()
+    out = [line for line in out if " commands: " not in line]  # the log
+    assert out[0] == "None"
+    assert json.loads(out[1]) == {"ok": False, "id": 2, "cmd": "calibrate",
+                                  "error": "calibrate: already measuring; its reply comes first"}
+    assert out[2] == "{} None"
+    first = json.loads(out[3])
+    assert first["ok"] and first["id"] == 1 and first["mic_sensitivity_dbfs"] == -26.99
+    assert json.loads(out[4]) == {SENS: -26.99}
+    assert out[5] == "None"

@@ -80,6 +80,15 @@ BAD_CONFIG = [
     (with_change("audio.mic_sensitivity_dbfs", "loud"), "audio.mic_sensitivity_dbfs",
      "a number"),
     (with_change("audio.sd", KeyError), "audio.sd", "missing"),
+    (with_change("audio.bands", 1), "audio.bands", "true or false"),
+    (with_change("audio.event_threshold_dba", 10), "audio.event_threshold_dba",
+     "a number in 20..140 or null, got 10"),
+    (with_change("audio.event_threshold_dba", "loud"), "audio.event_threshold_dba", "a number"),
+    (with_change("audio.event_hysteresis_db", 25), "audio.event_hysteresis_db",
+     "a number in 0..20, got 25"),
+    (with_change("audio.event_hysteresis_db", None), "audio.event_hysteresis_db", "a number"),
+    (with_change("audio.event_min_s", -1), "audio.event_min_s", "a number in 0..600, got -1"),
+    (with_change("audio.event", 70), "audio.event", "no such key"),
     (with_change("node_id", "a/b"), "node_id", "letters, digits"),
     (with_change("node_id", "#"), "node_id", "letters, digits"),
     (with_change("node_id", "x" * 65), "node_id", "at most 64"),
@@ -325,4 +334,30 @@ def test_led_kinds_and_their_defaults(mpy, tmp_path):
         {"kind": "ws2812", "pin": 38, "brightness": 32},
         {"kind": "ws2812", "pin": 38, "brightness": 255},
         {"kind": "ws2812", "pin": None, "brightness": 32},
+    ]
+
+
+_AUDIO = """
+import json, sys
+from node import config
+for raw in json.load(open(sys.argv[1])):
+    a = config.validate(raw)["audio"]
+    print(json.dumps([a[k] for k in ("bands", "event_threshold_dba", "event_hysteresis_db",
+                                     "event_min_s", "mic_sensitivity_dbfs")]))
+"""
+
+
+def test_bands_and_events_are_off_unless_asked_for(mpy, tmp_path):
+    """The defaults cost nothing: no bands, no events; a threshold without a sensitivity is
+    accepted (the calibrate command may bring one), as are a hysteresis and duration of 0."""
+    f = tmp_path / "cases.json"
+    f.write_text(json.dumps([
+        GOOD,
+        with_change("audio.event_threshold_dba", 65.5, with_change("audio.bands", True)),
+        with_change("audio.event_min_s", 0, with_change("audio.event_hysteresis_db", 0)),
+    ]))
+    assert [json.loads(line) for line in mpy(_AUDIO, f).stdout.splitlines()] == [
+        [False, None, 3.0, 1.0, GOOD["audio"].get("mic_sensitivity_dbfs")],
+        [True, 65.5, 3.0, 1.0, GOOD["audio"].get("mic_sensitivity_dbfs")],
+        [False, None, 0, 0, GOOD["audio"].get("mic_sensitivity_dbfs")],
     ]

@@ -29,20 +29,24 @@ STATE_CLASSES_OF = {
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
 REQUIRED = {
     "name", "unique_id", "default_entity_id", "state_topic", "value_template",
-    "unit_of_measurement", "state_class", "expire_after", "availability_topic",
+    "unit_of_measurement", "state_class", "availability_topic",
     "payload_available", "payload_not_available", "device",
 }
-KNOWN = REQUIRED | {"device_class", "entity_category"}
+# Readings at intervals expire; the event sensor's come when they come, with attributes.
+KNOWN = REQUIRED | {"device_class", "entity_category", "expire_after", "json_attributes_topic"}
 DEVICE_KEYS = {"identifiers", "name", "model", "manufacturer", "sw_version"}
 ID = "[a-zA-Z0-9_-]+"
-TEMPLATE = re.compile(r"^\{\{ value_json\.([a-z_]+) \}\}$")
+TEMPLATE = re.compile(r"^\{\{ value_json\.([a-z0-9_]+) \}\}$")
 
 VARIANTS = {
-    # name: (discovery prefix, topic prefix, node id, dba)
-    "default": ("homeassistant", "nodes", "240ac45e1a70", True),
-    "no_dba": ("homeassistant", "nodes", "240ac45e1a70", False),
-    "custom": ("ha-test", "home/lab", "Kitchen_node-2", True),
+    # name: (discovery prefix, topic prefix, node id, dba, events)
+    "default": ("homeassistant", "nodes", "240ac45e1a70", True, True),
+    "no_events": ("homeassistant", "nodes", "240ac45e1a70", True, False),
+    "no_dba": ("homeassistant", "nodes", "240ac45e1a70", False, True),
+    "custom": ("ha-test", "home/lab", "Kitchen_node-2", True, True),
 }
+DBA_SENSORS = ["sound_laeq", "sound_la10", "sound_la50", "sound_la90", "sound_lceq",
+               "sound_lzeq"]
 EXPIRE_S = {"climate": 31, "sound": 32, "telemetry": 183}
 MODEL, MAKER, VERSION = "ESP32 DHT22 \"INMP441\"", "DIY", "0.1.0"
 
@@ -54,12 +58,12 @@ from node.payload import Topics
 with open(sys.argv[1]) as f:
     variants, expire, model, maker, version = json.load(f)
 out = {}
-for name, (prefix, topic_prefix, node, dba) in variants.items():
+for name, (prefix, topic_prefix, node, dba, events) in variants.items():
     out[name] = [
         [topic, payload.decode()]
         for topic, payload in messages(prefix, node, Topics(topic_prefix, node), version, model,
                                        maker, dba, expire["climate"], expire["sound"],
-                                       expire["telemetry"])
+                                       expire["telemetry"], events)
     ]
 print(json.dumps(out))
 """
@@ -74,7 +78,7 @@ from node.dsp import LevelMeter
 from node.sound import Sound
 
 class Box:
-    def add(self, topic, fields):
+    def add(self, topic, fields, age_ms=0):
         self.body = payload.reading(3, 1, 1700000000, payload.fields(fields)).decode()
         return 1
 
@@ -86,16 +90,26 @@ class Dht:
     def humidity(self):
         return 40.2
 
-def sound(sensitivity):
+def sound(sensitivity, bands=False):
     box = Box()
     audio = {"bits": 16, "rate_hz": 16000, "frame_samples": 256, "publish_interval_s": 10}
-    s = Sound(i2s=None, meter=LevelMeter(16, 16000, sensitivity), settings=audio, outbox=box,
-              topic=b"t", beat=lambda: None, ring_samples=4000)
+    s = Sound(i2s=None, meter=LevelMeter(16, 16000, sensitivity, bands), settings=audio,
+              outbox=box, topic=b"t", event_topic=b"e", beat=lambda: None, ring_samples=4000)
     frame = bytearray(512)
     for i in range(0, 512, 4):
         frame[i + 1] = 0x20  # a square wave
-    s._meter.add(frame, 512)
+    for i in range(8):
+        s.meter.add(frame, 512)
     s._publish(100.0)
+    return box.body
+
+def event():
+    box = Box()
+    audio = {"bits": 16, "rate_hz": 16000, "frame_samples": 256, "publish_interval_s": 10}
+    s = Sound(i2s=None, meter=None, settings=audio, outbox=box, topic=b"t", event_topic=b"e",
+              beat=lambda: None, ring_samples=4000)
+    s._publish_event((1500, [("duration_s", 1.25), ("lafmax_dba", 71.5), ("laeq_dba", 66.0),
+                             ("dominant_band", "1000")]))
     return box.body
 
 async def climate():
@@ -109,7 +123,8 @@ async def climate():
     return box.body
 
 print(json.dumps({"climate": asyncio.run(climate()), "sound": sound(-26),
-                  "sound_uncalibrated": sound(None)}))
+                  "sound_uncalibrated": sound(None), "sound_bands": sound(-26, True),
+                  "event": event()}))
 """
 
 
@@ -138,11 +153,7 @@ def made(mpy, tmp_path_factory):
 @pytest.fixture(scope="module")
 def real(mpy):
     out = json.loads(mpy(_REAL).stdout.splitlines()[-1])  # after the tasks' log lines
-    return {
-        "climate": json.loads(out["climate"]),
-        "sound": json.loads(out["sound"]),
-        "sound_uncalibrated": json.loads(out["sound_uncalibrated"]),
-    }
+    return {key: json.loads(body) for key, body in out.items()}
 
 
 def configs(made, variant):
@@ -151,7 +162,7 @@ def configs(made, variant):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_each_config_follows_home_assistant_rules(made, variant):
-    prefix, topic_prefix, node, dba = VARIANTS[variant]
+    prefix, topic_prefix, node, dba, events = VARIANTS[variant]
     topic_re = re.compile("^%s/sensor/(%s)/(%s)/config$" % (re.escape(prefix), ID, ID))
     base = topic_prefix + "/" + node + "/"
     unique_ids = set()
@@ -176,15 +187,19 @@ def test_each_config_follows_home_assistant_rules(made, variant):
         assert cfg["availability_topic"] == base + "status"
         assert (cfg["payload_available"], cfg["payload_not_available"]) == ("online", "offline")
         kind = cfg["state_topic"][len(base):]
-        assert cfg["state_topic"].startswith(base) and kind in EXPIRE_S, cfg["state_topic"]
-        assert cfg["expire_after"] == EXPIRE_S[kind]
+        assert cfg["state_topic"].startswith(base), cfg["state_topic"]
+        if kind == "event":
+            assert "expire_after" not in cfg and cfg["json_attributes_topic"] == base + "event"
+        else:
+            assert cfg["expire_after"] == EXPIRE_S[kind] and "json_attributes_topic" not in cfg
         assert TEMPLATE.match(cfg["value_template"]), cfg["value_template"]
 
         dev = cfg["device"]
         assert dev.keys() == DEVICE_KEYS
         assert dev == {"identifiers": [node], "name": node, "model": MODEL,
                        "manufacturer": MAKER, "sw_version": VERSION}
-    assert len(unique_ids) == len(configs(made, variant)) == (6 if dba else 5)
+    assert len(unique_ids) == len(configs(made, variant)) == (
+        5 + (len(DBA_SENSORS) + events if dba else 0))
 
 
 def test_the_sensors_and_what_they_read(made):
@@ -195,6 +210,12 @@ def test_the_sensors_and_what_they_read(made):
         "humidity": ("climate", "humidity", "humidity", "%", "measurement", False),
         "sound_rms": ("sound", "rms_dbfs", None, "dBFS", "measurement", False),
         "sound_laeq": ("sound", "laeq_dba", "sound_pressure", "dBA", "measurement", False),
+        "sound_la10": ("sound", "la10_dba", "sound_pressure", "dBA", "measurement", False),
+        "sound_la50": ("sound", "la50_dba", "sound_pressure", "dBA", "measurement", False),
+        "sound_la90": ("sound", "la90_dba", "sound_pressure", "dBA", "measurement", False),
+        "sound_lceq": ("sound", "lceq_dbc", "sound_pressure", "dB", "measurement", False),
+        "sound_lzeq": ("sound", "lzeq_dbz", "sound_pressure", "dB", "measurement", False),
+        "noise_event": ("event", "lafmax_dba", "sound_pressure", "dBA", "measurement", False),
         "rssi": ("telemetry", "rssi", "signal_strength", "dBm", "measurement", True),
         "uptime": ("telemetry", "uptime_s", "duration", "s", "total_increasing", True),
     }
@@ -213,6 +234,7 @@ def test_templates_read_fields_the_node_publishes(made, real):
     published = {
         "climate": real["climate"],
         "sound": real["sound"],
+        "event": real["event"],
         "telemetry": dict.fromkeys(telemetry_keys(), 0),
     }
     assert real["climate"]["temperature"] == 21.5 and real["climate"]["humidity"] == 40.2
@@ -225,36 +247,53 @@ def test_templates_read_fields_the_node_publishes(made, real):
             assert isinstance(body[field], (int, float)), (field, body[field])
 
 
-def test_without_dba_the_dba_sensor_is_deleted(made, real):
-    # The uncalibrated microphone's payload has no laeq_dba; its config topic gets an empty
-    # retained payload, which deletes an old config (HA drops the entity) and is harmless when
-    # there was none.
-    assert "laeq_dba" not in real["sound_uncalibrated"] and "laeq_dba" in real["sound"]
+def test_without_dba_the_dba_sensors_are_deleted(made, real):
+    # The uncalibrated microphone's payload has no dB SPL levels; their config topics get an
+    # empty retained payload, which deletes an old config (HA drops the entity) and is harmless
+    # when there was none. So does the event sensor's without events (or without dB(A)).
+    base = "homeassistant/sensor/240ac45e1a70/"
+    for key in ("laeq_dba", "la10_dba", "lceq_dbc", "lzeq_dbz"):
+        assert key not in real["sound_uncalibrated"] and key in real["sound"]
     with_dba = [t for t, _ in made["default"]]
-    without = made["no_dba"]
-    assert [t for t, _ in without] == with_dba  # the same topics, always
-    empty = [t for t, p in without if not p]
-    assert empty == ["homeassistant/sensor/240ac45e1a70/sound_laeq/config"]
+    for variant, gone in (("no_dba", [*DBA_SENSORS, "noise_event"]),
+                          ("no_events", ["noise_event"])):
+        assert [t for t, _ in made[variant]] == with_dba  # the same topics, always
+        empty = [t for t, p in made[variant] if not p]
+        assert empty == [base + name + "/config" for name in gone], variant
+
+
+def test_bands_and_event_payloads(real):
+    """The bands as one nested object keyed by nominal centre, ascending; the event reading
+    with its start-dated fields."""
+    bands = real["sound_bands"]["bands_dbz"]
+    assert list(bands) == ["63", "125", "250", "500", "1000", "2000", "4000"]
+    assert all(isinstance(v, (int, float)) for v in bands.values())
+    assert "bands_dbz" not in real["sound"]
+    assert set(real["event"]) == {"boot", "seq", "ts", "duration_s", "lafmax_dba", "laeq_dba",
+                                  "dominant_band"}
+    assert real["event"]["dominant_band"] == "1000" and real["event"]["duration_s"] == 1.25
 
 
 def test_compact_and_small(made):
     for topic, payload in made["default"] + made["custom"]:
         if payload:
             assert ", " not in payload and '": ' not in payload, payload
-            # a 12-character node id (the default, the chip id in hex) keeps each one small
-            assert len(payload.encode()) < 600, (topic, len(payload.encode()))
+            # a 12-character node id (the default, the chip id in hex) keeps each one small;
+            # the event sensor's attributes topic adds a topic's length
+            limit = 650 if topic.endswith("/noise_event/config") else 600
+            assert len(payload.encode()) < limit, (topic, len(payload.encode()))
 
 
 def test_cpython_makes_the_same_messages(made):
     from node.discovery import messages  # lib/ is on pytest's pythonpath (pyproject.toml)
     from node.payload import Topics
 
-    for name, (prefix, topic_prefix, node, dba) in VARIANTS.items():
+    for name, (prefix, topic_prefix, node, dba, events) in VARIANTS.items():
         ours = [
             (t, json.loads(p) if p else None)
             for t, p in messages(prefix, node, Topics(topic_prefix, node), VERSION, MODEL, MAKER,
                                  dba, EXPIRE_S["climate"], EXPIRE_S["sound"],
-                                 EXPIRE_S["telemetry"])
+                                 EXPIRE_S["telemetry"], events)
         ]
         theirs = [(t, json.loads(p) if p else None) for t, p in made[name]]
         assert ours == theirs, name
@@ -292,4 +331,22 @@ def all_at_once():
 print(one_at_a_time(), all_at_once())
 """).stdout.split()
     peak, held = map(int, out)
-    assert peak < 2500 and peak < held * 0.6, (peak, held)
+    # The peak holds one payload, its dict and the row's fields split from the module's table.
+    assert peak < 3200 and peak < held * 0.6, (peak, held)
+
+
+def test_the_fullest_sound_reading_fits_the_outbox(mpy):
+    """Every level and eight bands, each at its longest (a three-digit negative level): within
+    the outbox's MAX_BODY_BYTES."""
+    out = mpy("""
+from node import payload
+from node.outbox import MAX_BODY_BYTES
+keys = ("rms_dbfs", "peak_dbfs", "laeq_dba", "lafmax_dba", "lafmin_dba", "la10_dba",
+        "la50_dba", "la90_dba", "lceq_dbc", "lcpeak_dbc", "lzeq_dbz")
+bands = [(k, -138.47) for k in ("63", "125", "250", "500", "1000", "2000", "4000", "8000")]
+pairs = [(k, -138.47) for k in keys] + [("bands_dbfs", bands), ("measured_pct", 100.0)]
+print(len(payload.fields(pairs)), MAX_BODY_BYTES)
+""").stdout.split()
+    size, limit = map(int, out)
+    print(f"\nthe longest sound body: {size} bytes of {limit}")
+    assert size < limit

@@ -3,6 +3,8 @@
 Usage: micropython bench_mpy.py FRAME.raw [ROUNDS] (lib/ on MICROPYPATH). Each figure is the
 best of ROUNDS rounds over all variants, in ns per sample, with the sum of squares and peak
 where the variant computes them (to show that all compute the same).
+micropython bench_mpy.py FRAME.raw state RATE N: the whole chain's states (weighting, its
+histogram, the octave bank) before and after N frames, as JSON, for the C reference's check.
 """
 
 import json
@@ -11,7 +13,7 @@ import sys
 import time
 
 import micropython
-from node import dsp
+from node import bands, dsp, weighting
 
 
 def naive(buf, n):
@@ -60,9 +62,27 @@ def best_ns(fn, args, n, repeats, best=None):
     return ns if best is None or ns < best else best
 
 
+def chain(rate):
+    """The whole chain: RMS, A and C with percentiles, octave bands (events off)."""
+    return dsp.LevelMeter(16, rate, -26, True)
+
+
+def states(buf, rate, frames):
+    m = chain(rate)
+    w, b = m.slm._w, m.slm._bands
+    before = [list(w.state), list(w._hist), list(b.state)]
+    for _ in range(frames):
+        m.add(buf, len(buf))
+    print(json.dumps({"before": before, "after": [list(w.state), list(w._hist), list(b.state)],
+                      "r": list(m._r)}))
+
+
 def main():
     with open(sys.argv[1], "rb") as f:
         buf = bytearray(f.read())
+    if len(sys.argv) > 2 and sys.argv[2] == "state":
+        states(buf, int(sys.argv[3]), int(sys.argv[4]))
+        return
     nbytes = len(buf)
     n = nbytes // 2
     out = {"samples": n}
@@ -77,10 +97,16 @@ def main():
     cases.append(("unpack_from", unpack_from, (buf, n), 10))
     cases.append(("viper_rms", dsp._frame16, (nbytes, 0, buf, st), 2000))
     for rate in (16000, 48000):
-        a, _ = dsp._a_state(rate, 0)
-        cases.append(("viper_a_%d" % rate, dsp._a_frame, (buf, nbytes, a), 400))
+        w = weighting.Weighting(rate, 0, -26.0, -90.0)
+        cases.append(("viper_ac_%d" % rate, w.add, (buf, nbytes), 400))
+        ob = bands.OctaveBank(rate, 0)
+        cases.append(("viper_bands_%d" % rate, ob.add, (buf, nbytes, 0), 400))
         m = dsp.LevelMeter(16, rate, -26)
         cases.append(("add_%d" % rate, m.add, (buf, nbytes), 400))
+        m = chain(rate)
+        cases.append(("chain_%d" % rate, m.add, (buf, nbytes), 400))
+        m = dsp.LevelMeter(16, rate, -26, True, (200.0, 3.0, 1.0))
+        cases.append(("chain_events_%d" % rate, m.add, (buf, nbytes), 400))
     # rounds over all cases: the best of each survives other load on the machine
     for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 7):
         for name, fn, args, repeats in cases:
