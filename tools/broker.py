@@ -25,7 +25,7 @@ confines each node to `<prefix>/<node>/#` and its Home Assistant discovery topic
 read Home Assistant's status. The CA above is the fleet CA: `make provision NODE=<id>`
 (tools/provision.py) issues each node's certificate from it. The operator's certificate
 (operator.pem, operator.key; CN "operator", every topic of the nodes and of Home Assistant) is
-for make plot, MQTT Explorer and Home Assistant. secrets.json is left alone.
+for make plot, make ota, MQTT Explorer and Home Assistant. secrets.json is left alone.
 
 A re-run keeps the CA and the passwords, and the server certificate unless the names changed,
 it is not signed by the CA or expires within 30 days, or --renew asks for a new one. What it
@@ -248,7 +248,7 @@ class Broker:
                 return
         self.issue_client_cert(OPERATOR, pem, key)
         self.note(f"operator certificate: new {pem} + {key.name} (CN {OPERATOR}: make plot, "
-                  "MQTT Explorer, Home Assistant)")
+                  "make ota, MQTT Explorer, Home Assistant)")
 
     def write_acl(self, prefix, discovery_prefix):
         self.acl.write_text(acl_text(prefix, discovery_prefix))
@@ -351,7 +351,7 @@ def acl_text(prefix, discovery_prefix):
 pattern readwrite {prefix}/%u/#
 pattern write {discovery_prefix}/+/%u/#
 pattern read {discovery_prefix}/status
-# The operator (make plot, MQTT Explorer, Home Assistant): every node's topics, all
+# The operator (make plot, make ota, MQTT Explorer, Home Assistant): every node's topics, all
 # of discovery (Home Assistant publishes its status there), commands and updates to any node.
 user {OPERATOR}
 topic readwrite {prefix}/#
