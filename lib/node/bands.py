@@ -92,19 +92,20 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
             i += 1
     else:
         p16 = ptr16(int(ptr16(buf)) + 2 * off)
-        if n & 1:  # the odd one first; then two samples per 32-bit load
+        if n & 1:  # the odd one first; then two samples a pass
             scr[n] = (((p16[n - 1] ^ 0x8000) - 0x8000) << 2) + _BIAS
-        p32 = ptr32(p16)
-        out = ptr32(int(scr) + 4)  # scr[1..]
-        # The pairs counted down in t, the second of the two registers viper gives its locals
-        # (y, the word, has the first): the cheapest loop it makes. ((h ^ 0x8000) - 0x8000) << 2
-        # sign-extends each half h in Q2; its constant and the bias are added as one.
-        t = n >> 1
+        out = ptr32(int(scr) + 4)  # scr[1..]: sample t goes to out[t] ...
+        odd = ptr32(int(scr) + 8)  # ... and t + 1 to odd[t], read from p16_1[t]
+        p16_1 = ptr16(int(p16) + 2)
+        # The pairs counted down in t, the second of the two registers viper gives its locals:
+        # the cheapest loop it makes, and every access one index off a pointer.
+        # ((h ^ 0x8000) - 0x8000) << 2 sign-extends a sample h in Q2; its constant and the bias
+        # are added as one.
+        t = n & -2
         while t:
-            t -= 1
-            y = p32[t]
-            out[2 * t] = (((y & 0xFFFF) ^ 0x8000) << 2) + _Q2_BIASED
-            out[2 * t + 1] = ((((y >> 16) & 0xFFFF) ^ 0x8000) << 2) + _Q2_BIASED
+            t -= 2
+            out[t] = ((p16[t] ^ 0x8000) << 2) + _Q2_BIASED
+            odd[t] = ((p16_1[t] ^ 0x8000) << 2) + _Q2_BIASED
     event = st[_K_EVENT]
     lev = 0
     nlev = st[_K_NLEV]
