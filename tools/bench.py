@@ -3,12 +3,12 @@
 On the unix port, the same 512-sample 16-bit frame goes through the naive `ustruct.unpack`
 loop, the same loop under @micropython.native, a loop with `unpack_from`, the viper RMS kernel,
 the A/C weighting kernels, the octave bank, LevelMeter.add() calibrated and the whole chain
-(RMS + A + C + percentiles + bands, and with events). Two C references are built with gcc:
-the RMS kernel (tools/bench/bench_rms.c, scalar -O2 -fno-tree-vectorize and vectorised -O3)
-and the whole chain in the same int32 arithmetic (tools/bench/bench_chain.c, scalar), started
-from the meter's own state so that its end state can be checked against MicroPython's. Figures
-are ns per sample, the best of several rounds, and ratios; they are printed, never asserted
-(tests assert correctness only).
+(RMS + A + C + percentiles + bands, with events, and during an event). Two C references are
+built with gcc: the RMS kernel (tools/bench/bench_rms.c, scalar -O2 -fno-tree-vectorize and
+vectorised -O3) and the whole chain in the same int32 arithmetic (tools/bench/bench_chain.c,
+scalar), started from the meter's own state so that its end state can be checked against
+MicroPython's. Figures are ns per sample, the best of several rounds, and ratios; they are
+printed, never asserted (tests assert correctness only).
 
 Then the ESP32 load is estimated from the code itself: mpy-cross compiles the modules for
 xtensawin, the viper functions are cut out of the .mpy and disassembled (binutils-xtensa-lx106),
