@@ -19,6 +19,9 @@ _heap_at_start = gc.mem_alloc()
 # port's own machine module.
 _SIM_DIR = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 sys.path[:] = [_SIM_DIR, "", ".frozen", "lib"]
+# The host's argument: the bytes added to HEAP for the qstr padding below (sim/host/simnode.py).
+_PAD_ALLOWANCE = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+_ballast = None  # what the host added to HEAP beyond what _pools gives back
 sys.argv[:] = []
 
 import _simenv  # noqa: E402  (needs the path above)
@@ -27,7 +30,7 @@ _simenv.defer[0] = True
 
 
 def _import_board():
-    """Import the simulated hardware modules; return the heap they take, in KB.
+    """Import the simulated hardware modules; return the heap they take, in bytes.
 
     On the board these are built in or frozen and cost no heap; here they are ordinary
     modules, and the banner says how much HEAP to add to leave the app the same room.
@@ -41,7 +44,26 @@ def _import_board():
     import network  # noqa: F401
 
     gc.collect()
-    return (gc.mem_alloc() - _heap_at_start + 1023) // 1024
+    return gc.mem_alloc() - _heap_at_start
+
+
+def _board_heap():
+    """Import the simulated modules and set the qstr pools as the board's (sim/board/_pools.py),
+    giving their heap back; return the banner's words on the heap."""
+    global _ballast
+    modules = _import_board()
+    gc.collect()
+    before = gc.mem_alloc()
+    import _pools
+
+    words, given = _pools.pad(modules, _PAD_ALLOWANCE)
+    del sys.modules["_pools"], _pools  # its code is native, outside the heap; its names stay
+    gc.collect()
+    keep = _PAD_ALLOWANCE - given - (gc.mem_alloc() - before)
+    _ballast = bytearray(keep) if keep > 0 else None  # one block, made now and kept
+    if keep < 0 and _PAD_ALLOWANCE:
+        words += ": %d bytes more than the %d added to HEAP for them" % (-keep, _PAD_ALLOWANCE)
+    return words
 
 
 def _check_config():
@@ -102,9 +124,8 @@ def _exit_code(exc):
 def main():
     ver = ".".join(str(v) for v in sys.implementation.version[:3])
     cause = _simenv.reset_cause()
-    _simenv.say("MicroPython %s simulated ESP32, flash=%s, reset cause %s; simulator modules use "
-                "%d KB of the heap" % (ver, _simenv.FLASH, _simenv.cause_name(cause),
-                                       _import_board()))
+    _simenv.say("MicroPython %s simulated ESP32, flash=%s, reset cause %s; %s"
+                % (ver, _simenv.FLASH, _simenv.cause_name(cause), _board_heap()))
     _simenv.flush_notes()
     _clock_line()
     namespace = {"__name__": "__main__"}

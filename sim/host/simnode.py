@@ -158,12 +158,29 @@ def _clear_boot_loop(path):
         write_json(path, {**state, "unstable": 0})
 
 
+# What start.py gives back of the heap: the qstr pools the simulator's names fill, and the
+# made-up names that fill them up to where the app's begin as on the board (9 KB and 3 KB on
+# the 32-bit port, 14 KB and 4 KB on the 64-bit one). It is added to HEAP, so that HEAP stays
+# the app's heap plus the simulator modules' code and names.
+QSTR_PAD_ALLOWANCE_BYTES = 24 * 1024
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def heap_bytes(heap):
+    """A heap size as -X heapsize takes it ("128k", "2m", "65536") in bytes."""
+    m = re.fullmatch(r"(\d+)([kKmM]?)", str(heap))
+    if not m:
+        raise ValueError(f"heap: expected a size like 64k or 2m, got {heap!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
 def node_command(flash, heap=None, micropython=None):
     """argv to run the node; run it with cwd=flash (Node does)."""
     cmd = [micropython or micropython_path()]
     if heap:
-        cmd += ["-X", f"heapsize={heap}"]
-    return [*cmd, str(native_board(cmd[0]) / START_PY.name)]
+        cmd += ["-X", f"heapsize={heap_bytes(heap) + QSTR_PAD_ALLOWANCE_BYTES}"]
+    cmd.append(str(native_board(cmd[0]) / START_PY.name))
+    return [*cmd, str(QSTR_PAD_ALLOWANCE_BYTES)] if heap else cmd
 
 
 # The simulated hardware modules are built into the board's firmware, in flash: here they are
