@@ -3,7 +3,8 @@ Pylance (a __builtins__.pyi at the project root extends the builtins). Type chec
 code imports this file and nothing deploys it.
 
 ptrN(obj) views a buffer (or an address given as an int) as N-bit unsigned words: p[i] loads
-and stores one word, int(p) is the address.
+and stores one word, int(p) is the address. uint(x) is x as an unsigned machine word: its
+comparisons are unsigned.
 """
 
 class _ptr:
@@ -15,3 +16,5 @@ class _ptr:
 class ptr8(_ptr): ...
 class ptr16(_ptr): ...
 class ptr32(_ptr): ...
+
+def uint(x: int, /) -> int: ...

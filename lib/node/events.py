@@ -3,9 +3,11 @@ one reading on `<prefix>/<node>/event` with its start, duration, LAFmax, LAeq an
 bands) its dominant band.
 
 Imported only when the threshold is set and the microphone is calibrated. The detector runs in
-viper once per sub-block of node.weighting (rate/252 samples, 4 ms), on the Fast level and
-the energy that sub-block just made, and allocates nothing; the sound task takes a finished
-event after the frame (take(), which makes the floats).
+viper on the sub-blocks of node.weighting (rate/252 samples, 4 ms), on the Fast level and the
+energy each just made, and allocates nothing. The weighting's gate calls it only while an event
+is on or when the level reaches the threshold, and counts every sub-block in its clock: a quiet
+node pays a few instructions a sub-block, not a call. The sound task takes a finished event
+after the frame (take(), which makes the floats).
 
 An event starts at the first sub-block whose Fast level reaches the threshold, and is over when
 the level falls under the threshold less the hysteresis; it lasted until the last sub-block at
@@ -21,15 +23,19 @@ from micropython import const
 
 from node.dsp import sum_bins
 
-_BIAS = const(0x400000)  # signed words stored offset (ptr32 loads are unsigned on the host)
+# signed words stored offset (ptr32 loads are unsigned on the host), by node.weighting's _A_BIAS:
+# its gate compares the biased level with the biased threshold
+_BIAS = const(0x400000)
 _LOW_BITS = const(30)
 _LOW_MASK = const(0x3FFFFFFF)
 _NBIN = const(11)  # the weighting's bins: energy * 4**-k for k = 0 .. 10
+# Words 0 to 2 are node.weighting's gate (_a_frame): it calls _sub_block while an event is on
+# or when the level reaches the threshold, and counts every sub-block in the clock.
 _E_ON = const(0)  # threshold, in the weighting's level units (biased)
-_E_OFF = const(1)  # threshold less the hysteresis (biased)
-_E_MIN = const(2)  # shortest event, sub-blocks
-_E_CLOCK = const(3)  # sub-blocks seen (mod 2**32)
-_E_ACTIVE = const(4)
+_E_ACTIVE = const(1)
+_E_CLOCK = const(2)  # sub-blocks closed (mod 2**32), counted by the weighting
+_E_OFF = const(3)  # threshold less the hysteresis (biased)
+_E_MIN = const(4)  # shortest event, sub-blocks
 _E_START = const(5)  # clock of the event's first sub-block ...
 _E_LAST = const(6)  # ... and of its last at or above the threshold
 _E_MAX = const(7)  # its largest level (biased)
@@ -46,17 +52,16 @@ _EW = const(82)
 
 @micropython.viper
 def _sub_block(ev: ptr32, lvl: int, energy: int, k: int):
-    """One sub-block: its Fast level lvl and energy (energy * 4**k, energy <= 2**30).
+    """One sub-block: its Fast level lvl and energy (energy * 4**k, energy <= 2**30), heard
+    through node.weighting's gate: while an event is on, or when lvl reaches the threshold,
+    which starts one. The weighting has counted it in the clock.
 
     int32: bins as node.weighting's (lo < 2**30 before each add of < 2**30 or of another lo);
     levels are within +-2**23.
     """
-    clock = ev[_E_CLOCK] + 1
-    ev[_E_CLOCK] = clock
+    clock = ev[_E_CLOCK]
     on = ev[_E_ON] - _BIAS
     if not ev[_E_ACTIVE]:
-        if lvl < on:
-            return
         ev[_E_ACTIVE] = 1
         ev[_E_START] = clock
         ev[_E_MAX] = lvl + _BIAS

@@ -88,6 +88,10 @@ _A_RANK = const(42)  # percentile ranks in, bins out: 3 words
 _A_ASUM = const(45)  # A energy since read(): exact (lo, hi), coarse (lo, hi)
 _A_HBINS = const(49)  # the histogram's bins
 _A_WORDS = const(50)
+# The hook's state words the weighting reads and counts (node.events lays its state out so):
+_HK_ON = const(0)  # the level a sub-block must reach to be heard while inactive (biased)
+_HK_ACTIVE = const(1)  # nonzero: every sub-block is heard
+_HK_CLOCK = const(2)  # closed sub-blocks (mod 2**32), heard or not
 # ptr32 loads are unsigned: on the 64-bit host a stored -1 reads back as 2**32 - 1. Signed
 # words (section outputs, previous input) are therefore stored offset by 2**22 > any |value|,
 # so that they load right on the board and on the host alike.
@@ -115,10 +119,13 @@ _FULL_Q4_DB = 380 * math.log10(2)  # 10*log10(2**38): Q4 full scale, squared
 
 
 @micropython.viper
-def _a_filter(d: int, j: int, buf, st: ptr32):
+def _a_filter(d: int, x: int, buf, st: ptr32):
     """Weight st[_A_CHUNK] samples of buf from st[_A_SRC] on, adding their energies up. Call with
-    d = 0, j = 0. The loop runs j from -count up to 0 against pointers to the ends of the chunk:
-    the cheapest loop test viper has is `while j`.
+    d = 0, x = 0: the first two arguments are the only locals viper keeps in registers, so d
+    carries the cascade's increment and x the value in hand (the sample, a section's state while
+    its product and update read it, an output while its energy and peak are taken). The loop
+    runs j from -count up to 0 against pointers to the ends of the chunk: the cheapest loop test
+    viper has is `while j`.
     Sections in order: 12.2 kHz low-pass twice (u = (x + x_prev) / 2), then 20.6 Hz twice (the C
     output), 107.7 and 737.9 Hz (the A output), high-pass (u = x - x_prev). A high-pass
     section's u is its input's increment, so d carries each section's increment to the next. c*y
@@ -128,7 +135,8 @@ def _a_filter(d: int, j: int, buf, st: ptr32):
     int32: each output is bounded by the L1 norm of the impulse response of the cascade up to
     it (<= 2.84 for 16 to 48 kHz, the largest at the C output) times |x| <= 2**19, plus what
     the roundings can add (< 2**10; both checked in tests): |y| < 1.5e6 < 2**21. With
-    c < 2**10 and e < 2**16, |c*y + e| < 1.54e9 < 2**31; u and d are at most 2 * |y|.
+    c < 2**10 and e < 2**16, |c*y + e| < 1.54e9 < 2**31; u and d are at most 2 * |y|; the
+    peak's c_pk + x and 2 * c_pk are under 2**22.
     Energies: y*y < 2**30 below 2**15 and lo < 2**30 before the add; above, (y + 128) >> 8 is
     under 2**13, its square under 2**26; each carry moves 2**30 to hi at once.
     """
@@ -155,6 +163,7 @@ def _a_filter(d: int, j: int, buf, st: ptr32):
     c_blo = st[_A_CSUM + 2]
     c_bhi = st[_A_CSUM + 3]
     c_pk = st[_A_CPK]
+    c_pk2 = c_pk + c_pk
     wide = st[_A_WIDE]
     count = st[_A_CHUNK]
     end = st[_A_SRC] + count
@@ -166,48 +175,61 @@ def _a_filter(d: int, j: int, buf, st: ptr32):
             x = (((p32[j] >> 12) & 0xFFFFF) ^ 0x80000) - 0x80000
         else:
             x = ((p16[j] ^ 0x8000) - 0x8000) << _A_Q_BITS
-        d = ((x + xp) >> 1) - ((c_lp * y1) >> _A_SH_LP)
+        d = (xp + x) >> 1
         xp = x
-        x = y1 + (d >> 1)  # (y1_new + y1_old) / 2, the second low-pass's u
-        y1 += d
-        d = x - ((c_lp * y2) >> _A_SH_LP)
-        y2 += d
-        d -= (c_hp3 * y3) >> _A_SH_HP3
-        y3 += d
-        x = c_hp3 * y4 + ec
+        x = y1
+        d -= (c_lp * x) >> _A_SH_LP
+        y1 = x + d
+        x = (d >> 1) + x  # (y1_new + y1_old) / 2, the second low-pass's u
+        d = x
+        x = y2
+        d -= (c_lp * x) >> _A_SH_LP
+        y2 = x + d
+        x = y3
+        d -= (c_hp3 * x) >> _A_SH_HP3
+        y3 = x + d
+        x = y4
+        x = c_hp3 * x + ec
         ec = x & _A_REM3
         d -= x >> _A_SH_HP3
-        y4 += d
-        x = y4 >> 31
-        x = (y4 ^ x) - x  # |y4|
-        if x > c_pk:
+        x = y4 + d
+        y4 = x
+        # |x| > c_pk as one unsigned compare (x + c_pk outside [0, 2 * c_pk]), where |x| and a
+        # signed compare are fourteen instructions more
+        if uint(c_pk + x) > uint(c_pk2):
             c_pk = x
-        if (y4 + 0x8000) >> 16:
-            x = (y4 + 128) >> 8
+            if x < 0:
+                c_pk = 0 - x
+            c_pk2 = c_pk + c_pk
+        if (x + 0x8000) >> 16:
+            x = (x + 128) >> 8
             c_blo += x * x
-            if c_blo >> _LOW_BITS:
+            if c_blo & ~_LOW_MASK:  # >= 2**30: one AND, where >> is three instructions
                 c_blo &= _LOW_MASK
                 c_bhi += 1
         else:
-            c_lo += y4 * y4
-            if c_lo >> _LOW_BITS:
+            c_lo = x * x + c_lo
+            if c_lo & ~_LOW_MASK:
                 c_lo &= _LOW_MASK
                 c_hi += 1
-        d -= (c_hp2 * y5) >> _A_SH_HP2
-        y5 += d
-        x = c_hp1 * y6 + ea
+        x = y5
+        d -= (c_hp2 * x) >> _A_SH_HP2
+        y5 = x + d
+        x = y6
+        x = c_hp1 * x + ea
         ea = x & _A_REM1
         d -= x >> _A_SH_HP1
-        y6 += d
-        if (y6 + 0x8000) >> 16:
-            x = (y6 + 128) >> 8
+        x = y6 + d
+        y6 = x
+        if (x + 0x8000) >> 16:
+            x = (x + 128) >> 8
             a_blo += x * x
-            if a_blo >> _LOW_BITS:
+            if a_blo & ~_LOW_MASK:
                 a_blo &= _LOW_MASK
                 a_bhi += 1
         else:
-            a_lo += y6 * y6
-            if a_lo >> _LOW_BITS:
+            a_lo = x * x + a_lo
+            if a_lo & ~_LOW_MASK:
                 a_lo &= _LOW_MASK
                 a_hi += 1
         j += 1
@@ -351,10 +373,17 @@ def _a_sub_block(hi: int, lo: int, st: ptr32, hist: ptr16):
 
 @micropython.viper
 def _a_frame(buf, nbytes: int, sta, hist, hook, hook_state):
-    """Weight one frame, one sub-block's worth at a time, closing each sub-block that fills;
-    `hook` (node.events), when not None, hears of each closed sub-block: its Fast level and its
-    A energy (energy * 4**k)."""
+    """Weight one frame, one sub-block's worth at a time, closing each sub-block that fills.
+    With a `hook` (node.events), each closed sub-block is counted in hook_state's clock word and
+    the hook hears of it (its Fast level and A energy, energy * 4**k) through the gate: while
+    hook_state's active word is set, or when the level reaches its threshold word. The rest go
+    without the call (600 cycles on the board, and the hook's own)."""
     st = ptr32(sta)
+    hk = st  # the gate's words, once there is a hook: its state made a pointer once a frame
+    gate = 0
+    if hook:
+        hk = ptr32(hook_state)
+        gate = 1
     n = nbytes >> (1 + st[_A_WIDE])
     m = st[_A_M]
     src = 0
@@ -369,8 +398,11 @@ def _a_frame(buf, nbytes: int, sta, hist, hook, hook_state):
         src += count
         if fill + count == m:
             _a_sub_block(0, 0, sta, hist)
-            if hook:
-                hook(hook_state, st[_A_LVL] - _A_BIAS, st[_A_SUBE], st[_A_SUBK])
+            if gate:
+                hk[_HK_CLOCK] += 1
+                lvl = st[_A_LVL]  # biased, as the threshold
+                if hk[_HK_ACTIVE] or lvl >= hk[_HK_ON]:
+                    hook(hook_state, lvl - _A_BIAS, st[_A_SUBE], st[_A_SUBK])
         else:
             st[_A_FILL] = fill + count
 
@@ -431,8 +463,8 @@ class Weighting:
 
     `mic_sensitivity_dbfs` gives dB SPL (node.spl); `floor_dbfs` is the level of one LSB of the
     sample format, which silence reads. `hook`, when set, is a viper function called as
-    hook(hook_state, level, energy, k) after each sub-block (node.events); it must allocate
-    nothing.
+    hook(hook_state, level, energy, k) after a sub-block (node.events), through the gate its
+    state's first three words set (_a_frame); it must allocate nothing.
     """
 
     # The sound reading's keys read() adds, in the reading's order (node.sound).

@@ -105,8 +105,10 @@ def main():
         cases.append(("add_%d" % rate, m.add, (buf, nbytes), 400))
         m = chain(rate)
         cases.append(("chain_%d" % rate, m.add, (buf, nbytes), 400))
-        m = dsp.LevelMeter(16, rate, -26, True, (200.0, 3.0, 1.0))
+        m = dsp.LevelMeter(16, rate, -26, True, (200.0, 3.0, 1.0))  # never reached
         cases.append(("chain_events_%d" % rate, m.add, (buf, nbytes), 400))
+        m = dsp.LevelMeter(16, rate, -26, True, (0.0, 3.0, 1.0))  # one event, on from the start
+        cases.append(("chain_event_on_%d" % rate, m.add, (buf, nbytes), 400))
     # rounds over all cases: the best of each survives other load on the machine
     for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 7):
         for name, fn, args, repeats in cases:
