@@ -51,9 +51,11 @@ _KIND_MASK = const(0x0F)
 _SENT = const(0x80)
 _READING_FIELDS = const(17)  # boot, seq, ts, taken_s (4 bytes each), topic index (1)
 _TOPICS_MAX = const(16)  # topics one segment can name (the node has three)
-# The window segments are read through: any record the node writes fits in it.
-_READ_BYTES = const(1024)
-_PAYLOAD_MAX = const(1016)  # _READ_BYTES - _HEAD_BYTES
+# The window segments are read through: any record the node writes fits in it, the largest
+# a reading's, 8 + 17 + a body of at most 512 bytes (node.outbox.MAX_BODY_BYTES); a topic's
+# is at most 8 + 137. Not larger: it is the journal's RAM while loaded.
+_READ_BYTES = const(576)
+_PAYLOAD_MAX = const(568)  # _READ_BYTES - _HEAD_BYTES
 # One batch: a segment header, an anchor, a topic and the largest reading (25 + 512 bytes)
 # with a topic of up to 400 bytes fit; the node's readings are 60-80 bytes with their record.
 _WRITE_BYTES = const(1024)

@@ -55,6 +55,29 @@ print(json.dumps({"files": files, "got": got, "journaled": a.counts.journaled,
     assert r["left"] == []
 
 
+def test_the_largest_readings_go_through_flash_whole(mpy_each):
+    """Bodies as large as the outbox takes (MAX_BODY_BYTES) are journaled, and their records
+    fit the window the journal reads segments through: none is skipped across a reset."""
+    r = run(mpy_each, """
+import json
+from journalkit import Board
+from node import payload
+from node.outbox import MAX_BODY_BYTES
+from powerfs import PowerFs
+base = len(payload.fields((("rms_dbfs", -20.25), ("peak_dbfs", -3.5), ("pad", ""))))
+fs = PowerFs()
+a = Board(fs, 3)
+for _ in range(20):
+    a.take(2, size=MAX_BODY_BYTES - base)
+    a.spill()
+b = Board(fs, 4)
+got = b.deliver()
+print(json.dumps({"got": len(got), "dropped": a.box.dropped, "journaled": a.counts.journaled,
+                  "skipped": b.counts.skipped, "replayed": b.counts.replayed}))
+""")
+    assert r == {"got": 40, "dropped": 0, "journaled": 40, "skipped": 0, "replayed": 40}, r
+
+
 @pytest.mark.parametrize("durable", ["write", "close"])
 def test_a_cut_at_any_write_loses_at_most_what_was_being_written(mpy, durable):
     """Every flash change of an outage cut in turn, every write at every byte: nothing that was
