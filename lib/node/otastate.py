@@ -1,7 +1,7 @@
 """Updates over MQTT in the running node: what a manifest that arrives leads to (offered()),
 and how an update stands, on <prefix>/<node>/ota (retained: say()), from node.otaoffer and
 node.ota while one runs, from node.otaboot after the reboot that ends one. Loaded for those
-moments only (a few hundred bytes): node.wiring keeps none of the update's code.
+moments only (a few hundred bytes): node.otalink keeps none of the update's code.
 """
 
 import gc

@@ -128,15 +128,14 @@ class Node:
         if cfg["discovery"]["enabled"]:
             self.publisher.subscribe(cfg["discovery"]["prefix"] + "/status", self._on_ha_status)
             self.publisher.on_connect = self._on_session
-        # Updates over MQTT, only for a node given a key to check them with: node.otastate is
-        # loaded for a manifest, node.otaoffer to check it, node.ota from then to the end.
-        self.ota = None  # node.ota's Receiver while an update is under way
-        self.ota_key = secrets["ota_key"]
-        if self.ota_key is not None:
-            self.publisher.subscribe(topics.ota + "/manifest", self._on_ota_manifest)
-            # A chunk of no update under way is dropped: the sender offers the manifest again.
-            self.publisher.subscribe(topics.ota + "/chunk", lambda msg, retained: (
-                self.ota is not None and not retained and self.ota.chunk(msg)))
+        self.ota = None  # node.ota's Receiver while an update over MQTT is under way
+        if secrets["ota_key"] is not None:
+            # Updates over MQTT, only for a node given a key to check them with: a node
+            # without one keeps none of their code.
+            from node import otalink
+
+            otalink.attach(self, secrets["ota_key"])
+            del otalink
         # Last: what the meter adds, if it leaves the rest of the node its room (node.measure).
         self._audio_changed()
 
@@ -159,13 +158,6 @@ class Node:
             asyncio.create_task(otaboot.report(self))  # which unloads it when done
             del otaboot
         await self.supervisor.run()
-
-    def _on_ota_manifest(self, msg, retained):
-        if not retained:  # a retained one would be offered again at every connect
-            from node import otastate  # which loads the rest of an update as it goes ahead
-
-            otastate.offered(self, msg, board.reset)
-            del otastate
 
     def _on_session(self):
         if self.outbox.journal is None:

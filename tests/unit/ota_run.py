@@ -65,7 +65,7 @@ NODE = Node(spec["node"])
 
 
 def manifest(msg):
-    # node.wiring's _on_ota_manifest (the offer checked against the given statvfs)
+    # node.otalink's manifest handler (the offer checked against the given statvfs)
     from node import otastate
 
     otastate.offered(NODE, msg, reset, statvfs)
