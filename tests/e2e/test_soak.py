@@ -16,10 +16,10 @@ takes 180 readings. Past the journal's grace time (30 s) they go to flash (node.
 bytes each), so none is dropped. Where the heap has no room to load the journal (logged: "no
 room in RAM to load it"), the RAM outbox keeps the newest it can hold (with a journal
 configured, 32 places and 2 KB of bodies: about 25) and the oldest go. The node cannot
-publish telemetry while the broker is away, but it logs the same figures every telemetry interval (60 s): heap, queued and dropped are read
-from those lines and printed minute by minute. Then the broker comes back and the test checks
-that exactly the oldest were dropped, if any (`dropped` of them, one run of seqs), and
-everything else arrived.
+publish telemetry while the broker is away, but it logs the same figures every telemetry
+interval (60 s): heap, queued and dropped are read from those lines and printed minute by
+minute. Then the broker comes back and the test checks that exactly the oldest were dropped,
+if any (`dropped` of them, one run of seqs), and everything else arrived.
 """
 
 import os
