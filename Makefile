@@ -93,11 +93,12 @@ plot: deps
 # Most tests wait on real time (the simulated board's clock, brokers, the node's intervals)
 # rather than the CPU, so TEST_JOBS pytest workers share them out, a test file each at a time
 # (pytest-xdist --dist loadfile: a module's fixtures are set up once, its tests run in order).
-TEST_JOBS ?= 4
+# On 2 cores 6 workers keep the CPU half busy: 4:32 for the suite, 6:25 with 4 workers.
+TEST_JOBS ?= 6
 PYTEST_JOBS = -n $(TEST_JOBS) --dist loadfile
 
 test: deps lint
-	$(PY) -m pytest $(PYTEST_JOBS) tests
+	$(PY) -m pytest $(PYTEST_JOBS) --ignore=tests/benchmarks tests
 
 # Lint, then every test not marked e2e (tests/unit and tests/tools), in under a minute: here
 # test by test (--dist load), as their module fixtures are cheap and one file of real-time
@@ -117,9 +118,12 @@ SOAK_S ?= 600
 soak: deps
 	SOAK=1 SOAK_S=$(SOAK_S) $(PY) -m pytest tests/e2e/test_soak.py -s
 
+# The figures: the sound kernels (tools/bench.py), and updates over MQTT on the 32-bit port
+# (tests/benchmarks, skipped where ../shared/mp32 is not).
 bench: deps
 	@tools/system-packages.sh --optional gcc binutils-xtensa-lx106
 	$(PY) tools/bench.py
+	$(PY) -m pytest -s tests/benchmarks
 
 bundle: hostdeps
 	$(PY) -m tools.bundle --arch $(ARCH) --out build/$(ARCH)

@@ -189,7 +189,9 @@ except OSError as e:
     assert out[0] == "0" and out[1] == "1"
     assert out[2] == "-22 -22 -22 -22"
     n, waited = map(int, out[3].split())
-    assert n == 1024 and waited < 10
+    # What the DMA completed, whole buffers of 512 bytes: two in 40 ms, a third if the host's
+    # sleep ran 8 ms over (it does on a loaded machine); taken without waiting.
+    assert n in (1024, 1536) and waited < 10, (n, waited)
     assert out[4] == "0 0"
     assert out[5] == "odd 22"
 
