@@ -1,6 +1,9 @@
 """The simulated board's firmware: boot the flash folder (the working directory) like an ESP32.
 
-Usage: cd FLASH && micropython -X heapsize=HEAP <repo>/sim/board/start.py
+Usage: cd FLASH && micropython -X heapsize=HEAP+ALLOWANCE <repo>/sim/board/start.py ALLOWANCE
+
+ALLOWANCE (bytes; sim/host/simnode.py passes QSTR_PAD_ALLOWANCE_BYTES) is what the qstr padding
+(sim/board/_pools.py) gives back; without it the padding's ~13 KB come out of HEAP.
 
 Runs boot.py then main.py as the ESP32 port does: in one `__main__` namespace, boot.py's errors
 printed and passed over, main.py's ending the run. Exit codes (from _simenv): 0 main.py
