@@ -16,7 +16,7 @@ class Topics:
         self.cmd = base + "cmd"
         self.reply = base + "reply"
         # Updates over MQTT (node.ota): how one stands out; the manifest and the chunks in, on
-        # ota/manifest and ota/chunk below it (node.wiring, only with an ota_key).
+        # ota/manifest and ota/chunk below it (node.otalink, only with an ota_key).
         self.ota = base + "ota"
 
 
