@@ -210,11 +210,12 @@ class Commands:
                 given = True
         if not given:
             raise CommandError("set: expected at least one of " + ", ".join(store.SETTABLE))
-        self._save(merged, "set")
+        _not_in_force(reply, self._save(merged, "set"))
         reply["settings"] = merged
 
     def _save(self, merged, where):
-        """Validate config.json with `merged` on top, save it, put it in force: the config."""
+        """Validate config.json with `merged` on top, save it, put it in force; what of it the
+        node cannot put in force now (`changed`'s words), or None."""
         # The ranges (DHT11 >= 1 s, DHT22 >= 2 s, ...) come from config.py alone.
         cfg = _validated(self._config_path, merged, where)
         try:
@@ -222,7 +223,7 @@ class Commands:
         except OSError as e:
             raise CommandError("%s: cannot save %s (%s)" % (where, self._path, e))
         self._saved = merged
-        self._apply(cfg)
+        return self._apply(cfg)
 
     def _calibrate(self, msg, reply):
         level = msg.get("level_db", _CALIBRATOR_DB[0])
@@ -256,7 +257,7 @@ class Commands:
             before = self._live["audio"]["mic_sensitivity_dbfs"]
             merged = dict(self._saved)
             merged[_SENSITIVITY] = sens
-            self._save(merged, "calibrate")
+            _not_in_force(reply, self._save(merged, "calibrate"))
             reply["mic_sensitivity_dbfs"] = sens
             reply["level_db"] = level
             reply["previous_db"] = (None if before is None
@@ -277,7 +278,7 @@ class Commands:
         except OSError as e:
             raise CommandError("reset_settings: cannot delete %s (%s)" % (self._path, e))
         self._saved = {}
-        self._apply(cfg)
+        _not_in_force(reply, self._apply(cfg))
         reply["settings"] = self._saved
 
     def _identify_led(self, msg, reply):
@@ -294,7 +295,8 @@ class Commands:
         self._reboot()
 
     def _apply(self, cfg):
-        """Copy what changed from a validated config into the one in force."""
+        """Copy what changed from a validated config into the one in force; what of it is not
+        in force for want of memory, in words (`changed`'s), or None."""
         changed = False
         for key in store.SETTABLE:
             value = _lookup(cfg, key)
@@ -302,8 +304,13 @@ class Commands:
                 _store(self._live, key, value)
                 changed = True
                 log("commands", "%s set to %s by command" % (key, value))
-        if changed:
-            self._changed()
+        return self._changed() if changed else None
+
+
+def _not_in_force(reply, off):
+    # Saved, and in force at a boot with the room: what the node measures without meanwhile.
+    if off is not None:
+        reply["not_in_force"] = off
 
 
 # The commands, what each may carry besides "cmd" and "id", and what carries it out.

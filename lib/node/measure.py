@@ -35,18 +35,21 @@ def follow(meter, audio):
     loaded only when asked for; events need a calibrated microphone, and wait for one. Where the
     heap cannot hold what was asked for and still leave HEADROOM_BYTES free, the octave bands go
     first (about 7 KB), then the noise events (1.5 KB), then the calibrated levels (6 KB), each
-    with a log line naming it: a node that measures less beats one in a boot loop."""
+    with a log line naming it: a node that measures less beats one in a boot loop.
+    Returns what was asked for and is off for want of memory, in words, or None."""
     sensitivity = audio["mic_sensitivity_dbfs"]
     slm = meter.slm
+    off = None
     if slm is None:
         if sensitivity is not None or audio["bands"] or audio["event_threshold_dba"] is not None:
-            _equip(meter, sensitivity, audio)
+            off = _equip(meter, sensitivity, audio)
     elif sensitivity != slm.sensitivity:
         try:
             slm.calibrate(sensitivity)
         except MemoryError:
             # The weighting's ~4 KB are not there in one piece now; at boot they are.
             slm.calibrate(None)
+            off = "the calibrated levels (no memory for them now: they start at the next boot)"
             log("sound", "no memory for the calibrated levels now: they start at the next boot")
         else:
             log("sound", "sensitivity %s dBFS: %s" % (
@@ -55,6 +58,7 @@ def follow(meter, audio):
     if slm is not None and slm.idle:
         meter.slm = None  # nothing left to add: its code leaves the heap
         unload("soundmeter", "weighting", "events", "bands")
+    return off
 
 
 def equip(meter, mic_sensitivity_dbfs, bands=False, events=None):
@@ -85,6 +89,7 @@ def _need(sensitivity, bands, events):
 
 
 def _equip(meter, sensitivity, audio):
+    """follow()'s parts made: what is off for want of memory, in words, or None."""
     bands = audio["bands"]
     events = None
     if audio["event_threshold_dba"] is not None:
@@ -95,6 +100,8 @@ def _equip(meter, sensitivity, audio):
                 " or the calibrate command)")
     gc.collect()
     free = gc.mem_free()
+    off = []  # what is turned off, and why the first of them was
+    reason = None
     while True:
         need = _need(sensitivity, bands, events)
         why = "%d bytes free, %d needed, %d kept for the rest" % (free, need, HEADROOM_BYTES)
@@ -106,7 +113,7 @@ def _equip(meter, sensitivity, audio):
                 if left >= HEADROOM_BYTES:
                     log("sound", "the meter's parts: %d bytes free before, %d after"
                         % (free, left))
-                    return
+                    return _off_words(off, reason)
                 why = "%d bytes left with them, under %d" % (left, HEADROOM_BYTES)
             except MemoryError:
                 why = "the heap has the bytes, not in the pieces they need"
@@ -120,10 +127,18 @@ def _equip(meter, sensitivity, audio):
             events, what = None, "noise events"
         else:
             log("sound", "not enough memory for the calibrated levels (%s): dBFS only" % why)
-            return
+            off.append("the calibrated levels")
+            return _off_words(off, reason or why)
         log("sound", "not enough memory for %s (%s): measuring without" % (what, why))
+        off.append(what)
+        reason = reason or why
         if sensitivity is None and events is None:
-            return
+            return _off_words(off, reason)
+
+
+def _off_words(off, why):
+    """What _equip turned off and why, for a command's reply; None when nothing is off."""
+    return "%s (not enough memory: %s)" % (", ".join(off), why) if off else None
 
 
 def start(sound, seconds, done):

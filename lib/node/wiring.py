@@ -250,7 +250,8 @@ class Node:
 
     def _audio_changed(self):
         # The meter as the audio config asks (node.measure), unless it asks for dBFS alone, as
-        # the default does: such a node never loads that code.
+        # the default does: such a node never loads that code. Returns what is off for want
+        # of memory, in words, or None.
         audio = self.cfg["audio"]
         if (self.sound.meter.slm is not None or audio["mic_sensitivity_dbfs"] is not None
                 or audio["bands"] or audio["event_threshold_dba"] is not None):
@@ -265,14 +266,18 @@ class Node:
                 unload("discovery")
             from node import measure
 
-            measure.follow(self.sound.meter, audio)
+            off = measure.follow(self.sound.meter, audio)
             del measure
             unload("measure")
+            return off
+        return None
 
     def _settings_changed(self):
-        self._audio_changed()  # a new sensitivity
+        """Commands changed settings: put them in force; what stays off, for the reply."""
+        off = self._audio_changed()  # a new sensitivity
         if self.cfg["discovery"]["enabled"] and self.publisher.connected:
             self._announce()  # expire_after follows the intervals; dB(A) sensors the calibration
+        return off
 
     def _reboot(self):
         async def later():

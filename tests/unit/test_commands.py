@@ -52,6 +52,7 @@ class Actions:
     def __init__(self, raw, saved):
         self.calls = []
         self.done = self.late = None
+        self.off = None  # what changed() reports off for want of memory (node.measure's words)
         self.live = _config.validate(_settings.overlay(raw, saved))
         self._seen = {}
         for key in _settings.SETTABLE:
@@ -63,6 +64,7 @@ class Actions:
             if value != self._seen[key]:
                 self._seen[key] = value
                 self.calls.append(["apply", key, value])
+        return self.off
 
     def reboot(self):
         self.calls.append(["reboot"])
@@ -992,3 +994,28 @@ print(commands.handle(b'{"cmd":"calibrate","id":3}'))
     assert first["ok"] and first["id"] == 1 and first["mic_sensitivity_dbfs"] == -26.99
     assert json.loads(out[4]) == {SENS: -26.99}
     assert out[5] == "None"
+
+
+def test_a_setting_saved_but_not_in_force_for_want_of_memory_says_so(mpy, tmp_path):
+    """A calibration (or a set sensitivity, or settings reset to a calibrated config.json) that
+    the heap has no room to put in force now is saved, and the reply says what the node
+    measures without meanwhile; one the node has room for says nothing of it."""
+    (tmp_path / "config.json").write_text(json.dumps(RAW))
+    out = mpy(_SHIM + _ACTIONS + """
+import json
+raw = json.load(open("config.json"))
+commands, actions = make(raw, {}, "settings.json")
+actions.off = "the calibrated levels (not enough memory: 9000 bytes free, 7100 needed)"
+commands.handle(b'{"cmd":"calibrate","id":1}')
+actions.finish([-30.0, -27.0, 100])
+print(actions.late.decode())
+print(commands.handle(b'{"cmd":"set","audio.mic_sensitivity_dbfs":-30}').decode())
+actions.off = None
+print(commands.handle(b'{"cmd":"set","audio.mic_sensitivity_dbfs":-31}').decode())
+""", cwd=tmp_path).stdout.splitlines()
+    out = [json.loads(line) for line in out if " commands: " not in line]  # not the log
+    off = "the calibrated levels (not enough memory: 9000 bytes free, 7100 needed)"
+    assert out[0]["ok"] and out[0]["mic_sensitivity_dbfs"] == -26.99, out[0]
+    assert out[0]["not_in_force"] == off
+    assert out[1]["ok"] and out[1]["not_in_force"] == off, out[1]
+    assert out[2]["ok"] and "not_in_force" not in out[2], out[2]

@@ -23,7 +23,7 @@ audio = {"mic_sensitivity_dbfs": None if sys.argv[2] == "none" else float(sys.ar
          "bands": sys.argv[3] == "1", "event_threshold_dba": None if sys.argv[4] == "none"
          else float(sys.argv[4]), "event_hysteresis_db": 3.0, "event_min_s": 1.0}
 m = dsp.LevelMeter(16, 16000)
-measure.follow(m, audio)
+print("OFF " + json.dumps(measure.follow(m, audio)))
 slm = m.slm
 def parts():
     slm = m.slm
@@ -44,7 +44,8 @@ for sens in sys.argv[5:]:  # then these sensitivities, as set or calibrate put t
 def run(mpy, free, sens, bands, events, *later):
     out = mpy(SCRIPT, free, sens, 1 if bands else 0, events, *later).stdout.splitlines()
     logs = [line.split(": ", 1)[1] for line in out if " sound: " in line]
-    return [json.loads(line) for line in out if line.startswith("[")], logs
+    off = [json.loads(line[4:]) for line in out if line.startswith("OFF ")]
+    return [json.loads(line) for line in out if line.startswith("[")], logs, off
 
 
 def free_for(*parts):
@@ -63,7 +64,7 @@ def free_for(*parts):
                                       "the calibrated levels"]),
 ])
 def test_what_does_not_fit_is_turned_off_and_named(mpy, free, want, off):
-    states, logs = run(mpy, free, -26, True, 70)
+    states, logs, (words,) = run(mpy, free, -26, True, 70)
     assert states == [want]
     named = [line.split("not enough memory for ")[1].split(" (")[0] for line in logs
              if "not enough memory" in line]
@@ -71,18 +72,24 @@ def test_what_does_not_fit_is_turned_off_and_named(mpy, free, want, off):
     for line in logs:
         if "not enough memory" in line:
             assert "bytes free" in line and "needed" in line, line
+    # What a command's reply says is not in force (node.commands' not_in_force), the first
+    # part's reason with it.
+    if not off:
+        assert words is None
+    else:
+        assert words.startswith(", ".join(off) + " (not enough memory: %d bytes free" % free), words
 
 
 def test_dbfs_only_loads_nothing_and_events_wait_for_a_calibration(mpy):
-    states, logs = run(mpy, 10**6, "none", False, "none")
+    states, logs, _ = run(mpy, 10**6, "none", False, "none")
     assert states == [[]] and not logs
-    states, logs = run(mpy, 10**6, "none", False, 70, -26, "none")
+    states, logs, _ = run(mpy, 10**6, "none", False, 70, -26, "none")
     assert states == [["events"], ["calibrated", "events"], ["events"]]
     assert any("wait for a calibrated microphone" in line for line in logs), logs
 
 
 def test_a_sensitivity_is_put_in_force_and_undone(mpy):
-    states, logs = run(mpy, 10**6, "none", False, "none", -26, -30, "none")
+    states, logs, _ = run(mpy, 10**6, "none", False, "none", -26, -30, "none")
     assert states == [[], ["calibrated"], ["calibrated"], []]
     assert any("sensitivity -30.0 dBFS: dB SPL levels" in line for line in logs), logs
     # uncalibrated again: nothing is left to add, and the weighting's code leaves the heap
