@@ -5,6 +5,7 @@ from the network, so nothing in it is trusted: every reply is valid JSON, and a 
 touches nothing.
 """
 
+import gc
 import json
 
 from node import settings as store
@@ -13,6 +14,10 @@ from node.limits import IDENTIFY_MAX_S
 from node.log import log
 
 _MAX_PAYLOAD_BYTES = 512
+# What importing node.config takes at its peak (10.5 KB on the 32-bit port from the x86 .mpy,
+# 0.7 KB of it its names, which stay), with room for the reply: with less free the settings
+# are not checked, as an import that fails part way keeps up to 8 KB of the heap for good.
+_CONFIG_LOAD_BYTES = 12288
 # A command is one flat object. MicroPython's parser spends about 76 bytes of heap per nesting
 # level ('[' * 500 took 38 KB on the unix port), so deep nesting is refused before parsing.
 _MAX_BRACKETS = 8
@@ -328,15 +333,31 @@ _NAMES = tuple(entry[0] for entry in _TABLE)
 def _validated(config_path, saved, where):
     """config.validate() of the file at config_path with the settings `saved` on top, its error
     as the reply's. The config code (7 KB of the board's heap) is loaded for the few commands
-    that change settings, and leaves the heap again after."""
-    from node import config
-
+    that change settings, and leaves the heap again after; where the heap has no room for it,
+    the reply says so and nothing changes."""
+    gc.collect()
+    free = gc.mem_free()
+    if free < _CONFIG_LOAD_BYTES:
+        raise CommandError(_no_room(where, "%d bytes free, %d needed to check it against "
+                                           "config.json" % (free, _CONFIG_LOAD_BYTES)))
     try:
-        return config.validate(store.overlay(config.read_json(config_path), saved), where)
-    except config.ConfigError as e:
-        raise CommandError(str(e))
+        from node import config
+    except MemoryError as e:  # the heap had the bytes, not in the pieces they need
+        why = str(e)
+    else:
+        try:
+            return config.validate(store.overlay(config.read_json(config_path), saved), where)
+        except config.ConfigError as e:
+            raise CommandError(str(e))
+        except MemoryError as e:
+            why = str(e)
     finally:
         unload("config")
+    raise CommandError(_no_room(where, why))
+
+
+def _no_room(where, why):
+    return "%s: no room in RAM now (%s): nothing changed, try again later" % (where, why)
 
 
 def _seconds(msg, cmd, default, lo, hi):

@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.infra import (  # noqa: F401  (fixtures are found by pytest in this namespace)
     CONNECT_TIMEOUT_S,
     CONNECTED_RX,
+    HEAP_32_BIT,
     REPO,
     assert_no_seq_gap,
     broker,
@@ -183,6 +184,44 @@ def test_x86_bundle_with_the_meter_in_its_heap(certs, tmp_path, name):
         print(f"\n{name}: x86 bundle on micropython32 at HEAP={heap}: heap_free "
               f"{tele['heap_free']}, heap_min_free {tele['heap_min_free']} bytes"
               + (f"; turned off for lack of RAM: {', '.join(off)}" if off else ""))
+    finally:
+        node.stop()
+        sub.close()
+        brk.stop()
+
+
+@pytest.mark.skipif(not MP32.is_file(), reason="no 32-bit MicroPython (../shared/mp32) here")
+def test_a_setting_the_heap_has_no_room_to_check_is_refused_and_the_node_runs_on(certs,
+                                                                                 tmp_path):
+    """At 128k the commands' code leaves 10.5 KB free, under what checking a setting against
+    config.json takes (node.config, 10.5 KB at its peak): a `set` is answered that there is no
+    room and changes nothing, and the node keeps its heap: telemetry and the readings go on (an
+    import that failed part way kept 8 KB of it for good, and telemetry was skipped for want of
+    room from then on)."""
+    from tools import bundle
+
+    app = tmp_path / "build" / "x86"
+    bundle.build(REPO, app, "x86", log=lambda line: None)
+    brk = start_broker(certs, tmp_path / "broker")
+    sub = subscribe(certs, brk)
+    node = make_node(certs, brk, tmp_path / "node", app_root=app, heap=HEAP_32_BIT,
+                     micropython=str(MP32), config={"audio": {"publish_interval_s": 2},
+                                                    "telemetry_interval_s": 5})
+    try:
+        node.wait_for_line(SUBSCRIBED_RX, CONNECT_TIMEOUT_S)
+        mark = sub.mark()
+        sub.publish(node.topics.cmd, json.dumps({"cmd": "set", "id": "s",
+                                                 "audio.mic_sensitivity_dbfs": SENS}), qos=1)
+        reply = sub.wait_for(_rx(node.topics.reply), timeout=10, since=mark).json()
+        print(f"\nset at HEAP={HEAP_32_BIT}: {reply}")
+        assert not reply["ok"] and "no room in RAM now" in reply["error"], reply
+        assert not (node.flash / "settings.json").exists()
+        tele = sub.wait_for(_rx(node.topics.telemetry), timeout=10, since=sub.mark()).json()
+        print(f"  telemetry after it: heap_free {tele['heap_free']} (the commands' code stays)")
+        assert "no room in RAM for the message" not in node.text()
+        sound = sub.wait_for(_rx(node.topics.sound), timeout=10, since=sub.mark()).json()
+        assert "laeq_dba" not in sound and "rms_dbfs" in sound, sound
+        assert "MemoryError" not in node.text()
     finally:
         node.stop()
         sub.close()

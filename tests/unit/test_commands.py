@@ -24,11 +24,14 @@ SENS = "audio.mic_sensitivity_dbfs"
 
 # Lets node.log (MicroPython's time.ticks_*) import under CPython too.
 _SHIM = """
+import gc
 import time
 if not hasattr(time, "ticks_ms"):
     time.ticks_ms = lambda: int(time.perf_counter() * 1000)
     time.ticks_us = lambda: int(time.perf_counter() * 1000000)
     time.ticks_diff = lambda a, b: a - b
+if not hasattr(gc, "mem_free"):  # CPython: a heap with room for anything
+    gc.mem_free = lambda: 1 << 30
 """
 
 _ACTIONS = """
@@ -1019,3 +1022,54 @@ print(commands.handle(b'{"cmd":"set","audio.mic_sensitivity_dbfs":-31}').decode(
     assert out[0]["not_in_force"] == off
     assert out[1]["ok"] and out[1]["not_in_force"] == off, out[1]
     assert out[2]["ok"] and "not_in_force" not in out[2], out[2]
+
+
+def test_no_room_to_check_a_setting_is_the_reply_and_changes_nothing(mpy, tmp_path):
+    """Checking settings loads node.config (10.5 KB at its peak on the 32-bit port): with less
+    free than that, or when its import fails all the same, the reply says there is no room, the
+    settings stay as they were, and no part of node.config stays in the heap."""
+    (tmp_path / "config.json").write_text(json.dumps(RAW))
+    out = mpy(_SHIM + _ACTIONS + """
+import builtins, gc, json, sys
+from node import commands as commands_module
+from node import settings
+raw = json.load(open("config.json"))
+commands, actions = make(raw, {}, "settings.json")
+sys.modules.pop("node.config", None)
+
+
+class Heap:
+    def collect(self):
+        pass
+
+    def mem_free(self):
+        return 4000
+
+
+commands_module.gc = Heap()
+print(commands.handle(b'{"cmd":"set","id":1,"dht.interval_s":10}').decode())
+commands_module.gc = gc
+real_import = builtins.__import__
+
+
+def no_room(name, *args):
+    if args and args[2] and "config" in args[2]:
+        raise MemoryError("memory allocation failed, allocating 232 bytes")
+    return real_import(name, *args)
+
+
+builtins.__import__ = no_room
+print(commands.handle(b'{"cmd":"reset_settings","id":2}').decode())
+builtins.__import__ = real_import
+print(json.dumps([settings.load("settings.json"), "node.config" in sys.modules, actions.calls]))
+print(commands.handle(b'{"cmd":"set","id":3,"dht.interval_s":10}').decode())
+""", cwd=tmp_path).stdout.splitlines()
+    out = [json.loads(line) for line in out if " commands: " not in line]  # not the log
+    assert out[0] == {"ok": False, "id": 1, "cmd": "set", "error": (
+        "set: no room in RAM now (4000 bytes free, 12288 needed to check it against "
+        "config.json): nothing changed, try again later")}, out[0]
+    assert out[1] == {"ok": False, "id": 2, "cmd": "reset_settings", "error": (
+        "config.json: no room in RAM now (memory allocation failed, allocating 232 bytes): "
+        "nothing changed, try again later")}, out[1]
+    assert out[2] == [{}, False, []]
+    assert out[3]["ok"] and out[3]["settings"] == {"dht.interval_s": 10}, out[3]
