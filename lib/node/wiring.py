@@ -6,7 +6,6 @@ pattern in node.led, the commands in node.commands); this module builds them and
 """
 
 import asyncio
-import gc
 import os
 import sys
 import time
@@ -42,12 +41,6 @@ _PUBLISHER_SILENCE_MS = const(15000)
 _REBOOT_DELAY_MS = const(1000)  # lets the command's reply reach the broker first
 # Discovery is announced again at most this often however many "online" arrive.
 _ANNOUNCE_QUIET_MS = const(1000)
-# What importing node.commands takes at its peak (9.9 KB on the 32-bit port from the x86 .mpy),
-# with a margin: with less free a command is answered that there is no room (an import that
-# fails part way keeps up to 7 KB of the heap for good). The reply is made in advance.
-_COMMANDS_LOAD_BYTES = const(11264)
-_NO_ROOM_REPLY = (b'{"ok":false,"error":"no room in RAM for the commands now: nothing changed, '
-                  b'try again later"}')
 MODEL = "ESP32 sensor node"
 MANUFACTURER = "sensor-node project"
 
@@ -226,18 +219,8 @@ class Node:
             return
         if self.commands is None:
             # Many nodes never get a command: their 5 KB of code are not loaded until one does.
-            gc.collect()
-            free = gc.mem_free()
-            if free < _COMMANDS_LOAD_BYTES:
-                self._no_room_for_commands("%d bytes free, %d needed"
-                                           % (free, _COMMANDS_LOAD_BYTES))
-                return
-            try:
-                from node.commands import Commands
-            except MemoryError as e:
-                unload("commands")  # what a load that failed part way left
-                self._no_room_for_commands(str(e))
-                return
+            from node.commands import Commands
+
             self.commands = Commands(CONFIG_PATH, self._saved, SETTINGS_PATH, self.cfg,
                                      self._reboot, self.led.identify, self._settings_changed,
                                      self.sound.measure, self._reply)
@@ -245,10 +228,6 @@ class Node:
         reply = self.commands.handle(msg)
         if reply is not None:  # None: it comes later (calibrate)
             self._reply(reply)
-
-    def _no_room_for_commands(self, why):
-        log("commands", "no room in RAM for the commands' code (%s): a command refused" % why)
-        self._reply(_NO_ROOM_REPLY)
 
     def _reply(self, reply):
         # Best effort: a command's sender listens while it waits.
