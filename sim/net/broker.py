@@ -29,6 +29,8 @@ HOST = "127.0.0.1"
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 _PORT_ATTEMPTS = 5
+_SUBSCRIBER_RESET_ATTEMPTS = 3
+_SUBSCRIBER_RESET_WAIT_S = 0.5
 
 _live = weakref.WeakSet()
 _client_numbers = itertools.count(1)
@@ -339,13 +341,26 @@ class Subscriber:
             self.on_message(msg)
 
     def connect(self, timeout=5.0):
-        """Connect and subscribe; raises ConnectionError (with the reason) if that fails."""
-        try:
-            self.client.connect(self.host, self.port, keepalive=30)
-        except (OSError, ssl.SSLError, ValueError) as e:
-            raise ConnectionError(
-                f"subscriber cannot connect to {self.host}:{self.port}: {e}"
-            ) from e
+        """Connect and subscribe; raises ConnectionError (with the reason) if that fails.
+
+        A reset in the TLS handshake is tried again a few times first: a Mosquitto started a
+        moment ago on a loaded machine has reset the subscriber's first handshake (seen with
+        6 test workers on 2 cores); a broker that refuses the subscriber resets every one.
+        """
+        for attempt in range(_SUBSCRIBER_RESET_ATTEMPTS):
+            try:
+                self.client.connect(self.host, self.port, keepalive=30)
+                break
+            except ConnectionResetError as e:
+                if attempt + 1 == _SUBSCRIBER_RESET_ATTEMPTS:
+                    raise ConnectionError(
+                        f"subscriber cannot connect to {self.host}:{self.port}: {e} "
+                        f"({_SUBSCRIBER_RESET_ATTEMPTS} times)") from e
+                time.sleep(_SUBSCRIBER_RESET_WAIT_S)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise ConnectionError(
+                    f"subscriber cannot connect to {self.host}:{self.port}: {e}"
+                ) from e
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.close()
