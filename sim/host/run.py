@@ -45,6 +45,7 @@ from sim.host.simnode import (
     REPO,
     Node,
     format_seq_report,
+    heap_bytes,
     load_json,
     make_flash,
     micropython_path,
@@ -517,8 +518,11 @@ def parse_args(argv):
             ap.error("--duration: expected a positive number of seconds")
     else:
         args.duration = None
-    if args.heap and not re.fullmatch(r"\d+[kKmM]?", args.heap):
-        ap.error(f"--heap: expected a size like 64k or 2m, got {args.heap!r}")
+    if args.heap:
+        try:
+            heap_bytes(args.heap)  # the size rule simnode passes on to -X heapsize
+        except ValueError as e:
+            ap.error(f"--{e}")
     return args
 
 
