@@ -14,6 +14,7 @@ import atexit
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -29,6 +30,10 @@ HOST = "127.0.0.1"
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 _PORT_ATTEMPTS = 5
+_PORT_FLOOR = 10000  # above the registered services a test machine may run
+_PORT_DRAWS = 200
+_EPHEMERAL_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_EPHEMERAL_FLOOR_DEFAULT = 32768  # Linux's default, where /proc does not say
 _SUBSCRIBER_RESET_ATTEMPTS = 3
 _SUBSCRIBER_RESET_WAIT_S = 0.5
 
@@ -48,11 +53,35 @@ def mosquitto_path():
     return found
 
 
+def _ephemeral_floor():
+    """The lowest port the kernel hands out as a connection's local port."""
+    try:
+        return int(_EPHEMERAL_RANGE_PATH.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_FLOOR_DEFAULT
+
+
 def free_port(host=HOST):
-    """A TCP port that was free a moment ago (the broker retries if it is taken meanwhile)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago (the broker retries if it is taken meanwhile).
+
+    It lies below the kernel's ephemeral range, because a broker stopped and started again keeps
+    its port: while it is down, a port in that range is any outgoing connection's to take (one
+    took it under 6 test workers, and the restart failed with "Address already in use"). Each
+    pytest-xdist worker draws from its own share of the ports below, so no two workers meet."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    share = (_ephemeral_floor() - _PORT_FLOOR) // max(workers, 1)
+    low = _PORT_FLOOR + index % max(workers, 1) * share
+    for _ in range(_PORT_DRAWS):
+        port = random.randrange(low, low + share)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise BrokerError(f"no free port in {low}..{low + share - 1} after {_PORT_DRAWS} draws")
 
 
 def _listening(host, port):
