@@ -85,12 +85,9 @@ def _trust(ctx, path, block, pem, now_s, exact):
     if not cert.ca and not cert.self_issued:
         return ('%s is a server certificate, not a CA: the CA that signed it is "%s"'
                 % (name, cert.issuer))
-    if now_s is not None and cert.not_after < now_s:
-        return "%s expired on %s (the clock reads %s)" % (name, x509.date(cert.not_after),
-                                                          x509.date(now_s))
-    if exact and now_s is not None and cert.not_before > now_s:
-        return "%s is not valid until %s (the clock reads %s)" % (
-            name, x509.date(cert.not_before), x509.date(now_s))
+    late = cert.out_of_date(now_s, exact)
+    if late:
+        return "%s %s" % (name, late)
     try:
         ctx.load_verify_locations(cadata=der)
     except ValueError as e:  # mbedTLS: an algorithm this firmware lacks, say

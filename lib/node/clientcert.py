@@ -38,13 +38,10 @@ def load(ctx, cert_path, key_path, now_s=None, exact=False):
                           % (key_path, e))
     der, cert, others = _certificate(cert_path, key_path, public)
     name = '"%s"' % cert.subject
-    if now_s is not None and cert.not_after < now_s:
-        raise ConfigError("mqtt.cert: %s: %s expired on %s (the clock reads %s): the node needs a"
-                          " new one (make provision, or your broker's CA)"
-                          % (cert_path, name, x509.date(cert.not_after), x509.date(now_s)))
-    if exact and now_s is not None and cert.not_before > now_s:
-        raise ConfigError("mqtt.cert: %s: %s is not valid until %s (the clock reads %s)"
-                          % (cert_path, name, x509.date(cert.not_before), x509.date(now_s)))
+    late = cert.out_of_date(now_s, exact)
+    if late:  # one that is not valid yet was made on a machine whose clock is ahead
+        raise ConfigError("mqtt.cert: %s: %s %s: the node needs a new one (make provision, or"
+                          " your broker's CA)" % (cert_path, name, late))
     try:
         ctx.load_cert_chain(der, key)
     except ValueError as e:  # mbedTLS: "invalid key"/"invalid cert", e.g. a curve it lacks

@@ -53,6 +53,19 @@ class Cert:
         self.key_start = key_start
         self.key_end = key_end
 
+    def out_of_date(self, now_s, exact):
+        """Why the certificate is not valid at now_s ("expired on ..."), or None; None too
+        when the clock is unknown (now_s None). Too early only when `exact`: after a
+        power-on the clock may read just a floor below the true date (node.cafile.load)."""
+        if now_s is None:
+            return None
+        if self.not_after < now_s:
+            return "expired on %s (the clock reads %s)" % (date(self.not_after), date(now_s))
+        if exact and self.not_before > now_s:
+            return "is not valid until %s (the clock reads %s)" % (date(self.not_before),
+                                                                  date(now_s))
+        return None
+
 
 def header(der, pos):
     """(tag, where the value starts, its length) of the DER element at der[pos]; the value itself

@@ -253,7 +253,8 @@ def test_dates_are_checked_as_far_as_the_clock_is_known(mpy, made, tmp_path):
     assert floor[pairs[1]][0] == "loaded CN=node-later"
     exact, _ = load_all(mpy, tmp_path, made, pairs)
     assert exact[pairs[1]][0] == ('error mqtt.cert: later.pem: "CN=node-later" is not valid'
-                                  " until %s (the clock reads %s)"
+                                  " until %s (the clock reads %s): the node needs a new"
+                                  " one (make provision, or your broker's CA)"
                                   % (SOON.strftime("%Y-%m-%d"),
                                      datetime.fromtimestamp(NOW_S, UTC).strftime("%Y-%m-%d")))
 
