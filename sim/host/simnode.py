@@ -394,13 +394,17 @@ class Node:
         )  # fmt: skip
         self.started_at = time.monotonic()
         _live.add(self)
-        self._readers = [
+        readers = [
             threading.Thread(target=self._read, args=(getattr(self.proc, name), name),
                              daemon=True)
             for name in ("stdout", "stderr")
         ]
-        for r in self._readers:
+        for r in readers:
             r.start()
+        # Shown only once started: on a reboot this runs in the monitor thread, and a wait()
+        # in the test's thread that joined them a moment earlier raised "cannot join thread
+        # before it is started" (test_simtruth, under load).
+        self._readers = readers
 
     def _read(self, stream, name):
         for raw in iter(stream.readline, b""):
