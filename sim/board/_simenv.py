@@ -86,8 +86,47 @@ def exit_from_callback(exc):
     then: so the main thread is interrupted (SIGINT, as the watchdog does it) and start.py
     exits with the callback's code. The app sees a KeyboardInterrupt on its way out."""
     callback_exit[0] = exc
-    # system() ignores SIGINT in its caller while the shell runs: sent from a background job.
+    interrupt_main()
+
+
+def interrupt_main():
+    """SIGINT to this process, 50 ms from now, from a background job: system() ignores SIGINT
+    in its caller while the shell runs, so it comes after system() has returned."""
     os.system("(sleep 0.05; kill -INT $PPID) >/dev/null 2>&1 &")
+
+
+def start_thread(fn, args=()):
+    """_thread.start_new_thread for the simulator's own threads (the watchdog, Timer alarms,
+    Wi-Fi events). The unix port has no GIL and raises a SIGINT's KeyboardInterrupt in
+    whichever thread the kernel gives the signal to, and the kernel may give it to any thread
+    that does not block it (the port cannot block one). On the board, Ctrl-C, the watchdog and
+    a reset in a Timer callback all stop the app; here that SIGINT must reach the main thread
+    (CI once lost a reset this way: the node ran on past its update's trial). So these threads
+    sleep in thread_sleep_ms, which sends such an interrupt on; one that lands anywhere else in
+    them is sent on as the thread ends."""
+    import _thread
+
+    def body():
+        try:
+            fn(*args)
+        except KeyboardInterrupt:
+            interrupt_main()
+
+    return _thread.start_new_thread(body, ())
+
+
+def thread_sleep_ms(ms):
+    """time.sleep_ms in a thread of start_thread: a SIGINT that lands here is sent on to the
+    process (for the main thread) and the sleep goes on to its end."""
+    due = time.ticks_add(time.ticks_ms(), ms)
+    while True:
+        left = time.ticks_diff(due, time.ticks_ms())
+        if left <= 0:
+            return
+        try:
+            time.sleep_ms(left)
+        except KeyboardInterrupt:
+            interrupt_main()
 
 
 def interrupted_code():

@@ -451,10 +451,8 @@ class Timer:
         st = _timer_states[self._id]
         st[1] = callback
         if period_ms < _LONGEST_MS:
-            import _thread
-
             st[2] = mode == Timer.ONE_SHOT and callback is not None
-            _thread.start_new_thread(_alarm, (self, st, st[0], period_ms, mode))
+            _simenv.start_thread(_alarm, (self, st, st[0], period_ms, mode))
 
     def deinit(self):
         st = _timer_states[self._id]
@@ -497,7 +495,7 @@ def _alarm(timer, st, gen, period_ms, mode):
     while True:
         wait_ms = time.ticks_diff(due, time.ticks_ms())
         if wait_ms > 0:
-            time.sleep_ms(wait_ms)
+            _simenv.thread_sleep_ms(wait_ms)
         if st[0] != gen:
             return
         if st[1] is not None:
@@ -571,9 +569,7 @@ def _arm(timeout, last_feed):
     _wdt[1] = timeout
     _simenv.save_wdt(timeout, last_feed)
     if not _wdt_thread:
-        import _thread
-
-        _wdt_thread.append(_thread.start_new_thread(_watch, ()))
+        _wdt_thread.append(_simenv.start_thread(_watch))
 
 
 def _resume_wdt():
@@ -590,7 +586,7 @@ def _resume_wdt():
 def _watch():
     while True:
         timeout = _wdt[1]
-        time.sleep_ms(max(5, min(100, timeout // 10)))
+        _simenv.thread_sleep_ms(max(5, min(100, timeout // 10)))
         late = time.ticks_diff(time.ticks_ms(), _wdt[0])
         if late >= timeout:
             break
@@ -599,11 +595,10 @@ def _watch():
     _simenv.say("WDT fired: not fed for %d ms (timeout %d ms)" % (late, timeout))
     # This port has no _exit() for a thread to end the process, so the main thread is
     # interrupted with SIGINT: that ends whatever blocking call it is stuck in, and start.py,
-    # seeing wdt_fired, exits with code 3. system() ignores SIGINT in its caller while the
-    # shell runs, so the signal is sent from a background job after system() has returned.
+    # seeing wdt_fired, exits with code 3.
     for _ in range(_WDT_INTERRUPTS):
-        os.system("(sleep 0.05; kill -INT $PPID) >/dev/null 2>&1 &")
-        time.sleep_ms(_WDT_RESEND_MS)
+        _simenv.interrupt_main()
+        _simenv.thread_sleep_ms(_WDT_RESEND_MS)
     _simenv.say("the app did not stop on the WDT interrupt: killing the process")
     os.system("kill -KILL $PPID")
 

@@ -102,7 +102,7 @@ def _announce_drop():
     ):
         wait_ms = time.ticks_diff(at, time.ticks_ms())
         if wait_ms > 0:
-            time.sleep_ms(wait_ms)
+            _simenv.thread_sleep_ms(wait_ms)
         _simenv.say("Wi-Fi: " + msg)
 
 
@@ -198,9 +198,7 @@ class WLAN:
         if not _first_up:
             _first_up.append(time.ticks_add(self._requested_at, _CONNECT_MS))
             if _wifi_mode()[0] == "drop":
-                import _thread
-
-                _thread.start_new_thread(_announce_drop, ())
+                _simenv.start_thread(_announce_drop)
         return not self._reassociating()
 
     def status(self, param=None):

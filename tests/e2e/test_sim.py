@@ -455,6 +455,48 @@ def test_exception_with_the_wdt_armed_leaves_a_wdt_reset_cause(mpy, tmp_path):
     assert "cause 3" in boot(mpy, flash).stdout
 
 
+# A SIGINT the kernel gives to one of the simulator's threads: played by a sleep of that
+# thread that raises KeyboardInterrupt once, as the port does when the signal lands there.
+SIGINT_IN_A_THREAD = """
+import time, _simenv
+landed = []
+class LandsOnce:
+    ticks_ms, ticks_add, ticks_diff = time.ticks_ms, time.ticks_add, time.ticks_diff
+    @staticmethod
+    def sleep_ms(ms):
+        if not landed:
+            landed.append(1)
+            raise KeyboardInterrupt
+        time.sleep_ms(ms)
+_simenv.time = LandsOnce
+done = []
+def in_sleep():
+    _simenv.thread_sleep_ms(300)
+    done.append('slept on')
+def outside_sleep():
+    raise KeyboardInterrupt
+_simenv.start_thread({fn})
+try:
+    time.sleep_ms(3000)
+    print('main slept through')
+except KeyboardInterrupt:
+    print('main interrupted')
+time.sleep_ms(500)
+print('thread:', done)
+"""
+
+
+@pytest.mark.parametrize("fn, thread_goes_on", [("in_sleep", True), ("outside_sleep", False)])
+def test_an_interrupt_that_lands_in_a_simulator_thread_reaches_the_main_thread(mpy, fn,
+                                                                             thread_goes_on):
+    """The watchdog, a reset in a Timer callback and Ctrl-C stop the app by a SIGINT; the port
+    raises it in whichever thread the kernel picks (once a reset was lost in CI that way)."""
+    proc = run(mpy, SIGINT_IN_A_THREAD.format(fn=fn))
+    assert "main interrupted" in proc.stdout, proc.stdout + proc.stderr
+    assert ("thread: ['slept on']" if thread_goes_on else "thread: []") in proc.stdout
+    assert "Unhandled exception" not in proc.stderr
+
+
 @pytest.mark.parametrize("call, code, cause", [("reset", 4, 2), ("soft_reset", 5, 5)])
 def test_reset_exits_and_is_the_next_reset_cause(mpy, tmp_path, call, code, cause):
     flash = flash_with(tmp_path, f"import machine\ntry:\n    machine.{call}()\n"
