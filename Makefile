@@ -92,10 +92,11 @@ plot: deps
 
 # Most tests wait on real time (the simulated board's clock, brokers, the node's intervals)
 # rather than the CPU, so TEST_JOBS pytest workers share them out, a test file each at a time
-# (pytest-xdist --dist loadfile: a module's fixtures are set up once, its tests run in order).
+# (pytest-xdist --dist loadfile: a module's fixtures are set up once, its tests run in order),
+# the longest files first (tests/conftest.py), not xdist's order by number of tests.
 # On 2 cores 6 workers keep the CPU half busy: 4:32 for the suite, 6:25 with 4 workers.
 TEST_JOBS ?= 6
-PYTEST_JOBS = -n $(TEST_JOBS) --dist loadfile
+PYTEST_JOBS = -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 
 test: deps lint
 	$(PY) -m pytest $(PYTEST_JOBS) --ignore=tests/benchmarks tests

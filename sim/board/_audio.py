@@ -29,7 +29,7 @@ _WAVE_FORMAT_PCM = 1
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _SCRATCH_BYTES = 1024  # WAV reads go through this; big enough that file reads stay cheap
 
-_spec = None  # parsed SIM_AUDIO, cached: start.py checks it once before the app runs
+_spec = None  # parsed SIM_AUDIO, cached: _firmware checks it once before the app runs
 
 
 @micropython.viper

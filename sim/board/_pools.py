@@ -1,4 +1,4 @@
-"""The simulated board's qstr pools, set as the board's before the app runs (sim/board/start.py).
+"""The simulated board's qstr pools, set as the board's before the app runs (by _firmware).
 
 Every name a module interns stays in RAM, in pools that double: the first holds 20 names (twice
 the 10 that the frozen modules' pool declares, as on the firmware), the sixth 640, the seventh
@@ -11,7 +11,7 @@ So the simulator fills the first six pools itself, with its names and made-up on
 names start the seventh, about as large as the board's first six (8,992 bytes against 9,008),
 and need the eighth at their 1280th. What the six pools, this module and its made-up names
 take, and the GC's tables for that, the host added to HEAP (sim/host/simnode.py's
-QSTR_PAD_ALLOWANCE_BYTES) and start.py gives back: what stays the simulator's is its modules'
+QSTR_PAD_ALLOWANCE_BYTES) and _firmware gives back: what stays the simulator's is its modules'
 code and their names' strings.
 """
 

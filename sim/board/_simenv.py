@@ -1,7 +1,7 @@
 """Shared state of the simulated board: its environment, its exits, its reset cause, its clock
 and the watchdog state that outlives a soft reset.
 
-Private to sim/board/: the fake hardware modules (machine, dht, network, socket, ssl) and start.py
+Private to sim/board/: the fake hardware modules (machine, dht, network, socket, ssl) and _firmware
 meet here, so that a configuration error or a reset looks the same whichever module notices it.
 """
 
@@ -35,17 +35,17 @@ _CAUSE_FILE = FLASH + "/.sim_reset_cause"
 # delete this file: machine.reset(), the watchdog firing, the host powering the board on).
 WDT_FILE = FLASH + "/.sim_wdt"
 
-# Set (once, never cleared) by the watchdog thread; start.py reads it to turn the interrupt
+# Set (once, never cleared) by the watchdog thread; _firmware reads it to turn the interrupt
 # it delivers into exit code 3.
 wdt_fired = [False]
 
 _cause = None
 
 # The SystemExit of a Timer callback that ended the run (machine.reset() in it), once the main
-# thread has been interrupted to carry it out; start.py exits with its code.
+# thread has been interrupted to carry it out; _firmware exits with its code.
 callback_exit = [None]
 
-# start.py holds back notes made while the board's modules load, so that its banner stays the
+# _firmware holds back notes made while the board's modules load, so that its banner stays the
 # first line; flush_notes() prints them after it.
 defer = [False]
 _notes = []
@@ -74,7 +74,7 @@ def die(code, msg):
     """End the simulated board now: a message on stderr, then SystemExit(code).
 
     SystemExit is a BaseException, so the app's `except Exception` handlers let it through and
-    start.py turns it into the process exit code.
+    _firmware turns it into the process exit code.
     """
     say(msg)
     raise SystemExit(code)
@@ -83,7 +83,7 @@ def die(code, msg):
 def exit_from_callback(exc):
     """A scheduled callback ended the run. The scheduler prints and drops what a callback
     raises, SystemExit too, where the board's machine.reset() would restart the chip there and
-    then: so the main thread is interrupted (SIGINT, as the watchdog does it) and start.py
+    then: so the main thread is interrupted (SIGINT, as the watchdog does it) and _firmware
     exits with the callback's code. The app sees a KeyboardInterrupt on its way out."""
     callback_exit[0] = exc
     interrupt_main()
@@ -95,28 +95,23 @@ def interrupt_main():
     os.system("(sleep 0.05; kill -INT $PPID) >/dev/null 2>&1 &")
 
 
-def start_thread(fn, args=()):
-    """_thread.start_new_thread for the simulator's own threads (the watchdog, Timer alarms,
-    Wi-Fi events). The unix port has no GIL and raises a SIGINT's KeyboardInterrupt in
-    whichever thread the kernel gives the signal to, and the kernel may give it to any thread
-    that does not block it (the port cannot block one). On the board, Ctrl-C, the watchdog and
-    a reset in a Timer callback all stop the app; here that SIGINT must reach the main thread
-    (CI once lost a reset this way: the node ran on past its update's trial). So these threads
-    sleep in thread_sleep_ms, which sends such an interrupt on; one that lands anywhere else in
-    them is sent on as the thread ends."""
-    import _thread
-
-    def body():
-        try:
-            fn(*args)
-        except KeyboardInterrupt:
-            interrupt_main()
-
-    return _thread.start_new_thread(body, ())
+def run_thread(fn, args):
+    """The body of each of the simulator's own threads (the watchdog, Timer alarms, Wi-Fi
+    events): `_thread.start_new_thread(_simenv.run_thread, (fn, args))`. The unix port has no
+    GIL and raises a SIGINT's KeyboardInterrupt in whichever thread the kernel gives the
+    signal to, any that does not block it (the port cannot block one). On the board Ctrl-C,
+    the watchdog and a reset in a Timer callback all stop the app; here that SIGINT must reach
+    the main thread (CI once lost a reset this way: the node ran on past its update's trial).
+    So these threads sleep in thread_sleep_ms, which sends such an interrupt on, and one that
+    lands anywhere else in them is sent on as the thread ends."""
+    try:
+        fn(*args)
+    except KeyboardInterrupt:
+        interrupt_main()
 
 
 def thread_sleep_ms(ms):
-    """time.sleep_ms in a thread of start_thread: a SIGINT that lands here is sent on to the
+    """time.sleep_ms in a thread of run_thread: a SIGINT that lands here is sent on to the
     process (for the main thread) and the sleep goes on to its end."""
     due = time.ticks_add(time.ticks_ms(), ms)
     while True:

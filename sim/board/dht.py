@@ -73,7 +73,7 @@ def _load_script():
 
 
 def check():
-    """Parse SIM_DHT now (start.py does, so a bad script fails before the app starts)."""
+    """Parse SIM_DHT now (_firmware does, so a bad script fails before the app starts)."""
     if _state[0] is None:
         _state[0] = time.ticks_ms()
         _load_script()

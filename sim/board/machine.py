@@ -122,7 +122,7 @@ def _open_pin_log():
         _simenv.config_error("SIM_PIN_LOG", "cannot append to %s (%s)" % (path, e))
 
 
-# Opened at import (start.py imports machine first), so a bad path stops the board before the
+# Opened at import (_firmware imports machine first), so a bad path stops the board before the
 # app runs; appended to, so the lines of successive boots of one flash folder follow each other.
 _pin_log = _open_pin_log()
 
@@ -451,8 +451,11 @@ class Timer:
         st = _timer_states[self._id]
         st[1] = callback
         if period_ms < _LONGEST_MS:
+            import _thread
+
             st[2] = mode == Timer.ONE_SHOT and callback is not None
-            _simenv.start_thread(_alarm, (self, st, st[0], period_ms, mode))
+            _thread.start_new_thread(_simenv.run_thread,
+                                     (_alarm, (self, st, st[0], period_ms, mode)))
 
     def deinit(self):
         st = _timer_states[self._id]
@@ -476,7 +479,7 @@ def _fire(st):
 
 def wait_for_one_shot():
     """After main.py has ended, the board sits at the REPL, where a one-shot timer still fires
-    (boot.py arms one while an update is on trial): start.py waits here while one is armed.
+    (boot.py arms one while an update is on trial): _firmware waits here while one is armed.
     Returns the exit code its callback ended the run with (machine.reset()), or None."""
     if not any(st[2] for st in _timer_states.values()):
         return None
@@ -569,7 +572,9 @@ def _arm(timeout, last_feed):
     _wdt[1] = timeout
     _simenv.save_wdt(timeout, last_feed)
     if not _wdt_thread:
-        _wdt_thread.append(_simenv.start_thread(_watch))
+        import _thread
+
+        _wdt_thread.append(_thread.start_new_thread(_simenv.run_thread, (_watch, ())))
 
 
 def _resume_wdt():
@@ -594,7 +599,7 @@ def _watch():
     _simenv.record_cause(WDT_RESET)  # and clears the saved watchdog: the chip restarts
     _simenv.say("WDT fired: not fed for %d ms (timeout %d ms)" % (late, timeout))
     # This port has no _exit() for a thread to end the process, so the main thread is
-    # interrupted with SIGINT: that ends whatever blocking call it is stuck in, and start.py,
+    # interrupted with SIGINT: that ends whatever blocking call it is stuck in, and _firmware,
     # seeing wdt_fired, exits with code 3.
     for _ in range(_WDT_INTERRUPTS):
         _simenv.interrupt_main()

@@ -198,7 +198,9 @@ class WLAN:
         if not _first_up:
             _first_up.append(time.ticks_add(self._requested_at, _CONNECT_MS))
             if _wifi_mode()[0] == "drop":
-                _simenv.start_thread(_announce_drop)
+                import _thread
+
+                _thread.start_new_thread(_simenv.run_thread, (_announce_drop, ()))
         return not self._reassociating()
 
     def status(self, param=None):

@@ -41,7 +41,7 @@ _costs = []
 
 
 def _check_env():
-    """(SIM_TLS_MS, SIM_TLS_CERT_MS), read once; start.py asks first, so that a bad value is
+    """(SIM_TLS_MS, SIM_TLS_CERT_MS), read once; _firmware asks first, so that a bad value is
     reported before the app runs. The second is a P-256 signature with the node's key: mbedTLS
     on the host spends about a tenth of a handshake's CPU on it (docs/ARCHITECTURE.md)."""
     if not _costs:

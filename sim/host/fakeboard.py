@@ -17,7 +17,7 @@ and `make deploy PORT=<pty> ARCH=x64` talk to it as to an ESP32 on a USB serial 
   simulated machine/dht/network modules stand in for the hardware;
 - power-on and soft reset run boot.py, then main.py in friendly-REPL mode (raw-REPL mode skips
   main.py, as the ESP32 port does), both in the REPL's `__main__` namespace; boot.py's errors are
-  printed and passed over, as in sim/board/start.py;
+  printed and passed over, as in sim/board/_firmware.py;
 - sys.exit() / machine.soft_reset() soft-reset; machine.reset(), the watchdog and any exit of the
   process are a hard reset: a new process, friendly mode, boot.py and main.py again;
 - as on the ESP32, a watchdog armed before a soft reset (Ctrl-D, mpremote entering the raw REPL)

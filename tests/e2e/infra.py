@@ -55,7 +55,7 @@ CONNECT_TIMEOUT_S = 30
 
 # The heap the node runs in on the 32-bit 1.27 port (the board's word size), from the x86
 # bundle: the goal of the issue "the board's truths". The simulator's modules run as native code
-# but their data (~29 KB) and mbedTLS's session (~4 KB) are counted here, and the board keeps
+# but their data (~27 KB) and mbedTLS's session (~4 KB) are counted here, and the board keeps
 # them outside the GC heap. A feature that makes the node need more fails the tests that use it.
 HEAP_32_BIT = "128k"
 

@@ -475,7 +475,8 @@ def in_sleep():
     done.append('slept on')
 def outside_sleep():
     raise KeyboardInterrupt
-_simenv.start_thread({fn})
+import _thread
+_thread.start_new_thread(_simenv.run_thread, ({fn}, ()))
 try:
     time.sleep_ms(3000)
     print('main slept through')
