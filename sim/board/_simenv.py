@@ -101,9 +101,9 @@ def run_thread(fn, args):
     GIL and raises a SIGINT's KeyboardInterrupt in whichever thread the kernel gives the
     signal to, any that does not block it (the port cannot block one). On the board Ctrl-C,
     the watchdog and a reset in a Timer callback all stop the app; here that SIGINT must reach
-    the main thread (CI once lost a reset this way: the node ran on past its update's trial).
-    So these threads sleep in thread_sleep_ms, which sends such an interrupt on, and one that
-    lands anywhere else in them is sent on as the thread ends."""
+    the main thread (a test run once lost a reset this way: the node ran on past its update's
+    trial). So these threads sleep in thread_sleep_ms, which sends such an interrupt on, and
+    one that lands anywhere else in them is sent on as the thread ends."""
     try:
         fn(*args)
     except KeyboardInterrupt:

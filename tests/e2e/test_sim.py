@@ -491,7 +491,7 @@ print('thread:', done)
 def test_an_interrupt_that_lands_in_a_simulator_thread_reaches_the_main_thread(mpy, fn,
                                                                              thread_goes_on):
     """The watchdog, a reset in a Timer callback and Ctrl-C stop the app by a SIGINT; the port
-    raises it in whichever thread the kernel picks (once a reset was lost in CI that way)."""
+    raises it in whichever thread the kernel picks (a test run once lost a reset that way)."""
     proc = run(mpy, SIGINT_IN_A_THREAD.format(fn=fn))
     assert "main interrupted" in proc.stdout, proc.stdout + proc.stderr
     assert ("thread: ['slept on']" if thread_goes_on else "thread: []") in proc.stdout
