@@ -33,7 +33,9 @@ _PORT_ATTEMPTS = 5
 _PORT_FLOOR = 10000  # above the registered services a test machine may run
 _PORT_DRAWS = 200
 _EPHEMERAL_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_EPHEMERAL_FLOOR_DEFAULT = 32768  # Linux's default, where /proc does not say
+_EPHEMERAL_RANGE_DEFAULT = (32768, 60999)  # Linux's, where /proc does not say
+_PORT_END = 65536
+_PORT_SPAN_MIN = 1024  # fewer outside the ephemeral range: draw from all, as before
 _SUBSCRIBER_RESET_ATTEMPTS = 3
 _SUBSCRIBER_RESET_WAIT_S = 0.5
 
@@ -53,26 +55,38 @@ def mosquitto_path():
     return found
 
 
-def _ephemeral_floor():
-    """The lowest port the kernel hands out as a connection's local port."""
+def _ephemeral_range():
+    """(first, last): the ports the kernel hands out as connections' local ports."""
     try:
-        return int(_EPHEMERAL_RANGE_PATH.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return _EPHEMERAL_FLOOR_DEFAULT
+        first, last = map(int, _EPHEMERAL_RANGE_PATH.read_text().split())
+        return first, last
+    except (OSError, ValueError):
+        return _EPHEMERAL_RANGE_DEFAULT
+
+
+def _port_span():
+    """[start, end): the widest run of ports from _PORT_FLOOR up outside the ephemeral range;
+    all of them from _PORT_FLOOR up where the range leaves too few outside it."""
+    first, last = _ephemeral_range()
+    below = (_PORT_FLOOR, max(_PORT_FLOOR, first))
+    above = (max(_PORT_FLOOR, last + 1), _PORT_END)
+    widest = max(below, above, key=lambda span: span[1] - span[0])
+    return widest if widest[1] - widest[0] >= _PORT_SPAN_MIN else (_PORT_FLOOR, _PORT_END)
 
 
 def free_port(host=HOST):
     """A TCP port that was free a moment ago (the broker retries if it is taken meanwhile).
 
-    It lies below the kernel's ephemeral range, because a broker stopped and started again keeps
-    its port: while it is down, a port in that range is any outgoing connection's to take (one
-    took it under 6 test workers, and the restart failed with "Address already in use"). Each
-    pytest-xdist worker draws from its own share of the ports below, so no two workers meet."""
+    It lies outside the kernel's ephemeral range, because a broker stopped and started again
+    keeps its port: while it is down, a port in that range is any outgoing connection's to take
+    (one took it under 6 test workers, and the restart failed with "Address already in use").
+    Each pytest-xdist worker draws from its own share of those ports, so no two workers meet."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    index = int(worker[2:]) if worker[2:].isdigit() else 0
-    share = (_ephemeral_floor() - _PORT_FLOOR) // max(workers, 1)
-    low = _PORT_FLOOR + index % max(workers, 1) * share
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker[2:]) % workers if worker[2:].isdigit() else 0
+    start, end = _port_span()
+    share = (end - start) // workers
+    low = start + index * share
     for _ in range(_PORT_DRAWS):
         port = random.randrange(low, low + share)
         with socket.socket() as s:

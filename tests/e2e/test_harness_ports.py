@@ -1,4 +1,4 @@
-"""The harness's broker ports: below the kernel's ephemeral range, one share per test worker.
+"""The harness's broker ports: outside the kernel's ephemeral range, one share per test worker.
 
 A broker stopped and started again keeps its port. In the ephemeral range any connection this
 machine opens while the broker is down may take it as its local port, and the restart then fails
@@ -12,12 +12,15 @@ from sim.net import broker
 
 
 @pytest.mark.parametrize("worker", range(6))
-def test_each_worker_draws_its_own_ports_below_the_ephemeral_range(monkeypatch, worker):
+def test_each_worker_draws_its_own_ports_outside_the_ephemeral_range(monkeypatch, worker):
     monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "6")
-    floor = broker._ephemeral_floor()
-    share = (floor - broker._PORT_FLOOR) // 6
-    low = broker._PORT_FLOOR + worker * share
+    first, last = broker._ephemeral_range()
+    start, end = broker._port_span()
+    if (start, end) != (broker._PORT_FLOOR, broker._PORT_END):  # room outside it, as here
+        assert end <= first or start > last
+    share = (end - start) // 6
+    low = start + worker * share
     ports = {broker.free_port() for _ in range(20)}
     assert all(low <= p < low + share for p in ports), (sorted(ports), low, share)
     assert len(ports) > 1  # drawn, not one port handed to everyone
@@ -53,6 +56,15 @@ def test_no_free_port_is_a_clear_error(monkeypatch):
             broker.free_port()
 
 
-def test_without_proc_the_linux_default_floor_is_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(broker, "_EPHEMERAL_RANGE_PATH", tmp_path / "missing")
-    assert broker._ephemeral_floor() == 32768
+@pytest.mark.parametrize("proc, span", [
+    (None, (10000, 32768)),  # no /proc: Linux's default range, 32768-60999
+    ("32768\t60999\n", (10000, 32768)),
+    ("1024 40000", (40001, 65536)),  # more room above the range than below it
+    ("1024 65000", (10000, 65536)),  # too little outside it: all ports, as before
+])
+def test_the_ports_drawn_from_lie_outside_the_ephemeral_range(monkeypatch, tmp_path, proc, span):
+    path = tmp_path / "ip_local_port_range"
+    if proc is not None:
+        path.write_text(proc)
+    monkeypatch.setattr(broker, "_EPHEMERAL_RANGE_PATH", path)
+    assert broker._port_span() == span
