@@ -37,9 +37,10 @@ _BOOT_RETRY_S = const(2)
 _BOOT_HOLD_S = const(20)
 # What the rest of the node must still have free with the journal loaded: a reconnect's TLS
 # session, telemetry's message, the replay's reading. Measured on the 32-bit port at 128k
-# (make soak, a 10-minute outage): 5.4 to 5.9 KB free while loaded in the outage, 4.8 KB the
-# least after the reconnect; with 4.4 KB free once loaded the heap held no 580 bytes in one
-# piece. The discovery announcement waits until the journal is let go (node.wiring).
+# (make soak, a 10-minute outage): 6.4 to 6.9 KB free while loaded in the outage, 5.8 KB the
+# least after the reconnect (1 KB less of each before the simulator's own start code left the
+# heap); with 4.4 KB free once loaded the heap held no 580 bytes in one piece. The discovery
+# announcement waits until the journal is let go (node.wiring).
 _HEADROOM_BYTES = const(5120)
 
 
